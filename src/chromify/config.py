@@ -1,0 +1,165 @@
+"""params.yaml → frozen dataclasses, loaded once at the edge and saved beside every output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chromify.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BaseParams:
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    source: str = "sample"
+    out_dir: str = "data/raw"
+    min_side: int = 64
+    max_pixels: int = 40_000_000
+    min_chroma: float = 2.0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    size: int = 128
+    shard_mb: int = 256
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: str = "unet_s"
+    base_width: int = 16
+    depth: int = 4
+    norm: str = "batch"
+    upsample: str = "bilinear"
+    pretrained: bool = False
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 200
+    max_steps: int = 0
+    max_minutes: float = 1.5
+    batch_size: int = 16
+    crop: int = 96
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    loss: str = "l1"
+    colourfulness_weight: float = 0.0
+    compile: bool = False
+    checkpoint_every: int = 200
+    num_threads: int = 0
+    out_dir: str = "models/candidate"
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = 16
+    gallery_size: int = 6
+
+
+@dataclass(frozen=True)
+class GateParams:
+    min_psnr_gain_db: float = 0.0
+    max_delta_cf: float = 15.0
+    champion_psnr_tolerance_db: float = 0.1
+    champion_delta_cf_tolerance: float = 1.0
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    target: str = "local"
+    registry_dir: str = "models/registry"
+    model_name: str = "chromify-colorizer"
+
+
+@dataclass(frozen=True)
+class Params:
+    base: BaseParams = field(default_factory=BaseParams)
+    ingest: IngestParams = field(default_factory=IngestParams)
+    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    gate: GateParams = field(default_factory=GateParams)
+    register: RegisterParams = field(default_factory=RegisterParams)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, section: str, raw: Any) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params section '{section}' must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in params section '{section}': {', '.join(unknown)}")
+    values = {}
+    for name, value in raw.items():
+        default = getattr(cls(), name)
+        values[name] = _coerce(f"{section}.{name}", value, type(default))
+    return cls(**values)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    # YAML reads 1e-3 as a string and 2 as an int where a float is meant; accept what a person would.
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "false"):
+                return str(value).lower() == "true"
+            raise ValueError
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"params key '{key}' must be {kind.__name__}, got {value!r}") from None
+
+
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    sections = {f.name: f for f in dataclasses.fields(Params)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown params section(s): {', '.join(unknown)}")
+    built = {}
+    for name, f in sections.items():
+        built[name] = _build(f.default_factory, name, raw.get(name))  # type: ignore[misc]
+    return Params(**built)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read params.yaml (a missing file means all defaults)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        return Params()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections")
+    return params_from_dict(raw)
+
+
+def save_params(params: Params, path: str | Path) -> None:
+    from chromify.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(params.to_dict(), indent=2, sort_keys=True) + "\n")

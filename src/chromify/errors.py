@@ -1,0 +1,36 @@
+"""One exception hierarchy, so the CLI and the API can map any failure to a one-line message."""
+
+from __future__ import annotations
+
+
+class ChromifyError(Exception):
+    """Base class: the message is shown to the user as it is, on one line."""
+
+
+class ConfigError(ChromifyError):
+    """params.yaml or a command-line value is missing or invalid."""
+
+
+class InputImageError(ChromifyError):
+    """An image file cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class DataError(ChromifyError):
+    """A manifest, shard or index is missing, inconsistent or corrupt."""
+
+
+class GateError(ChromifyError):
+    """The evaluation gate was asked an ill-posed question (e.g. a model compared with itself)."""
+
+
+class RegistryError(ChromifyError):
+    """A registry operation failed: unknown version or alias, corrupt entry, lost race."""
+
+
+class ModelLoadError(ChromifyError):
+    """A model directory, alias or version cannot be loaded."""

@@ -1,0 +1,283 @@
+"""chromify.metrics against scikit-image (the reference implementation) and published numbers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from skimage import color, data
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from chromify.errors import DataError
+from chromify.metrics import (
+    colourfulness,
+    delta_cf,
+    delta_e2000,
+    image_metrics,
+    lab_to_rgb,
+    psnr,
+    rgb_to_lab,
+    ssim,
+    summarise,
+)
+
+PHOTOS = {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee()}
+
+# The 34 test pairs of Table 1 in G. Sharma, W. Wu and E. N. Dalal, "The CIEDE2000 color-difference formula:
+# implementation notes, supplementary test data, and mathematical observations", Color Research & Application
+# 30(1), 21-30 (2005): (L1, a1, b1), (L2, a2, b2), ΔE00 to 4 decimal places.
+SHARMA_2005_TABLE_1 = [
+    ((50.0000, 2.6772, -79.7751), (50.0000, 0.0000, -82.7485), 2.0425),
+    ((50.0000, 3.1571, -77.2803), (50.0000, 0.0000, -82.7485), 2.8615),
+    ((50.0000, 2.8361, -74.0200), (50.0000, 0.0000, -82.7485), 3.4412),
+    ((50.0000, -1.3802, -84.2814), (50.0000, 0.0000, -82.7485), 1.0000),
+    ((50.0000, -1.1848, -84.8006), (50.0000, 0.0000, -82.7485), 1.0000),
+    ((50.0000, -0.9009, -85.5211), (50.0000, 0.0000, -82.7485), 1.0000),
+    ((50.0000, 0.0000, 0.0000), (50.0000, -1.0000, 2.0000), 2.3669),
+    ((50.0000, -1.0000, 2.0000), (50.0000, 0.0000, 0.0000), 2.3669),
+    ((50.0000, 2.4900, -0.0010), (50.0000, -2.4900, 0.0009), 7.1792),
+    ((50.0000, 2.4900, -0.0010), (50.0000, -2.4900, 0.0010), 7.1792),
+    ((50.0000, 2.4900, -0.0010), (50.0000, -2.4900, 0.0011), 7.2195),
+    ((50.0000, 2.4900, -0.0010), (50.0000, -2.4900, 0.0012), 7.2195),
+    ((50.0000, -0.0010, 2.4900), (50.0000, 0.0009, -2.4900), 4.8045),
+    ((50.0000, -0.0010, 2.4900), (50.0000, 0.0010, -2.4900), 4.8045),
+    ((50.0000, -0.0010, 2.4900), (50.0000, 0.0011, -2.4900), 4.7461),
+    ((50.0000, 2.5000, 0.0000), (50.0000, 0.0000, -2.5000), 4.3065),
+    ((50.0000, 2.5000, 0.0000), (73.0000, 25.0000, -18.0000), 27.1492),
+    ((50.0000, 2.5000, 0.0000), (61.0000, -5.0000, 29.0000), 22.8977),
+    ((50.0000, 2.5000, 0.0000), (56.0000, -27.0000, -3.0000), 31.9030),
+    ((50.0000, 2.5000, 0.0000), (58.0000, 24.0000, 15.0000), 19.4535),
+    ((50.0000, 2.5000, 0.0000), (50.0000, 3.1736, 0.5854), 1.0000),
+    ((50.0000, 2.5000, 0.0000), (50.0000, 3.2972, 0.0000), 1.0000),
+    ((50.0000, 2.5000, 0.0000), (50.0000, 1.8634, 0.5757), 1.0000),
+    ((50.0000, 2.5000, 0.0000), (50.0000, 3.2592, 0.3350), 1.0000),
+    ((60.2574, -34.0099, 36.2677), (60.4626, -34.1751, 39.4387), 1.2644),
+    ((63.0109, -31.0961, -5.8663), (62.8187, -29.7946, -4.0864), 1.2630),
+    ((61.2901, 3.7196, -5.3901), (61.4292, 2.2480, -4.9620), 1.8731),
+    ((35.0831, -44.1164, 3.7933), (35.0232, -40.0716, 1.5901), 1.8645),
+    ((22.7233, 20.0904, -46.6940), (23.0331, 14.9730, -42.5619), 2.0373),
+    ((36.4612, 47.8580, 18.3852), (36.2715, 50.5065, 21.2231), 1.4146),
+    ((90.8027, -2.0831, 1.4410), (91.1528, -1.6435, 0.0447), 1.4441),
+    ((90.9257, -0.5406, -0.9208), (88.6381, -0.8985, -0.7239), 1.5381),
+    ((6.7747, -0.2908, -2.4247), (5.8714, -0.0985, -2.2286), 0.6377),
+    ((2.0776, 0.0795, -1.1350), (0.9033, -0.0636, -0.5514), 0.9082),
+]
+
+
+def _random_lab(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return np.stack(
+        [rng.uniform(0, 100, shape), rng.uniform(-128, 127, shape), rng.uniform(-128, 127, shape)], axis=-1
+    )
+
+
+def _noisy(rgb: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rgb + rng.normal(0.0, sigma, rgb.shape), 0.0, 1.0)
+
+
+def test_library_imports_without_scikit_image():
+    code = "import sys, chromify.metrics; bad = {'skimage', 'scipy'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- CIEDE2000 -------------------------------------------------------------------------------------------
+
+
+def test_sharma_table_has_34_pairs():
+    assert len(SHARMA_2005_TABLE_1) == 34
+
+
+@pytest.mark.parametrize(("lab1", "lab2", "expected"), SHARMA_2005_TABLE_1)
+def test_delta_e2000_matches_sharma_2005(lab1, lab2, expected):
+    assert round(float(delta_e2000(np.array(lab1), np.array(lab2))), 4) == expected
+
+
+def test_delta_e2000_is_vectorised_over_the_table():
+    lab1 = np.array([row[0] for row in SHARMA_2005_TABLE_1])
+    lab2 = np.array([row[1] for row in SHARMA_2005_TABLE_1])
+    expected = np.array([row[2] for row in SHARMA_2005_TABLE_1])
+    np.testing.assert_allclose(delta_e2000(lab1, lab2), expected, atol=5e-5)
+
+
+@pytest.mark.parametrize("shape", [(1000,), (7, 13), (2, 3, 5)])
+def test_delta_e2000_matches_skimage_on_random_lab(shape):
+    rng = np.random.default_rng(sum(shape))
+    lab1, lab2 = _random_lab(rng, shape), _random_lab(rng, shape)
+    lab2.reshape(-1, 3)[::10, 1:] = 0.0  # zero chroma: hue undefined, a special case of the formula
+    lab1.reshape(-1, 3)[::17, 1:] = 0.0
+    ours = delta_e2000(lab1, lab2)
+    assert ours.shape == shape
+    np.testing.assert_allclose(ours, color.deltaE_ciede2000(lab1, lab2), rtol=1e-6, atol=1e-12)
+
+
+def test_delta_e2000_of_a_colour_with_itself_is_zero():
+    lab = _random_lab(np.random.default_rng(3), (50,))
+    np.testing.assert_array_equal(delta_e2000(lab, lab), np.zeros(50))
+
+
+# --- sRGB ↔ Lab ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+@pytest.mark.parametrize("as_uint8", [True, False])
+def test_rgb_to_lab_matches_skimage_on_photos(name, as_uint8):
+    photo = PHOTOS[name]
+    lab = rgb_to_lab(photo if as_uint8 else photo / 255.0)
+    assert lab.dtype == np.float32 and lab.shape == photo.shape
+    delta_e76 = np.linalg.norm(lab - color.rgb2lab(photo), axis=-1)
+    assert delta_e76.max() < 0.5
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_lab_to_rgb_matches_skimage_on_photos(name):
+    lab = color.rgb2lab(PHOTOS[name])
+    rgb = lab_to_rgb(lab)
+    assert rgb.dtype == np.float32 and rgb.shape == lab.shape
+    np.testing.assert_allclose(rgb, color.lab2rgb(lab), atol=1e-4)
+    assert np.linalg.norm(color.rgb2lab(rgb) - lab, axis=-1).max() < 0.5
+
+
+def test_lab_to_rgb_clips_out_of_gamut_like_skimage():
+    lab = _random_lab(np.random.default_rng(7), (40, 40)).astype(np.float32)
+    rgb = lab_to_rgb(lab)
+    assert rgb.min() >= 0.0 and rgb.max() <= 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # skimage warns when it clips negative Z
+        expected = color.lab2rgb(lab.astype(np.float64))
+    np.testing.assert_allclose(rgb, expected, atol=1e-4)
+
+
+def test_lab_round_trip_and_any_leading_shape():
+    rgb = np.random.default_rng(1).uniform(0.0, 1.0, (2, 5, 6, 3))
+    lab = rgb_to_lab(rgb)
+    assert lab.shape == rgb.shape
+    np.testing.assert_allclose(lab_to_rgb(lab), rgb, atol=1e-4)
+    np.testing.assert_allclose(rgb_to_lab(np.array([1.0, 1.0, 1.0])), [100.0, 0.0, 0.0], atol=0.02)
+    np.testing.assert_allclose(rgb_to_lab(np.zeros(3, dtype=np.uint8)), [0.0, 0.0, 0.0], atol=1e-5)
+
+
+# --- PSNR and SSIM ---------------------------------------------------------------------------------------
+
+
+def test_psnr_known_value_and_cap():
+    truth = np.full((4, 4, 3), 0.5)
+    assert psnr(truth + 0.1, truth) == pytest.approx(20.0)  # MSE 0.01 → 10·log10(1 / 0.01)
+    assert psnr(truth, truth) == 100.0
+    assert psnr(truth + 1e-7, truth) == 100.0  # 140 dB would be meaningless; the cap holds
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_psnr_matches_skimage(name):
+    truth = PHOTOS[name] / 255.0
+    pred = _noisy(truth, 0.05)
+    assert psnr(pred, truth) == pytest.approx(peak_signal_noise_ratio(truth, pred, data_range=1.0), abs=1e-9)
+    assert psnr(PHOTOS[name], (pred * 255).round().astype(np.uint8)) > 20.0
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+@pytest.mark.parametrize("sigma", [0.02, 0.2])
+def test_ssim_matches_skimage_on_photos(name, sigma):
+    truth = PHOTOS[name] / 255.0
+    pred = _noisy(truth, sigma)
+    expected = structural_similarity(pred, truth, channel_axis=-1, data_range=1.0)
+    assert ssim(pred, truth) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(7, 7, 3), (9, 11, 3), (64, 33, 3)])
+def test_ssim_matches_skimage_on_small_and_odd_images(shape):
+    rng = np.random.default_rng(shape[1])
+    a = rng.uniform(0, 1, shape).astype(np.float32)
+    b = np.clip(0.7 * a + 0.3 * rng.uniform(0, 1, shape), 0, 1).astype(np.float32)
+    expected = structural_similarity(a, b, channel_axis=-1, data_range=1.0)
+    assert ssim(a, b) == pytest.approx(expected, abs=1e-4)
+
+
+def test_ssim_of_identical_images_is_one_and_rejects_tiny_images():
+    photo = PHOTOS["chelsea"] / 255.0
+    assert ssim(photo, photo) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="7"):
+        ssim(np.zeros((6, 20, 3)), np.zeros((6, 20, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        ssim(np.zeros((8, 8, 3)), np.zeros((8, 9, 3)))
+
+
+# --- colourfulness ---------------------------------------------------------------------------------------
+
+# 2×2 checkerboard of A = (140, 100, 90) and gray G = (100, 100, 100), on the 0–255 scale.
+# A: rg = 140 − 100 = 40, yb = ½(140 + 100) − 90 = 30.   G: rg = 0, yb = 0.
+# rg ∈ {40, 0, 0, 40}: μ = 20, σ = 20 (population).  yb ∈ {30, 0, 0, 30}: μ = 15, σ = 15.
+# CF = √(20² + 15²) + 0.3·√(20² + 15²) = 25 + 0.3·25 = 32.5
+CHECKER = np.array([[[140, 100, 90], [100, 100, 100]], [[100, 100, 100], [140, 100, 90]]], dtype=np.uint8)
+
+# Signed vs absolute: B = (140, 100, 90) and C = (100, 140, 90) give rg ∈ {+40, −40}: μ_rg = 0, σ_rg = 40;
+# yb = ½·240 − 90 = 30 for both: μ_yb = 30, σ_yb = 0.  CF = √(40² + 0²) + 0.3·√(0² + 30²) = 40 + 9 = 49.
+# (With |rg|, as DDColor/CT2 compute it, μ_rg would be 40 and σ_rg 0, giving 0 + 0.3·50 = 15.)
+RED_GREEN = np.array([[[140, 100, 90], [100, 140, 90]]], dtype=np.uint8)
+
+
+def test_colourfulness_hand_computed():
+    assert colourfulness(CHECKER) == pytest.approx(32.5)
+    assert colourfulness(CHECKER / 255.0) == pytest.approx(32.5)
+    assert colourfulness(RED_GREEN) == pytest.approx(49.0)
+
+
+def test_colourfulness_gray_is_zero_and_saturation_raises_it():
+    gray = np.repeat(np.random.default_rng(0).uniform(0, 1, (16, 16, 1)), 3, axis=-1)
+    assert colourfulness(gray) == pytest.approx(0.0, abs=1e-9)
+    photo = PHOTOS["coffee"] / 255.0
+    luma = photo.mean(axis=-1, keepdims=True)
+    dull = luma + 0.3 * (photo - luma)
+    assert colourfulness(photo) > colourfulness(dull) > 0.0
+    assert colourfulness(dull) == pytest.approx(0.3 * colourfulness(photo))  # CF is linear in chroma scale
+
+
+def test_delta_cf_is_absolute_difference():
+    assert delta_cf(30.0, 42.5) == 12.5
+    assert delta_cf(42.5, 30.0) == 12.5
+
+
+# --- per-image rows and their summary --------------------------------------------------------------------
+
+
+def test_image_metrics_of_perfect_and_gray_prediction():
+    truth = PHOTOS["astronaut"][:128, :128] / 255.0
+    perfect = image_metrics(truth, truth)
+    assert set(perfect) == {"psnr", "ssim", "delta_e2000", "colourfulness", "colourfulness_truth"}
+    assert perfect["psnr"] == 100.0
+    assert perfect["ssim"] == pytest.approx(1.0)
+    assert perfect["delta_e2000"] == pytest.approx(0.0, abs=1e-3)
+    assert perfect["colourfulness"] == perfect["colourfulness_truth"] > 0.0
+
+    gray = np.repeat(truth.mean(axis=-1, keepdims=True), 3, axis=-1)
+    row = image_metrics(gray, truth)
+    assert all(isinstance(v, float) for v in row.values())
+    assert row["colourfulness"] == pytest.approx(0.0, abs=1e-9)
+    assert 0.0 < row["ssim"] < 1.0 and row["delta_e2000"] > 1.0 and row["psnr"] < 100.0
+
+
+def test_summarise_means_and_delta_cf():
+    rows = [
+        {"psnr": 20.0, "ssim": 0.8, "delta_e2000": 5.0, "colourfulness": 10.0, "colourfulness_truth": 30.0},
+        {"psnr": 24.0, "ssim": 0.9, "delta_e2000": 3.0, "colourfulness": 50.0, "colourfulness_truth": 40.0},
+    ]
+    summary = summarise(rows)
+    assert summary == pytest.approx(
+        {
+            "psnr": 22.0,
+            "ssim": 0.85,
+            "delta_e2000": 4.0,
+            "colourfulness": 30.0,
+            "colourfulness_truth": 35.0,
+            "delta_cf": 5.0,  # |30 − 35| on the means, not the mean of per-image |10 − 30| and |50 − 40|
+        }
+    )
+
+
+def test_summarise_rejects_empty_and_ragged_rows():
+    with pytest.raises(DataError, match="empty"):
+        summarise([])
+    with pytest.raises(DataError, match="keys"):
+        summarise([{"psnr": 1.0, "colourfulness": 1.0, "colourfulness_truth": 1.0}, {"psnr": 2.0}])
