@@ -80,7 +80,7 @@ def run_evaluate(params: Params, data_dir: str | Path, candidate_dir: str | Path
                         "comparing a model with itself decides nothing — retrain or change params first")
     summary, decision = evaluate(data_dir, candidate_dir, champ, params.gate, reports_dir,
                                  params.evaluate.batch_size, params.evaluate.gallery_size, params.base.seed)
-    return summary, decision.to_dict()
+    return summary, {**decision.to_dict(), "candidate_id": model_id_of(candidate_dir)}
 
 
 def run_register(params: Params, candidate_dir: str | Path, gate: dict[str, Any], metrics: dict[str, Any],

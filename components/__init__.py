@@ -1,0 +1,1 @@
+"""One thin KFP component per stage; each calls `chromify.stages` and moves artifacts in and out."""

@@ -1,0 +1,143 @@
+"""The whole pipeline, both ways, on the bundled sample: `dvc repro` in a copy of the repo, and the compiled
+DAG under kfp.local. Small settings keep each run to about a minute on two cores."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chromify.config import load_params, params_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "preprocess": {"size": 64, "workers": 1},
+    "model": {"base_width": 8, "depth": 3},
+    "train": {"max_steps": 15, "max_minutes": 0, "crop": 48, "batch_size": 8, "checkpoint_every": 0,
+              "warmup_steps": 5},
+    # Both gate branches are exercised by the thresholds, not by hoping training goes one way.
+    "gate": {"min_psnr_gain_db": -100.0, "max_delta_cf": 1000.0},
+}
+
+
+def small_params(**overrides) -> dict:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in {**SMALL, **overrides}.items():
+        raw[section] = {**raw[section], **values}
+    for section, values in overrides.items():
+        raw[section] = {**raw[section], **values}
+    return raw
+
+
+def run(cmd, cwd, **kw):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kw)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    """A fresh git repo with the project's pipeline files, as a user's clone would have them."""
+    dest = tmp_path / "repo"
+    dest.mkdir()
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
+    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
+    shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
+    run(["git", "init", "-q"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
+    return dest
+
+
+def test_dvc_repro_end_to_end_then_unchanged_then_params_flow(repo_copy):
+    out = run(["dvc", "repro"], repo_copy)
+    for stage in ("ingest", "preprocess", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in out
+
+    metrics = json.loads((repo_copy / "reports/metrics.json").read_text())
+    gate = json.loads((repo_copy / "reports/gate.json").read_text())
+    ingest = json.loads((repo_copy / "reports/ingest.json").read_text())
+    assert ingest["accepted"] == 11 and ingest["rejected_grayscale"] == 1
+    assert metrics["images"] == 2
+    assert 15.0 < metrics["gray"]["psnr"] < 40.0 and metrics["gray"]["colourfulness"] < 1.0
+    assert metrics["candidate"]["colourfulness"] > 1.0  # the model adds colour where gray has none
+    assert metrics["psnr_gain_db"] == pytest.approx(metrics["candidate"]["psnr"] - metrics["gray"]["psnr"])
+    assert gate["passed"] is True and gate["champion_id"] is None
+    assert "<img src=\"data:image/png;base64," in (repo_copy / "reports/gallery.html").read_text()
+    registry = repo_copy / "models/registry/chromify-colorizer"
+    assert json.loads((registry / "aliases.json").read_text()) == {"champion": 1}
+    record = json.loads((registry / "v0001/record.json").read_text())
+    assert record["metrics"]["candidate"]["psnr"] == metrics["candidate"]["psnr"]
+    assert len(record["data_manifest_sha256"]) == 64 and record["params"]["train"]["max_steps"] == 15
+
+    t0 = time.monotonic()
+    again = run(["dvc", "repro"], repo_copy)
+    unchanged_s = time.monotonic() - t0
+    assert "Data and pipelines are up to date" in again
+    assert "Running stage" not in again
+    print(f"second dvc repro: {unchanged_s:.1f} s")
+
+    # A params change reruns train and what follows, not ingest or preprocess; the new model is gated
+    # against the first one (the champion) and, passing, becomes version 2.
+    exp = run(["dvc", "exp", "run", "-S", "train.epochs=2"], repo_copy)
+    assert "Running stage 'train'" in exp and "Running stage 'evaluate'" in exp
+    assert "Running stage 'ingest'" not in exp and "Running stage 'preprocess'" not in exp
+    gate2 = json.loads((repo_copy / "reports/gate.json").read_text())
+    assert gate2["champion_id"] == record["model_id"]
+    assert {c["name"] for c in gate2["checks"]} >= {"psnr_vs_champion", "delta_cf_vs_champion"}
+    listing = run(["chromify", "models", "list"], repo_copy)
+    assert "v1" in listing and (("v2" in listing) == gate2["passed"])
+
+
+def test_kfp_local_dag_registers_only_when_the_gate_passes(tmp_path, monkeypatch):
+    from pipelines.run import run_local
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")
+    registry = tmp_path / "registry"
+    p = params_from_dict(small_params(register={"registry_dir": str(registry)}))
+    run_local(p, tmp_path / "run1")
+    reg = registry / "chromify-colorizer"
+    assert json.loads((reg / "aliases.json").read_text()) == {"champion": 1}
+    record = json.loads((reg / "v0001/record.json").read_text())
+    assert record["gate"]["passed"] is True
+    evaluated = json.loads(next((tmp_path / "run1").glob("*/evaluate/executor_output.json")).read_text())
+    logged = evaluated["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert logged["candidate_psnr"] == pytest.approx(record["metrics"]["candidate"]["psnr"])
+    assert logged["psnr_gain_db"] == pytest.approx(logged["candidate_psnr"] - logged["gray_psnr"])
+    assert evaluated["parameterValues"]["Output"] is True
+    registered = json.loads(next((tmp_path / "run1").glob("*/register/executor_output.json")).read_text())
+    assert registered["parameterValues"]["Output"] == 1
+    gallery = next((tmp_path / "run1").glob("*/evaluate/gallery")).read_text()
+    assert gallery.count("data:image/png;base64,") >= 6
+
+    # Second run: another seed (so another model) and a bar no model can clear → gated out, not registered.
+    strict = dataclasses.replace(p, base=dataclasses.replace(p.base, seed=7),
+                                 gate=dataclasses.replace(p.gate, min_psnr_gain_db=50.0))
+    run_local(strict, tmp_path / "run2")
+    assert sorted(d.name for d in reg.glob("v*")) == ["v0001"]
+    assert json.loads((reg / "aliases.json").read_text()) == {"champion": 1}
+    gate_files = list((tmp_path / "run2").glob("*/evaluate/gate"))
+    gate = json.loads(gate_files[0].read_text())
+    assert gate["passed"] is False and gate["champion_id"] == record["model_id"]
+    assert any("PSNR gain over gray" in r for r in gate["reasons"])
+    assert not list((tmp_path / "run2").glob("*/register"))
+
+
+def test_params_yaml_is_the_one_source_of_defaults():
+    assert load_params(ROOT / "params.yaml").to_dict() == params_from_dict(
+        yaml.safe_load((ROOT / "params.yaml").read_text())).to_dict()
