@@ -6,7 +6,8 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin
-export UV_COMPILE_BYTECODE := 1   # precompiled imports: torch & co. start in seconds, not tens of seconds
+# Precompiled imports: torch & co. start in seconds, not tens of seconds.
+export UV_COMPILE_BYTECODE := 1
 
 .PHONY: help setup demo test test-fast lint lint-infra compile-pipeline run-local clean
 
