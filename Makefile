@@ -53,5 +53,9 @@ compile-pipeline: setup ## Write pipeline.yaml (the KFP v2 IR)
 run-local: setup ## Run the KFP DAG locally with kfp.local
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/chromify pipeline run-local
 
+.PHONY: docs
+docs: setup ## Build the documentation site into site/ (strict, offline-viewable: open site/index.html)
+	CHROMIFY_DOCS_VENDOR=required NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f docs/mkdocs.yml
+
 clean: ## Remove generated data, models and reports (keeps the environment)
 	rm -rf data models reports local_outputs pipeline.yaml dvc.lock

@@ -5,13 +5,52 @@ from components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def preprocess(params_json: str, raw: Input[Dataset], shards: Output[Dataset]) -> int:
-    """Photos → 8-bit Lab shards with a per-split index; returns the number of training samples."""
+def preprocess_partition(params_json: str, raw: Input[Dataset], partition: int, partitions: int,
+                         shards: Output[Dataset]) -> int:
+    """Photos of manifest slice `partition`/`partitions` → 8-bit Lab shards (no index); returns the image count."""
     import json
 
     from chromify.config import params_from_dict
     from chromify.stages import run_preprocess
 
-    counts = run_preprocess(params_from_dict(json.loads(params_json)), raw.path, shards.path)
+    counts = run_preprocess(params_from_dict(json.loads(params_json)), raw.path, shards.path,
+                            partition=f"{partition}/{partitions}", write_index=False)
+    shards.metadata.update(counts)
+    return counts["images"]
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def collect_shards(params_json: str, parts: Input[list[Dataset]], partitions: int, shards: Output[Dataset]) -> int:
+    """Gather the partitions' shards into one dataset with a per-split index; returns the number of training samples."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from chromify import shards as lab_shards
+    from chromify.config import params_from_dict
+    from chromify.errors import DataError
+
+    if len(parts) != partitions:
+        raise DataError(f"collect_shards: got {len(parts)} partition(s), expected {partitions}")
+    # Partitions write disjoint file names (their tag is in each name), as they would into one shared folder:
+    # merging is the union of their trees. Copied, not moved: a cached partition's artifact is reused by later
+    # runs and must stay whole. Hidden names are an unfinished write's temp files.
+    out, seen = Path(shards.path), set()
+    for part in parts:
+        root = Path(part.path)
+        for src in sorted(root.rglob("*")):
+            rel = src.relative_to(root)
+            if not src.is_file() or any(name.startswith(".") for name in rel.parts):
+                continue
+            if rel in seen:
+                raise DataError(f"{part.uri}/{rel}: written by two partitions")
+            seen.add(rel)
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, out / rel)
+    size = params_from_dict(json.loads(params_json)).preprocess.size
+    indexes = lab_shards.write_index(out, size, partitions=partitions)
+    if not indexes:
+        raise DataError(f"{shards.uri}: a partition did not finish; the shard index was not written")
+    counts = {f"{split}_count": index["count"] for split, index in indexes.items()}
     shards.metadata.update(counts)
     return counts["train_count"]

@@ -5,15 +5,34 @@ from components.images import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def train(params_json: str, shards: Input[Dataset], model: Output[Model], metrics: Output[Metrics]) -> float:
-    """Train the colorizer (torchrun inside when several GPUs are attached); returns validation L1."""
+def train(params_json: str, shards: Input[Dataset], model: Output[Model], metrics: Output[Metrics],
+          nproc: int = 1) -> float:
+    """Train the colorizer, in-process or, with nproc > 1, as `torchrun` ranks (one per GPU); returns validation L1."""
     import json
 
-    from chromify.config import params_from_dict
-    from chromify.stages import run_train
+    if nproc > 1:
+        import subprocess
+        import tempfile
+        from pathlib import Path
 
-    result = run_train(params_from_dict(json.loads(params_json)), shards.path, model.path, reports_dir=None)
+        with tempfile.TemporaryDirectory(prefix="chromify-train-") as tmp:
+            work = Path(tmp)
+            (work / "params.json").write_text(params_json)  # JSON is YAML: `--params` reads it as it is
+            # Every rank prints its result, only rank 0's has the validation metrics: `--redirects 1` keeps each
+            # rank's stdout in its own file under --log-dir (stderr stays in the task's log).
+            subprocess.run(["torchrun", "--standalone", "--nproc-per-node", str(nproc), "--redirects", "1",
+                            "--log-dir", str(work / "logs"), "-m", "chromify.cli", "train",
+                            "--params", str(work / "params.json"), "--data", shards.path, "--out", model.path,
+                            "--reports", str(work / "reports")], cwd=work, check=True)
+            rank0 = max(work.glob("logs/**/attempt_*/0/stdout.log"), key=lambda p: p.stat().st_mtime).read_text()
+        result = json.loads(rank0[rank0.rfind("\n{\n") + 1:])  # the CLI's JSON is the last thing it prints
+    else:
+        from chromify.config import params_from_dict
+        from chromify.stages import run_train
+
+        result = run_train(params_from_dict(json.loads(params_json)), shards.path, model.path, reports_dir=None)
     for key in ("step", "train_seconds", "val_l1", "val_psnr_ab"):
         metrics.log_metric(key, float(result[key]))
-    model.metadata.update({"framework": "pytorch", "format": "safetensors"})
+    metrics.log_metric("processes", nproc)
+    model.metadata.update({"framework": "pytorch", "format": "safetensors", "processes": nproc})
     return float(result["val_l1"])

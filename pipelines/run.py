@@ -1,26 +1,43 @@
 """Compile, run locally (kfp.local) and submit the DAG. Parameters default from params.yaml, so DVC and the
-cloud start from the same values."""
+cloud start from the same values; the `cloud:` section picks where the DAG runs and what the train task gets."""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from chromify.config import Params, load_params
+from chromify.errors import ConfigError
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
+    from google.cloud.aiplatform import PipelineJob
 
 
 def pipeline_arguments(params: Params) -> dict[str, Any]:
+    """The run's parameters: the whole params, as one JSON string every step parses."""
     return {"params_json": json.dumps(params.to_dict(), sort_keys=True)}
 
 
-def compile_pipeline(out: str | Path, params_path: str | Path = "params.yaml") -> Path:
+def _params(params: str | Path | Params) -> Params:
+    return params if isinstance(params, Params) else load_params(params)
+
+
+def compile_pipeline(out: str | Path, params_path: str | Path | Params = "params.yaml",
+                     target: str | None = None) -> Path:
+    """Write the IR YAML for `target` (vertex, kfp, local; default `cloud.target`), defaults from params."""
     from kfp import compiler
 
-    from pipelines.chromify_pipeline import chromify_pipeline
+    from pipelines.chromify_pipeline import build_pipeline
 
-    compiler.Compiler().compile(chromify_pipeline, str(out),
-                                pipeline_parameters=pipeline_arguments(load_params(params_path)))
+    params = _params(params_path)
+    compiler.Compiler().compile(build_pipeline(params, target or params.cloud.target), str(out),
+                                pipeline_parameters=pipeline_arguments(params))
     return Path(out)
 
 
@@ -28,53 +45,169 @@ def run_local(params: str | Path | Params = "params.yaml", workdir: str | Path =
     """Run the whole DAG in this environment with kfp.local's SubprocessRunner; returns where things went."""
     from kfp import local
 
-    from pipelines.chromify_pipeline import chromify_pipeline
+    from pipelines.chromify_pipeline import build_pipeline
 
-    p = params if isinstance(params, Params) else load_params(params)
+    p = _params(params)
     workdir = Path(workdir).resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir))
-    chromify_pipeline(**pipeline_arguments(p))
+    build_pipeline(p, "local")(**pipeline_arguments(p))
     return {"pipeline_root": str(workdir), "registry": str(Path(p.register.registry_dir).resolve())}
 
 
-def submit(target: str, project: str | None, region: str, pipeline_root: str | None, service_account: str | None,
-           experiment: str | None, host: str | None, dry_run: bool, params_path: str | Path) -> dict[str, Any]:
+def load_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The compiled file → (pipeline spec, kubernetes platform spec or {}); kfp-kubernetes adds a second document."""
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    platform = next((d for d in docs[1:] if "platforms" in d), {})
+    return docs[0], platform.get("platforms", {}).get("kubernetes", {})
+
+
+def iter_tasks(spec: dict[str, Any], dag: dict[str, Any] | None = None,
+               within: tuple[str, ...] = ()) -> Iterator[tuple[str, dict[str, Any], tuple[str, ...]]]:
+    """Every task of the IR as (task name, task, display names of the enclosing loops/conditions), loops and
+    conditions included, their DAGs flattened."""
+    for name, task in (dag or spec["root"]["dag"])["tasks"].items():
+        yield name, task, within
+        component = spec["components"][task["componentRef"]["name"]]
+        if "dag" in component:
+            yield from iter_tasks(spec, component["dag"], (*within, task["taskInfo"]["name"]))
+
+
+def summarize_spec(spec: dict[str, Any], platform: dict[str, Any]) -> dict[str, Any]:
+    """What a reviewer checks before a run: each task's display name, image, resources, caching and retries."""
+    executors = spec["deploymentSpec"]["executors"]
+    k8s = platform.get("deploymentSpec", {}).get("executors", {})
+    tasks, loops = {}, {}
+    for name, task, within in iter_tasks(spec):
+        component = spec["components"][task["componentRef"]["name"]]
+        if "parameterIterator" in task:
+            loops[task["taskInfo"]["name"]] = task["parameterIterator"]["items"]
+        if "executorLabel" not in component:
+            continue
+        executor = component["executorLabel"]
+        container = executors[executor]["container"]
+        tasks[name] = {
+            "display_name": task["taskInfo"]["name"],
+            "image": container["image"],
+            "within": list(within),
+            "cache": task.get("cachingOptions", {}).get("enableCache", False),
+            "retries": task.get("retryPolicy", {}).get("maxRetryCount", 0),
+            **({"resources": container["resources"]} if container.get("resources") else {}),
+            **({"kubernetes": k8s[executor]} if executor in k8s else {}),
+        }
+    return {"pipeline": spec["pipelineInfo"]["name"], "tasks": tasks, "loops": loops,
+            "images": sorted({t["image"] for t in tasks.values()})}
+
+
+def check_pipeline_root(pipeline_root: str | None) -> str:
+    """gs://bucket/path, a folder inside a bucket (Vertex AI writes each run beneath it); returns it without '/'."""
+    if not pipeline_root or not re.fullmatch(r"gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]/\S+", pipeline_root.rstrip("/")):
+        raise ConfigError(f"--pipeline-root {pipeline_root}: must be a path in a bucket, gs://bucket/some/path")
+    return pipeline_root.rstrip("/")
+
+
+def cloud_problems(params: Params) -> list[str]:
+    """What would make a cloud run fail late or lose its result; submit refuses them, a dry run lists them."""
+    from components import images
+
+    problems = []
+    if images.REGISTRY == images.PLACEHOLDER_REGISTRY:
+        problems.append("CHROMIFY_IMAGE_REGISTRY is not set: the steps would pull images from a placeholder "
+                        "registry (export it from `terraform -chdir=infra output -raw image_registry`)")
+    if images.TAG == images.NO_COMMIT:
+        problems.append("no git commit to tag the images with: set CHROMIFY_IMAGE_TAG to the built commit")
+    if params.register.target == "local":
+        problems.append("register.target is local: the registry would live and die on the register step's "
+                        "container, and every champion lookup would find none (set register.target: vertex)")
+    return problems
+
+
+def vertex_labels() -> dict[str, str]:
+    """Labels on the run: the app (as in infra/) and the image tag, i.e. the code the steps run."""
+    from components.images import TAG
+
+    return {"app": "chromify", "image-tag": re.sub(r"[^a-z0-9_-]", "-", TAG.lower())[:63]}
+
+
+def build_vertex_job(template_path: str | Path, params: Params, project: str, region: str, pipeline_root: str,
+                     service_account: str | None = None, credentials: Credentials | None = None) -> PipelineJob:
+    """The Vertex AI PipelineJob request, built and not sent (`job.to_dict()` is what `submit` sends)."""
+    from google.cloud import aiplatform
+
+    from pipelines.chromify_pipeline import PIPELINE_NAME
+
+    if not project:
+        raise ConfigError("--target vertex needs --project")
+    job = aiplatform.PipelineJob(
+        display_name=PIPELINE_NAME, template_path=str(template_path),
+        pipeline_root=check_pipeline_root(pipeline_root), parameter_values=pipeline_arguments(params),
+        # None keeps the compiled per-task caching; True or False here would override it for every task,
+        # and a cached evaluate would gate against a stale champion.
+        enable_caching=None, labels=vertex_labels(), project=project, location=region, credentials=credentials)
+    if service_account:
+        # What job.submit(service_account=...) does first, done here so that a dry run shows the request that
+        # submit sends (the public `gca_resource` refuses access before the job exists).
+        job._gca_resource.service_account = service_account
+    return job
+
+
+def vertex_request(job: PipelineJob, project: str, region: str) -> dict[str, Any]:
+    """The create request without the (long) pipeline spec, for printing."""
+    body = {k: v for k, v in job.to_dict().items() if k != "pipelineSpec"}
+    return {"parent": f"projects/{project}/locations/{region}", "pipelineJob": body}
+
+
+def build_kfp_run(template_path: str | Path, params: Params, experiment: str | None, pipeline_root: str | None,
+                  service_account: str | None) -> dict[str, Any]:
+    """Keyword arguments of `kfp.Client.create_run_from_pipeline_package`, built and not sent."""
+    from pipelines.chromify_pipeline import PIPELINE_NAME
+
+    return {"pipeline_file": str(template_path), "arguments": pipeline_arguments(params), "run_name": PIPELINE_NAME,
+            "experiment_name": experiment, "pipeline_root": pipeline_root, "service_account": service_account,
+            "enable_caching": None}  # None: the compiled per-task caching holds (see build_vertex_job)
+
+
+def submit(target: str | None, project: str | None, region: str, pipeline_root: str | None,
+           service_account: str | None, experiment: str | None, host: str | None, dry_run: bool,
+           params_path: str | Path) -> dict[str, Any]:
     """Submit to Vertex AI Pipelines (target='vertex') or a Kubeflow Pipelines host (target='kfp')."""
     import tempfile
 
-    from chromify.errors import ConfigError
-    from pipelines.chromify_pipeline import PIPELINE_NAME
-
     params = load_params(params_path)
-    spec = Path(tempfile.mkdtemp()) / "chromify_pipeline.yaml"
-    compile_pipeline(spec, params_path)
-    arguments = pipeline_arguments(params)
+    target = target or params.cloud.target
+    if target not in ("vertex", "kfp"):
+        raise ConfigError(f"--target {target!r}: expected vertex or kfp (kfp.local is `chromify pipeline run-local`)")
+    if target == "kfp" and not host:
+        raise ConfigError("--target kfp needs --host URL of the Kubeflow Pipelines API")
+    if target == "vertex":  # checked before the compile, so a typo costs no time
+        if not project:
+            raise ConfigError("--target vertex needs --project")
+        check_pipeline_root(pipeline_root)
+    problems = cloud_problems(params)
+    if problems and not dry_run:
+        raise ConfigError("not submitted: " + "; ".join(problems))
+    spec_path = Path(tempfile.mkdtemp(prefix="chromify-pipeline-")) / "chromify_pipeline.yaml"
+    compile_pipeline(spec_path, params, target)
+    summary = summarize_spec(*load_spec(spec_path))
     if target == "vertex":
-        if not project or not pipeline_root:
-            raise ConfigError("--target vertex needs --project and --pipeline-root gs://bucket/path")
-        if not pipeline_root.startswith("gs://") or "/" not in pipeline_root[5:].strip("/"):
-            raise ConfigError(f"--pipeline-root {pipeline_root}: must be gs://bucket/some/path (a path in the bucket)")
-        request = {"target": "vertex", "project": project, "location": region, "display_name": PIPELINE_NAME,
-                   "template_path": str(spec), "pipeline_root": pipeline_root, "service_account": service_account,
-                   "experiment": experiment, "parameter_values": sorted(arguments)}
-        if dry_run:
-            return {"dry_run": True, **request}
-        from google.cloud import aiplatform
+        credentials = None
+        if dry_run:  # nothing is sent, so no account is needed to build the request
+            from google.auth.credentials import AnonymousCredentials
 
-        aiplatform.init(project=project, location=region, experiment=experiment)
-        job = aiplatform.PipelineJob(display_name=PIPELINE_NAME, template_path=str(spec),
-                                     pipeline_root=pipeline_root, parameter_values=arguments, enable_caching=True)
+            credentials = AnonymousCredentials()
+        job = build_vertex_job(spec_path, params, project, region, pipeline_root, service_account, credentials)
+        request = {"target": "vertex", "request": vertex_request(job, project, region),
+                   "experiment": experiment, "spec": summary}
+        if dry_run:
+            return {"dry_run": True, **request, "problems": problems}
         job.submit(service_account=service_account, experiment=experiment)
-        return {**request, "job": job.resource_name}
-    if target == "kfp":
-        if not host:
-            raise ConfigError("--target kfp needs --host URL of the Kubeflow Pipelines API")
-        request = {"target": "kfp", "host": host, "package": str(spec), "parameter_values": sorted(arguments)}
-        if dry_run:
-            return {"dry_run": True, **request}
-        import kfp
+        return {"target": "vertex", "job": job.resource_name, "experiment": experiment,
+                "console": f"https://console.cloud.google.com/vertex-ai/locations/{region}/pipelines/runs/"
+                           f"{job.job_id}?project={project}"}
+    run_kwargs = build_kfp_run(spec_path, params, experiment, pipeline_root, service_account)
+    request = {"target": "kfp", "host": host, "request": run_kwargs, "spec": summary}
+    if dry_run:
+        return {"dry_run": True, **request, "problems": problems}
+    import kfp
 
-        run = kfp.Client(host=host).create_run_from_pipeline_package(str(spec), arguments=arguments,
-                                                                     enable_caching=True)
-        return {**request, "run_id": run.run_id}
-    raise ConfigError(f"--target {target!r}: expected vertex or kfp")
+    run = kfp.Client(host=host).create_run_from_pipeline_package(**run_kwargs)
+    return {"target": "kfp", "host": host, "run_id": run.run_id}

@@ -13,7 +13,8 @@ def test_repo_params_load_with_every_section():
     assert p.base.seed == 42
     assert p.ingest.source == "sample"
     assert p.model.arch in __import__("chromify.models", fromlist=["list_models"]).list_models()
-    assert set(p.to_dict()) == {"base", "ingest", "preprocess", "model", "train", "evaluate", "gate", "register"}
+    assert set(p.to_dict()) == {"base", "ingest", "preprocess", "model", "train", "evaluate", "gate", "register",
+                               "cloud"}
 
 
 def test_yaml_scalars_are_coerced_to_the_declared_types():

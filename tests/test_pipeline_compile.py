@@ -1,20 +1,59 @@
-"""The compiled KFP IR: five tasks, the gate condition, metrics artifacts, caching and retries."""
+"""The compiled KFP IR for each target: the DAG's shape, the preprocess fan-out, the train task's GPUs (Vertex AI
+resources, Kubeflow limit + node selector + toleration), caching, retries and pinned images. kfp.local ignores
+most of these, so they are checked here, on what Vertex AI and Kubeflow would receive."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import yaml
 
-from pipelines.run import compile_pipeline
+from chromify.config import load_params, params_from_dict
+from chromify.errors import ConfigError
+from pipelines.run import compile_pipeline, iter_tasks, load_spec, summarize_spec
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_compiled_pipeline_has_five_tasks_the_gate_condition_and_metrics(tmp_path):
-    spec = yaml.safe_load(compile_pipeline(tmp_path / "pipeline.yaml").read_text())
+def params_file(tmp_path: Path, **sections) -> Path:
+    """The repo's params.yaml with some sections' keys overridden."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in sections.items():
+        raw[section] = {**raw[section], **values}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def compiled(tmp_path: Path, target: str, **sections) -> tuple[dict, dict]:
+    out = compile_pipeline(tmp_path / f"{target}.yaml", params_file(tmp_path, **sections), target=target)
+    return load_spec(out)
+
+
+def dag_of(spec: dict, task: dict) -> dict:
+    return spec["components"][task["componentRef"]["name"]]["dag"]["tasks"]
+
+
+def one(tasks: dict, prefix: str) -> tuple[str, dict]:
+    (name,) = [n for n in tasks if n.startswith(prefix)]
+    return name, tasks[name]
+
+
+@pytest.mark.parametrize("target", ["vertex", "kfp", "local"])
+def test_dag_has_its_steps_the_gate_condition_metrics_and_display_names(tmp_path, target):
+    spec, _ = compiled(tmp_path, target)
     root = spec["root"]["dag"]["tasks"]
-    condition = next(t for name, t in root.items() if name.startswith("condition"))
-    inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
-    assert sorted(root) == sorted(["ingest", "preprocess", "train", "evaluate", next(n for n in root if
-                                                                                       n.startswith("condition"))])
-    assert list(inner) == ["register"]
-    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
-    assert "evaluate" in condition["dependentTasks"]
+    loop_name, loop = one(root, "for-loop")
+    cond_name, cond = one(root, "condition")
+    assert sorted(root) == sorted(["ingest", loop_name, "collect-shards", "train", "evaluate", cond_name])
+    assert list(dag_of(spec, loop)) == ["preprocess-partition"]
+    assert list(dag_of(spec, cond)) == ["register"]
+    assert cond["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    assert "evaluate" in cond["dependentTasks"]
+    assert root["train"]["dependentTasks"] == ["collect-shards"]
 
     outputs = spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
     assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
@@ -24,25 +63,169 @@ def test_compiled_pipeline_has_five_tasks_the_gate_condition_and_metrics(tmp_pat
     assert train_out["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     assert train_out["model"]["artifactType"]["schemaTitle"] == "system.Model"
 
-    # Champion lookup and registration must never come from cache; training retries on preemption.
-    assert root["evaluate"]["cachingOptions"].get("enableCache", False) is False
-    assert inner["register"]["cachingOptions"].get("enableCache", False) is False
-    assert root["train"]["retryPolicy"]["maxRetryCount"] == 2
-    assert all(t["taskInfo"]["name"] for t in root.values())
+    # Every task, loop and condition carries a name of its own, not the generated one.
+    names = {name: task["taskInfo"]["name"] for name, task, _ in iter_tasks(spec)}
+    assert len(names) == 8 and all(display and display != name for name, display in names.items())
+    assert names[loop_name] == "preprocess-partitions" and names[cond_name] == "gate-passed"
+    for step in ("ingest", "Lab shards", "collect", "train", "evaluate", "register"):  # the docstring lists the steps
+        assert step in spec["pipelineInfo"]["description"]
 
 
-def test_images_are_pinned_never_latest(tmp_path):
-    spec = yaml.safe_load(compile_pipeline(tmp_path / "pipeline.yaml").read_text())
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+def test_preprocess_fans_out_over_partitions_and_one_step_collects_them(tmp_path):
+    spec, _ = compiled(tmp_path, "vertex", cloud={"preprocess_partitions": 3})
+    root = spec["root"]["dag"]["tasks"]
+    loop_name, loop = one(root, "for-loop")
+    assert json.loads(loop["parameterIterator"]["items"]["raw"]) == [0, 1, 2]
+    part = dag_of(spec, loop)["preprocess-partition"]
+    assert part["inputs"]["parameters"]["partition"]["componentInputParameter"] == loop["parameterIterator"][
+        "itemInput"]
+    assert part["inputs"]["parameters"]["partitions"]["runtimeValue"]["constant"] == 3
+    assert part["inputs"]["artifacts"]["raw"]["componentInputArtifact"] == "pipelinechannel--ingest-raw"
+
+    # dsl.Collected: the loop's outputs come back as one list of datasets into collect-shards.
+    collect = root["collect-shards"]
+    parts = collect["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]
+    assert parts["producerTask"] == loop_name
+    loop_outputs = spec["components"][loop["componentRef"]["name"]]["outputDefinitions"]["artifacts"]
+    assert loop_outputs[parts["outputArtifactKey"]]["isArtifactList"] is True
+    collect_input = spec["components"]["comp-collect-shards"]["inputDefinitions"]["artifacts"]["parts"]
+    assert collect_input["isArtifactList"] is True
+    assert collect["inputs"]["parameters"]["partitions"]["runtimeValue"]["constant"] == 3
+    assert root["train"]["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "collect-shards"
+
+
+def test_vertex_train_task_gets_the_accelerator_cpu_and_memory_from_params(tmp_path):
+    spec, platform = compiled(tmp_path, "vertex", cloud={"accelerator_type": "NVIDIA_A100_80GB",
+                                                         "accelerator_count": 4, "cpu_limit": "48",
+                                                         "memory_limit": "340G"})
+    container = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    resources = container["resources"]
+    assert resources["accelerator"]["resourceType"] == "NVIDIA_A100_80GB"
+    assert resources["accelerator"]["resourceCount"] == "4"
+    assert resources["resourceCpuLimit"] == "48" and resources["resourceMemoryLimit"] == "340G"
+    # Four GPUs: the train component starts four torchrun ranks.
+    assert spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["nproc"]["runtimeValue"]["constant"] == 4
+    assert platform == {}  # no Kubernetes settings on Vertex AI
+    # Only training asks for GPUs; the other steps take the default machine.
+    others = [e for name, e in spec["deploymentSpec"]["executors"].items() if name != "exec-train"]
+    assert others and not any("resources" in e["container"] for e in others)
+
+
+def test_kfp_train_task_gets_the_gpu_limit_node_selector_and_toleration(tmp_path):
+    spec, platform = compiled(tmp_path, "kfp", cloud={"accelerator_count": 2, "kfp_gpu_node_selector_key": "pool",
+                                                      "kfp_gpu_node_selector_value": "l4-spot"})
+    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "2"
+    assert resources["resourceCpuLimit"] == "8" and resources["resourceMemoryLimit"] == "32G"
+    assert spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["nproc"]["runtimeValue"]["constant"] == 2
+    executors = platform["deploymentSpec"]["executors"]
+    assert list(executors) == ["exec-train"]  # CPU steps stay off the GPU pool
+    assert executors["exec-train"]["nodeSelector"] == {"labels": {"pool": "l4-spot"}}
+    assert executors["exec-train"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
+
+
+def test_the_kfp_defaults_select_and_tolerate_the_terraform_gpu_pool():
+    hcl2 = pytest.importorskip("hcl2")
+    cloud = load_params(ROOT / "params.yaml").cloud
+    module = ROOT / "infra/modules/gke_gpu_pool"
+    pool = next(r["google_container_node_pool"]["gpu"] for r in hcl2.loads((module / "main.tf").read_text())[
+        "resource"] if "google_container_node_pool" in r)["node_config"][0]
+    variables = {k: v for d in hcl2.loads((module / "variables.tf").read_text())["variable"] for k, v in d.items()}
+    assert pool["labels"] == {cloud.kfp_gpu_node_selector_key: "${var.node_label_value}"}
+    assert variables["node_label_value"]["default"] == cloud.kfp_gpu_node_selector_value
+    (taint,) = pool["taint"]
+    assert (taint["key"], taint["value"]) == (cloud.kfp_gpu_toleration_key, cloud.kfp_gpu_toleration_value)
+    assert taint["effect"] == "NO_SCHEDULE" and cloud.kfp_gpu_toleration_effect == "NoSchedule"
+
+
+def test_local_target_and_zero_gpus_carry_no_accelerator_settings(tmp_path):
+    spec, platform = compiled(tmp_path, "local", cloud={"accelerator_count": 8})
+    assert not any("resources" in e["container"] for e in spec["deploymentSpec"]["executors"].values())
+    assert spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["nproc"]["runtimeValue"]["constant"] == 1
+    assert platform == {}
+
+    spec, platform = compiled(tmp_path, "kfp", cloud={"accelerator_count": 0})
+    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert "accelerator" not in resources and platform == {}
+
+
+def test_caching_is_on_for_deterministic_steps_and_off_for_the_champion_and_a_live_source(tmp_path):
+    spec, _ = compiled(tmp_path, "vertex")
+    tasks = {name: task for name, task, _ in iter_tasks(spec)}
+
+    def cached(name: str) -> bool:
+        return tasks[name].get("cachingOptions", {}).get("enableCache", False)
+
+    assert cached("ingest")  # the bundled sample is fixed
+    assert cached("preprocess-partition") and cached("collect-shards") and cached("train")
+    assert not cached("evaluate") and not cached("register")  # champion lookup, registry writes
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2  # preemptible GPU nodes
+    assert tasks["train"]["retryPolicy"]["backoffDuration"] == "60s"
+
+    spec, _ = compiled(tmp_path, "vertex", ingest={"source": "gs://photos/incoming"})
+    assert not spec["root"]["dag"]["tasks"]["ingest"].get("cachingOptions", {}).get("enableCache", False)
+
+
+@pytest.mark.parametrize("target", ["vertex", "kfp"])
+def test_images_are_pinned_never_latest(tmp_path, target):
+    summary = summarize_spec(*compiled(tmp_path, target))
+    images = summary["images"]
     assert images and all(":" in i.rsplit("/", 1)[-1] and not i.endswith(":latest") for i in images)
-    assert any("chromify-gpu" in i for i in images) and any("chromify-cpu" in i for i in images)
+    assert summary["tasks"]["train"]["image"].rsplit(":", 1)[0].endswith("/chromify-gpu")
+    assert {t["image"].rsplit(":", 1)[0].rsplit("/", 1)[1] for n, t in summary["tasks"].items() if n != "train"} == {
+        "chromify-cpu"}
+
+
+def test_images_refuse_a_moving_tag_and_follow_the_registry():
+    env = {**os.environ, "CHROMIFY_IMAGE_TAG": "latest"}
+    proc = subprocess.run([sys.executable, "-c", "import components.images"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "CHROMIFY_IMAGE_TAG=latest" in proc.stderr
+    env = {**os.environ, "CHROMIFY_IMAGE_TAG": "abc123", "CHROMIFY_IMAGE_REGISTRY": "europe-west4-docker.pkg.dev/p/r"}
+    proc = subprocess.run([sys.executable, "-c", "from components.images import GPU_IMAGE; print(GPU_IMAGE)"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "europe-west4-docker.pkg.dev/p/r/chromify-gpu:abc123"
 
 
 def test_pipeline_parameters_default_from_params_yaml(tmp_path):
-    import json
-
-    from chromify.config import load_params
-
-    spec = yaml.safe_load(compile_pipeline(tmp_path / "pipeline.yaml").read_text())
+    spec, _ = compiled(tmp_path, "vertex", train={"lr": 0.01})
     default = spec["root"]["inputDefinitions"]["parameters"]["params_json"]["defaultValue"]
-    assert json.loads(default) == load_params().to_dict()
+    assert json.loads(default) == load_params(tmp_path / "params.yaml").to_dict()
+    assert json.loads(default)["train"]["lr"] == 0.01
+
+
+def test_bad_targets_and_cloud_params_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--target 'aws'"):
+        compile_pipeline(tmp_path / "x.yaml", ROOT / "params.yaml", target="aws")
+    with pytest.raises(ConfigError, match="cloud.accelerator_type 'NVIDIA_K80'"):
+        params_from_dict({"cloud": {"accelerator_type": "NVIDIA_K80"}})
+    with pytest.raises(ConfigError, match="cloud.preprocess_partitions 0"):
+        params_from_dict({"cloud": {"preprocess_partitions": 0}})
+    with pytest.raises(ConfigError, match="cloud.target 'local'"):
+        params_from_dict({"cloud": {"target": "local"}})  # kfp.local is a compile target, not a cloud
+
+
+@pytest.mark.slow
+def test_train_component_runs_torchrun_ranks_and_reports_rank_0s_metrics(tmp_path, monkeypatch):
+    """Two ranks on the CPU (gloo): what four GPUs do on a node, with the component's own code."""
+    from kfp import dsl
+
+    from chromify.stages import run_ingest, run_preprocess
+    from components.train import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    p = load_params(params_file(tmp_path, preprocess={"size": 64, "workers": 1},
+                                model={"base_width": 8, "depth": 3},
+                                train={"max_steps": 4, "max_minutes": 0, "crop": 48, "batch_size": 2,
+                                       "checkpoint_every": 0, "warmup_steps": 2}))
+    run_ingest(p, tmp_path / "raw", tmp_path / "reports")
+    run_preprocess(p, tmp_path / "raw", tmp_path / "shards")
+    model, metrics = dsl.Model(uri=str(tmp_path / "model")), dsl.Metrics(uri=str(tmp_path / "metrics"))
+    val_l1 = train.python_func(params_json=json.dumps(p.to_dict()), shards=dsl.Dataset(uri=str(tmp_path / "shards")),
+                               model=model, metrics=metrics, nproc=2)
+    assert metrics.metadata["processes"] == 2 and metrics.metadata["step"] == 4
+    assert val_l1 == metrics.metadata["val_l1"] and 0 < val_l1 < 1  # only rank 0 validates: its result was read
+    assert (tmp_path / "model" / "config.json").exists()

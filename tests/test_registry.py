@@ -1,20 +1,33 @@
 import json
 import multiprocessing as mp
+import re
+import subprocess
+import sys
 
 import pytest
+import yaml
 
-from chromify.errors import RegistryError
+from chromify.config import Params, RegisterParams
+from chromify.errors import GateError, RegistryError
+from chromify.evaluate import model_id_of
 from chromify.models import get_model
-from chromify.registry import CHAMPION, LocalRegistry
+from chromify.registry import CHAMPION, LocalRegistry, check_alias
+from chromify.stages import run_register
 from chromify.train.checkpoint import export_model
+
+
+def _export(path, seed):
+    import torch
+
+    torch.manual_seed(seed)
+    export_model(path, get_model("unet_s", base_width=4, depth=2),
+                 {"arch": "unet_s", "model": {"base_width": 4, "depth": 2}, "size": 32})
+    return path
 
 
 @pytest.fixture
 def model_dir(tmp_path):
-    d = tmp_path / "candidate"
-    export_model(d, get_model("unet_s", base_width=4, depth=2), {"arch": "unet_s", "model": {"base_width": 4,
-                                                                                            "depth": 2}, "size": 32})
-    return d
+    return _export(tmp_path / "candidate", 0)
 
 
 def test_versions_are_numbered_immutable_and_aliases_move(tmp_path, model_dir):
@@ -30,15 +43,83 @@ def test_versions_are_numbered_immutable_and_aliases_move(tmp_path, model_dir):
     assert reg.set_alias(CHAMPION, "2") == 2
 
 
-def test_unknown_refs_are_clear_errors(tmp_path, model_dir):
+def test_a_version_is_read_only_and_its_files_are_verified(tmp_path, model_dir):
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    v = reg.register(model_dir, {})
+    folder = reg.version_dir(v)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "record.json"]
+    assert all(f.stat().st_mode & 0o222 == 0 for f in folder.iterdir())  # no write bit for anyone
+    assert reg.record(v)["files"]["model.safetensors"][:16] == model_id_of(model_dir)
+    assert reg.verify(v) == []
+    weights = folder / "model.safetensors"
+    weights.chmod(0o644)
+    weights.write_bytes(b"tampered")
+    assert reg.verify("v1") == ["model.safetensors"]
+
+
+def test_rollback_walks_back_through_history_and_never_toggles(tmp_path, model_dir):
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    for _ in range(3):
+        reg.register(model_dir, {}, aliases=(CHAMPION,))
+    assert reg.rollback() == 2
+    assert reg.rollback() == 1  # further back, not back to 3
+    with pytest.raises(RegistryError, match="no earlier version to roll back to .*names v1"):
+        reg.rollback()
+    # A promotion after a rollback is undone by the next rollback; the version rolled away from stays away.
+    assert reg.set_alias(CHAMPION, 3) == 3 and reg.rollback() == 1
+    reg.register(model_dir, {}, aliases=(CHAMPION,))  # v4
+    assert reg.rollback() == 1
+    assert [(m["previous"], m["version"], m["action"]) for m in reg.alias_history(CHAMPION)] == [
+        (None, 1, "register"), (1, 2, "register"), (2, 3, "register"), (3, 2, "rollback"), (2, 1, "rollback"),
+        (1, 3, "promote"), (3, 1, "rollback"), (1, 4, "register"), (4, 1, "rollback")]
+    # Promoting to the version an alias already names is not a move.
+    reg.set_alias(CHAMPION, 1)
+    assert len(reg.alias_history(CHAMPION)) == 9
+    # Aliases have histories of their own.
+    reg.set_alias("staging", 2)
+    reg.set_alias("staging", 4)
+    assert reg.rollback("staging") == 2 and reg.aliases() == {CHAMPION: 1, "staging": 2}
+
+
+def test_a_logged_move_that_never_reached_the_table_is_not_rolled_back_to(tmp_path, model_dir):
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    for _ in range(3):
+        reg.register(model_dir, {}, aliases=(CHAMPION,))
+    reg.rollback()  # champion → v2
+    # A crash between the history line and the alias table: the log says v3, the table still v2.
+    with open(reg.history_path, "a") as f:
+        f.write(json.dumps({"alias": CHAMPION, "version": 3, "previous": 2, "action": "promote",
+                            "at": "2026-01-01T00:00:00+00:00"}) + "\n")
+    assert reg.champion() == 2 and reg.rollback() == 1
+
+
+def test_bad_aliases_and_refs_are_clear_errors(tmp_path, model_dir):
     reg = LocalRegistry(tmp_path / "registry", "m")
     with pytest.raises(RegistryError, match="no version or alias 'champion'"):
         reg.resolve(CHAMPION)
     reg.register(model_dir, {})
     with pytest.raises(RegistryError, match="no earlier version"):
         reg.rollback("champion")
-    with pytest.raises(RegistryError, match="no version or alias 'v9'"):
+    with pytest.raises(RegistryError, match=r"no version or alias 'v9' \(have v1\)"):
         reg.model_dir("v9")
+    for bad in ("v2", "3", "Champion", "-x", "x-", "a_b", "", "x" * 64):
+        with pytest.raises(RegistryError):
+            check_alias(bad)
+    assert check_alias("canary-2") == "canary-2"
+    with pytest.raises(RegistryError, match="looks like a version"):
+        reg.set_alias("v1", 1)
+    with pytest.raises(RegistryError, match="missing model.safetensors, config.json"):
+        reg.register(tmp_path, {})
+
+
+def test_a_killed_writers_staging_folder_is_swept_and_never_listed(tmp_path, model_dir):
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    stale = reg.dir / ".staging-killed"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    assert reg.versions() == []
+    assert reg.register(model_dir, {}) == 1
+    assert not stale.exists()
 
 
 def _register_one(args):
@@ -56,4 +137,97 @@ def test_concurrent_registrations_get_distinct_versions_and_a_valid_alias_table(
     assert sorted(reg.record(v)["worker"] for v in reg.versions()) == list(range(12))
     assert reg.aliases()[CHAMPION] in versions
     assert json.loads((reg.dir / "aliases.json").read_text())  # parses: never half-written
+    assert len(reg.alias_history(CHAMPION)) == 12
     assert not list(reg.dir.glob(".staging-*"))
+
+
+# -- run_register and the `chromify models` commands, as a user runs them --
+
+METRICS_1 = {"candidate": {"psnr": 24.31, "delta_cf": 3.12}, "gray": {"psnr": 22.0}, "psnr_gain_db": 2.31}
+METRICS_2 = {"candidate": {"psnr": 24.5, "delta_cf": 2.9}, "gray": {"psnr": 22.0}, "psnr_gain_db": 2.5}
+
+
+def chromify(cwd, *args, ok=True):
+    proc = subprocess.run([sys.executable, "-m", "chromify.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+    assert (proc.returncode == 0) == ok, proc.stdout + proc.stderr
+    return proc.stdout if ok else proc.stderr
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """Two gated runs registered by run_register (the second beat the first), then a third one refused."""
+    params = Params(register=RegisterParams(registry_dir=str(tmp_path / "models/registry")))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"register": {"registry_dir": "models/registry"}}))
+    first, second = _export(tmp_path / "run1", 1), _export(tmp_path / "run2", 2)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "manifest.parquet").write_bytes(b"manifest")
+    gate1 = {"passed": True, "champion_id": None, "reasons": ["PSNR gain over gray +2.31 dB ≥ +0.00 dB"],
+             "candidate_id": model_id_of(first)}
+    out1 = run_register(params, first, gate1, METRICS_1, raw, tmp_path / "reports")
+    gate2 = {"passed": True, "champion_id": model_id_of(first), "reasons": ["PSNR 24.50 dB ≥ champion 24.31 dB"],
+             "candidate_id": model_id_of(second)}
+    out2 = run_register(params, second, gate2, METRICS_2, raw, tmp_path / "reports")
+    refused = {"passed": False, "champion_id": model_id_of(second), "reasons": ["ΔCF 31.00 > 15.00"],
+               "candidate_id": model_id_of(first)}
+    out3 = run_register(params, first, refused, METRICS_1, raw, tmp_path / "reports")
+    return tmp_path, params, (out1, out2, out3), (first, second)
+
+
+def test_run_register_records_lineage_and_refuses_with_reasons(two_runs):
+    root, params, (out1, out2, out3), (first, second) = two_runs
+    assert (out1["version"], out2["version"], out1["alias"]) == (1, 2, CHAMPION)
+    assert out3 == {"registered": False, "target": "local", "reasons": ["ΔCF 31.00 > 15.00"]}
+    assert json.loads((root / "reports/register.json").read_text()) == out3
+    reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
+    assert reg.versions() == [1, 2] and reg.champion() == 2
+    record = reg.record(2)
+    assert record["model_id"] == model_id_of(second) and record["gate"]["champion_id"] == model_id_of(first)
+    assert record["metrics"] == METRICS_2 and record["params"]["register"]["registry_dir"].endswith("registry")
+    assert len(record["data_manifest_sha256"]) == 64 and "git_commit" in record
+    # Weights that are not the ones the gate decided on are refused.
+    with pytest.raises(GateError, match="not the ones the gate decided on"):
+        run_register(params, first, {"passed": True, "candidate_id": model_id_of(second)}, METRICS_2,
+                     root / "raw", None)
+
+
+def test_models_cli_lists_shows_promotes_and_rolls_back(two_runs):
+    root, _, _, (first, second) = two_runs
+    lines = chromify(root, "models", "list").splitlines()
+    assert lines[0] == "chromify-colorizer: 2 version(s) in models/registry/chromify-colorizer; champion v2"
+    assert lines[1].split() == ["version", "PSNR", "dB", "vs", "gray", "ΔCF", "gated", "vs", "registered", "(UTC)",
+                                "commit", "weights", "aliases"]
+    date = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.fullmatch(rf"v1 +24\.31 +\+2\.31 +3\.1  -  +{date}  \S+ +{model_id_of(first)}  -", lines[2])
+    assert re.fullmatch(rf"v2 +24\.50 +\+2\.50 +2\.9  v1 +{date}  \S+ +{model_id_of(second)}  champion", lines[3])
+    assert len(lines) == 4
+    # Columns line up: every row starts its values where the header starts its titles.
+    assert len({line.index("  ", 30) for line in lines[2:]}) == 1
+
+    rows = json.loads(chromify(root, "models", "list", "--json"))
+    assert [(r["version"], r["aliases"], r["gated_against"]) for r in rows] == [(1, [], None), (2, [CHAMPION], "v1")]
+
+    shown = json.loads(chromify(root, "models", "show"))
+    assert shown["version"] == 2 and shown["aliases"] == [CHAMPION] and shown["files_intact"] is True
+    assert shown["path"].endswith("v0002") and shown["gate"]["reasons"] == ["PSNR 24.50 dB ≥ champion 24.31 dB"]
+
+    assert chromify(root, "models", "promote", "v1", "--alias", "staging") == "staging: none -> v1\n"
+    assert chromify(root, "models", "rollback") == "champion: v2 -> v1 (rolled back)\n"
+    err = chromify(root, "models", "rollback", ok=False)
+    assert err == ("chromify: error: chromify-colorizer: alias 'champion' has no earlier version to roll back to "
+                   "(it names v1 and has not named another before)\n")
+    assert chromify(root, "models", "promote", "2") == "champion: v1 -> v2\n"
+    assert chromify(root, "models", "promote", "champion") == "champion already names v2\n"
+    history = chromify(root, "models", "history", "--alias", "champion").splitlines()
+    assert [line.split()[2:] for line in history] == [
+        ["champion", "none", "->", "v1", "register"], ["champion", "v1", "->", "v2", "register"],
+        ["champion", "v2", "->", "v1", "rollback"], ["champion", "v1", "->", "v2", "promote"]]
+    assert chromify(root, "models", "show", "v7", ok=False) == (
+        "chromify: error: chromify-colorizer: no version or alias 'v7' (have v1, v2, champion, staging)\n")
+
+
+def test_models_list_on_an_empty_registry(tmp_path):
+    (tmp_path / "params.yaml").write_text("register:\n  registry_dir: reg\n")
+    out = chromify(tmp_path, "models", "list")
+    assert out == "chromify-colorizer: no registered versions in reg/chromify-colorizer\n"

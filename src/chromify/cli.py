@@ -109,11 +109,16 @@ def register(params: ParamsOpt = Path("params.yaml"),
     gate = json.loads((reports / "gate.json").read_text())
     metrics = json.loads((reports / "metrics.json").read_text())
     outcome = run_register(p, model or Path(p.train.out_dir), gate, metrics, raw, reports)
-    if outcome["registered"]:
+    if not outcome["registered"]:
+        typer.echo("not registered: the gate refused the candidate")
+    elif outcome["target"] == "vertex":
+        typer.echo(f"registered {p.register.model_name} version {outcome['version']} on Vertex AI as "
+                   f"{outcome['alias']}: {outcome['resource_name']} (files {outcome['artifact_uri']})")
+    else:
         typer.echo(f"registered {p.register.model_name} v{outcome['version']} as {outcome['alias']}: "
                    f"{outcome['path']}")
-    else:
-        typer.echo("not registered: the gate did not pass")
+    for reason in outcome["reasons"]:
+        typer.echo(f"  - {reason}")
 
 
 def _registry(params: Path):
@@ -134,67 +139,178 @@ def resolve_model(ref: str, params: Path) -> Path:
 def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (recursive) or globs.")],
              out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
              model: Annotated[str, typer.Option(help="Registry alias, version, or model directory.")] = "champion",
+             render_size: Annotated[int | None, typer.Option(
+                 min=16, help="Model input short side in px (default: the model's training size).")] = None,
+             fmt: Annotated[str, typer.Option("--format", help="Output format: png or jpg.")] = "png",
+             side_by_side: Annotated[bool, typer.Option(
+                 "--side-by-side", help="Write original | colorized in one image.")] = False,
+             html: Annotated[Path | None, typer.Option(
+                 "--html", help="Also write a self-contained HTML contact sheet (original | colorized).")] = None,
+             batch_size: Annotated[int, typer.Option(min=0, help="Photos per forward pass; 0: 8 on a GPU, 1 on CPU.")
+                                   ] = 0,
              params: ParamsOpt = Path("params.yaml")) -> None:
-    """Colorize photos at their full resolution."""
-    from chromify.colorize import colorize_paths
+    """Colorize photos at their full resolution; bad files are skipped with their reason."""
+    from chromify.colorize import colorize_paths, output_format
 
-    done, failed = colorize_paths(inputs, out, resolve_model(model, params), progress=sys.stderr.isatty())
-    for path, reason in failed:
+    output_format(fmt)  # an unknown format fails before the model loads
+    outcome = colorize_paths(inputs, out, resolve_model(model, params), render_size=render_size, fmt=fmt,
+                             side_by_side_output=side_by_side, html_path=html, batch_size=batch_size,
+                             progress=sys.stderr.isatty())
+    for path, reason in outcome.failed:
         typer.echo(f"skipped {path}: {reason}", err=True)
-    typer.echo(f"colorized {done} photo(s) into {out}" + (f", skipped {len(failed)}" if failed else ""))
+    done = len(outcome.written)
+    typer.echo(f"colorized {done} photo(s) into {out}" + (f", skipped {len(outcome.failed)}" if outcome.failed
+                                                           else "") + (f"; contact sheet {html}" if html and done
+                                                                       else ""))
     if done == 0:
         raise typer.Exit(1)
 
 
-@models_app.command("list")
-def models_list(params: ParamsOpt = Path("params.yaml")) -> None:
-    """Every registered version, with its key metrics and aliases."""
-    reg = _registry(params)
-    aliases: dict[int, list[str]] = {}
-    for alias, version in reg.aliases().items():
-        aliases.setdefault(version, []).append(alias)
-    versions = reg.versions()
-    if not versions:
-        typer.echo(f"no registered versions of {reg.name} in {reg.dir}")
-        return
-    typer.echo(f"{'version':<8} {'PSNR':>7} {'gain':>6} {'ΔCF':>6}  {'registered':<25} aliases")
-    for v in versions:
+@app.command()
+def serve(model: Annotated[str | None, typer.Option(
+              help="Registry alias, version, or model directory (env CHROMIFY_MODEL; default champion).")] = None,
+          host: Annotated[str | None, typer.Option(help="Interface (env CHROMIFY_HOST; default 127.0.0.1).")] = None,
+          port: Annotated[int | None, typer.Option(help="Port (env AIP_HTTP_PORT or CHROMIFY_PORT; default 8080).")
+                          ] = None,
+          render_size: Annotated[int | None, typer.Option(min=16, help="Model input short side in px.")] = None,
+          concurrency: Annotated[int | None, typer.Option(min=1, help="Photos colorized at once (default 2).")
+                                 ] = None,
+          params: Annotated[Path | None, typer.Option(
+              "--params", help="The params file, for the registry (env CHROMIFY_PARAMS).")] = None) -> None:
+    """Serve the HTTP API, Vertex AI prediction routes and the web page (other settings: CHROMIFY_* variables)."""
+    from chromify.api.app import serve as run_server
+    from chromify.api.settings import ServeSettings
+
+    overrides = {"model": model, "host": host, "port": port, "render_size": render_size,
+                 "concurrency": concurrency, "params": str(params) if params else None}
+    settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    run_server(settings, resolve_model(settings.model, Path(settings.params)))
+
+
+def _local_registry(params: Path, command: str):
+    p = _params(params)
+    if p.register.target != "local":
+        raise ChromifyError(f"`chromify models {command}` reads the local registry, and register.target is "
+                            f"{p.register.target!r}: use the Vertex AI console or `gcloud ai models list-version`")
+    return _registry(params)
+
+
+def version_rows(reg) -> list[dict]:
+    """One summary per registered version: metrics, what its gate compared it with, lineage and aliases."""
+    by_model_id = {}
+    rows = []
+    for v in reg.versions():
         r = reg.record(v)
-        m = r.get("metrics", {})
-        c = m.get("candidate", {})
-        typer.echo(f"v{v:<7} {c.get('psnr', float('nan')):7.2f} {m.get('psnr_gain_db', float('nan')):+6.2f} "
-                   f"{c.get('delta_cf', float('nan')):6.1f}  {r.get('registered_at', ''):<25} "
-                   f"{','.join(aliases.get(v, []))}")
+        m, gate = r.get("metrics", {}), r.get("gate", {})
+        champion_id = gate.get("champion_id")
+        rows.append({
+            "version": v, "aliases": reg.aliases_of(v),
+            "psnr": m.get("candidate", {}).get("psnr"), "psnr_gain_db": m.get("psnr_gain_db"),
+            "delta_cf": m.get("candidate", {}).get("delta_cf"),
+            "gate_passed": gate.get("passed"),
+            "gated_against": None if champion_id is None else by_model_id.get(champion_id, champion_id),
+            "registered_at": r.get("registered_at", ""), "git_commit": r.get("git_commit", ""),
+            "model_id": r.get("model_id", ""),
+        })
+        by_model_id.setdefault(r.get("model_id"), f"v{v}")
+    return rows
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+@models_app.command("list")
+def models_list(params: ParamsOpt = Path("params.yaml"),
+                as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False) -> None:
+    """Every registered version: PSNR, gain over gray, ΔCF, the champion its gate beat, lineage and aliases."""
+    reg = _local_registry(params, "list")
+    rows = version_rows(reg)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        typer.echo(f"{reg.name}: no registered versions in {reg.dir}")
+        return
+    champion = reg.champion()
+    typer.echo(f"{reg.name}: {len(rows)} version(s) in {reg.dir}; champion "
+               f"{'none' if champion is None else f'v{champion}'}")
+    typer.echo(f"{'version':<8} {'PSNR dB':>7} {'vs gray':>7} {'ΔCF':>6}  {'gated vs':<8}  {'registered (UTC)':<19}  "
+               f"{'commit':<8}  {'weights':<16}  aliases")
+    for row in rows:
+        typer.echo(f"{'v' + str(row['version']):<8} {_num(row['psnr'], '.2f'):>7} "
+                   f"{_num(row['psnr_gain_db'], '+.2f'):>7} {_num(row['delta_cf'], '.1f'):>6}  "
+                   f"{(row['gated_against'] or '-')[:8]:<8}  {row['registered_at'][:19].replace('T', ' '):<19}  "
+                   f"{row['git_commit'][:8] or '-':<8}  {row['model_id'][:16] or '-':<16}  "
+                   f"{','.join(row['aliases']) or '-'}")
 
 
 @models_app.command("show")
-def models_show(ref: str = "champion", params: ParamsOpt = Path("params.yaml")) -> None:
-    """The full record of a version or alias."""
-    reg = _registry(params)
-    _echo_json(reg.record(reg.resolve(ref)))
+def models_show(ref: Annotated[str, typer.Argument(help="Version (3, v3) or alias.")] = "champion",
+                params: ParamsOpt = Path("params.yaml")) -> None:
+    """The full record of a version or alias, its aliases, its folder and whether its files are intact."""
+    reg = _local_registry(params, "show")
+    version = reg.resolve(ref)
+    changed = reg.verify(version)
+    _echo_json({**reg.record(version), "aliases": reg.aliases_of(version), "path": str(reg.version_dir(version)),
+                "files_intact": not changed, **({"files_changed": changed} if changed else {})})
 
 
 @models_app.command("promote")
-def models_promote(ref: str, alias: str = "champion", params: ParamsOpt = Path("params.yaml")) -> None:
+def models_promote(ref: Annotated[str, typer.Argument(help="Version (3, v3; on Vertex AI its version id) or alias.")],
+                   alias: Annotated[str, typer.Option(help="The alias to move.")] = "champion",
+                   params: ParamsOpt = Path("params.yaml")) -> None:
     """Point an alias (default champion) at a version."""
-    version = _registry(params).set_alias(alias, ref)
-    typer.echo(f"{alias} -> v{version}")
+    p = _params(params)
+    if p.register.target == "vertex":
+        from chromify.vertex_registry import promote
+
+        promote(p.register, ref.removeprefix("v"), alias)
+        typer.echo(f"{alias} -> version {ref.removeprefix('v')} of {p.register.model_name} on Vertex AI")
+        return
+    reg = _registry(params)
+    before = reg.aliases().get(alias)
+    version = reg.set_alias(alias, ref)
+    if before == version:
+        typer.echo(f"{alias} already names v{version}")
+    else:
+        typer.echo(f"{alias}: {'none' if before is None else f'v{before}'} -> v{version}")
 
 
 @models_app.command("rollback")
-def models_rollback(alias: str = "champion", params: ParamsOpt = Path("params.yaml")) -> None:
-    """Move an alias back to the version it named before."""
-    version = _registry(params).rollback(alias)
-    typer.echo(f"{alias} -> v{version}")
+def models_rollback(alias: Annotated[str, typer.Option(help="The alias to move back.")] = "champion",
+                    params: ParamsOpt = Path("params.yaml")) -> None:
+    """Move an alias back to the version it named before its last promotion; again goes further back."""
+    reg = _local_registry(params, "rollback")
+    before = reg.aliases().get(alias)
+    version = reg.rollback(alias)
+    typer.echo(f"{alias}: v{before} -> v{version} (rolled back)")
+
+
+@models_app.command("history")
+def models_history(alias: Annotated[str | None, typer.Option(help="Only this alias.")] = None,
+                   params: ParamsOpt = Path("params.yaml")) -> None:
+    """Every alias move, oldest first: when, which alias, from which version to which, and why."""
+    reg = _local_registry(params, "history")
+    moves = reg.alias_history(alias)
+    if not moves:
+        typer.echo(f"{reg.name}: no alias moves" + (f" for {alias!r}" if alias else ""))
+    for m in moves:
+        before = "none" if m.get("previous") is None else f"v{m['previous']}"
+        typer.echo(f"{m['at'][:19].replace('T', ' ')}  {m['alias']:<12} {before:>5} -> v{m['version']:<4} "
+                   f"{m.get('action', 'move')}")
 
 
 @pipeline_app.command("compile")
 def pipeline_compile(out: Annotated[Path, typer.Option("-o", "--out")] = Path("pipeline.yaml"),
-                     params: ParamsOpt = Path("params.yaml")) -> None:
+                     params: ParamsOpt = Path("params.yaml"),
+                     target: Annotated[str | None, typer.Option(
+                         help="vertex, kfp or local (kfp.local: no accelerators); default cloud.target.")] = None,
+                     ) -> None:
     """Write the KFP v2 pipeline spec (IR YAML)."""
     from pipelines.run import compile_pipeline
 
-    compile_pipeline(out, params)
+    compile_pipeline(out, params, target)
     typer.echo(f"wrote {out}")
 
 
@@ -210,14 +326,17 @@ def pipeline_run_local(params: ParamsOpt = Path("params.yaml"),
 
 @pipeline_app.command("submit")
 def pipeline_submit(
-    target: Annotated[str, typer.Option(help="vertex or kfp")] = "vertex",
+    target: Annotated[str | None, typer.Option(help="vertex or kfp; default cloud.target in the params.")] = None,
     project: Annotated[str | None, typer.Option(help="GCP project (vertex).")] = None,
     region: Annotated[str, typer.Option(help="GCP region (vertex).")] = "us-central1",
-    pipeline_root: Annotated[str | None, typer.Option(help="gs://bucket/path for artifacts.")] = None,
-    service_account: Annotated[str | None, typer.Option(help="Service account the run uses.")] = None,
-    experiment: Annotated[str | None, typer.Option(help="Vertex AI experiment name.")] = None,
+    pipeline_root: Annotated[str | None, typer.Option(
+        help="gs://bucket/path for artifacts (vertex: required; kfp: default the cluster's).")] = None,
+    service_account: Annotated[str | None, typer.Option(
+        help="Service account the run uses (vertex: GCP; kfp: Kubernetes).")] = None,
+    experiment: Annotated[str | None, typer.Option(help="Vertex AI / KFP experiment name.")] = None,
     host: Annotated[str | None, typer.Option(help="Kubeflow Pipelines host URL (kfp).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the request; send nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the request and a summary of the compiled DAG; send nothing.")] = False,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Submit the DAG to Vertex AI Pipelines or a Kubeflow Pipelines host."""

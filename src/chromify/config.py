@@ -58,8 +58,14 @@ class TrainParams:
     ema_decay: float = 0.0
     loss: str = "l1"
     colourfulness_weight: float = 0.0
+    perceptual_weight: float = 0.0
+    gan_weight: float = 0.0
+    gan_start_fraction: float = 0.5
+    gan_lr: float = 2e-4
     compile: bool = False
     checkpoint_every: int = 200
+    log_every: int = 10
+    val_every_steps: int = 50
     num_threads: int = 0
     out_dir: str = "models/candidate"
 
@@ -80,9 +86,51 @@ class GateParams:
 
 @dataclass(frozen=True)
 class RegisterParams:
-    target: str = "local"
+    target: str = "local"  # local | vertex
     registry_dir: str = "models/registry"
     model_name: str = "chromify-colorizer"
+    # target vertex only: see chromify.vertex_registry and docs/registry.md
+    vertex_project: str = ""
+    vertex_location: str = "us-central1"
+    artifact_root: str = ""  # gs://bucket/prefix; a version's files go to <root>/<model name>/<model id>/
+    serving_image: str = ""  # the chromify-serve image, pinned by commit tag or digest
+    labels: dict[str, str] = field(default_factory=dict)  # sanitised to Vertex's label rules
+
+
+ACCELERATOR_TYPES = ("NVIDIA_L4", "NVIDIA_TESLA_T4", "NVIDIA_A100_80GB", "NVIDIA_H100_80GB")
+
+
+@dataclass(frozen=True)
+class CloudParams:
+    """Where the KFP DAG runs and what the train task gets; read at compile time, since it shapes the DAG."""
+
+    target: str = "vertex"
+    accelerator_type: str = "NVIDIA_L4"
+    accelerator_count: int = 1
+    cpu_limit: str = "8"
+    memory_limit: str = "32G"
+    kfp_gpu_node_selector_key: str = "chromify-pool"
+    kfp_gpu_node_selector_value: str = "gpu"
+    kfp_gpu_toleration_key: str = "nvidia.com/gpu"
+    kfp_gpu_toleration_value: str = "present"
+    kfp_gpu_toleration_effect: str = "NoSchedule"
+    preprocess_partitions: int = 4
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.target in ("vertex", "kfp"), f"cloud.target {self.target!r}: expected vertex or kfp"),
+            (self.accelerator_type in ACCELERATOR_TYPES,
+             f"cloud.accelerator_type {self.accelerator_type!r}: expected one of {', '.join(ACCELERATOR_TYPES)}"),
+            (self.accelerator_count >= 0, f"cloud.accelerator_count {self.accelerator_count}: must be >= 0"),
+            (self.kfp_gpu_toleration_effect in ("NoSchedule", "PreferNoSchedule", "NoExecute"),
+             f"cloud.kfp_gpu_toleration_effect {self.kfp_gpu_toleration_effect!r}: "
+             "expected NoSchedule, PreferNoSchedule or NoExecute"),
+            (self.preprocess_partitions >= 1,
+             f"cloud.preprocess_partitions {self.preprocess_partitions}: must be >= 1"),
+        ]
+        for ok, reason in checks:
+            if not ok:
+                raise ConfigError(reason)
 
 
 @dataclass(frozen=True)
@@ -95,6 +143,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     gate: GateParams = field(default_factory=GateParams)
     register: RegisterParams = field(default_factory=RegisterParams)
+    cloud: CloudParams = field(default_factory=CloudParams)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

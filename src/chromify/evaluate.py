@@ -1,6 +1,10 @@
 """Evaluate a candidate on the test split against the gray baseline (ab = 0) and the champion, then gate it.
 
 All three are scored on the same images, reconstructed from the stored L and their predicted ab.
+
+FID and LPIPS are reported too when the networks they need already have weights on this machine (the torch hub
+cache); they are never downloaded. Without them the metrics say `"fid": null` / `"lpips": null` and one line in
+`notes` says what was missing and where it was looked for. They are reported, not gated on.
 """
 
 from __future__ import annotations
@@ -83,17 +87,33 @@ def _png_data_uri(rgb: np.ndarray) -> str:
 
 def gallery_indices(candidate: Scored, count: int, seed: int) -> list[int]:
     """The worst and best images by ΔE2000, plus a seeded random sample: failures are shown, not hidden."""
+    return list(gallery_rows(candidate, count, seed))
+
+
+def gallery_rows(candidate: Scored, count: int, seed: int) -> dict[int, str]:
+    """Gallery rows in order, image index → why it is shown: worst / best ΔE2000 of the candidate, or sample."""
     n = len(candidate.rows)
     order = np.argsort([r["delta_e2000"] for r in candidate.rows])
-    chosen = list(dict.fromkeys([int(order[-1]), int(order[0])]))[: min(count, n)]
-    rest = [i for i in np.random.default_rng(seed).permutation(n).tolist() if i not in chosen]
-    return chosen + rest[: max(0, count - len(chosen))]
+    rows = {int(order[-1]): "worst ΔE2000 of the candidate"}
+    rows.setdefault(int(order[0]), "best ΔE2000 of the candidate")
+    rows = dict(list(rows.items())[: min(count, n)])
+    for i in np.random.default_rng(seed).permutation(n).tolist():
+        if len(rows) >= min(count, n):
+            break
+        rows.setdefault(i, "seeded sample")
+    return rows
 
 
-def write_gallery(path: Path, truth_rgb: np.ndarray, columns: list[Scored], indices: list[int], title: str) -> None:
+def write_gallery(path: Path, truth_rgb: np.ndarray, columns: list[Scored], indices: list[int] | dict[int, str],
+                  title: str) -> None:
+    """One row per image index (with its reason when `indices` maps index → reason): each model, then the truth."""
     head = "".join(f"<th>{html.escape(c.name)}</th>" for c in columns)
+    reasons = indices if isinstance(indices, dict) else {}
     body = []
     for i in indices:
+        if i in reasons:
+            body.append(f'<tr class="why"><td colspan="{len(columns) + 1}">image {i}: '
+                        f"{html.escape(reasons[i])}</td></tr>")
         cells = "".join(
             f'<td><img src="{_png_data_uri(c.images[i])}" alt="{html.escape(c.name)} {i}"><br>'
             f"PSNR {c.rows[i]['psnr']:.2f} dB · ΔE {c.rows[i]['delta_e2000']:.1f} · CF {c.rows[i]['colourfulness']:.1f}"
@@ -104,6 +124,7 @@ def write_gallery(path: Path, truth_rgb: np.ndarray, columns: list[Scored], indi
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}}td{{text-align:center;font-size:12px;padding:4px}}
+tr.why td{{text-align:left;font-weight:bold;padding-top:1em}}
 img{{width:192px;height:192px;image-rendering:auto}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>Test split, worst and best by ΔE2000 first, then a seeded sample.</p>
 <table><tr>{head}<th>truth</th></tr>{''.join(body)}</table></body></html>
@@ -111,14 +132,209 @@ img{{width:192px;height:192px;image-rendering:auto}}</style></head>
     atomic_write_text(path, page)
 
 
-def markdown_table(columns: list[Scored], truth_cf: float) -> str:
-    lines = ["| model | PSNR (dB) | SSIM | ΔE2000 | colourfulness | ΔCF |", "|---|---|---|---|---|---|"]
+def markdown_table(columns: list[Scored], truth_cf: float, extra: dict[str, dict[str, float] | None] | None = None,
+                   notes: list[str] | tuple[str, ...] = ()) -> str:
+    """One row per model; `extra` adds a column per available set-level metric ({"LPIPS": {model name: value}})."""
+    extra = {k: v for k, v in (extra or {}).items() if v is not None}
+    lines = ["| model | PSNR (dB) | SSIM | ΔE2000 | colourfulness | ΔCF |" + "".join(f" {k} |" for k in extra),
+             "|---|---|---|---|---|---|" + "---|" * len(extra)]
     for c in columns:
         s = c.summary
         lines.append(f"| {c.name} | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['delta_e2000']:.2f} | "
-                     f"{s['colourfulness']:.1f} | {s['delta_cf']:.1f} |")
+                     f"{s['colourfulness']:.1f} | {s['delta_cf']:.1f} |"
+                     + "".join(f" {v[c.name]:.4g} |" for v in extra.values()))
     lines.append(f"\nColourfulness of the truth: {truth_cf:.1f}.")
+    lines += [f"\nNote: {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+# -- FID and LPIPS: optional, only with network weights already on disk --
+
+INCEPTION_STEM = "inception_v3_google"  # torchvision's Inception-v3 IMAGENET1K_V1 file, inception_v3_google-*.pth
+ALEXNET_STEM = "alexnet"  # torchvision's AlexNet IMAGENET1K_V1 file, alexnet-owt-*.pth (only `features.*` is used)
+LPIPS_ENV = "CHROMIFY_LPIPS_WEIGHTS"  # path to LPIPS v0.1 AlexNet linear weights (the lpips package's alex.pth)
+# LPIPS (Zhang et al. 2018): AlexNet's five ReLU outputs, each unit-normalised over channels, squared difference
+# weighted per channel by the learned linear layer, averaged over space, summed over layers. The input scaling
+# below is the paper's, applied to RGB in [-1, 1].
+_LPIPS_TAPS = (1, 4, 7, 9, 11)
+_LPIPS_CHANNELS = (64, 192, 384, 256, 256)
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
+FID_MIN_IMAGES = 2  # a covariance needs two samples; FID on few images is biased high, compare like with like
+
+
+def _hub_checkpoints() -> Path:
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def lpips_linear_weights() -> Path | None:
+    """The LPIPS linear-layer file: $CHROMIFY_LPIPS_WEIGHTS, an installed lpips package's, or lpips_alex*.pth in
+    the hub cache; None if none exists."""
+    import importlib.util
+    import os
+
+    candidates = [Path(os.environ[LPIPS_ENV])] if os.environ.get(LPIPS_ENV) else []
+    spec = importlib.util.find_spec("lpips")
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "weights" / "v0.1" / "alex.pth")
+    candidates += sorted(_hub_checkpoints().glob("lpips_alex*.pth"))
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def alexnet_features():
+    """torchvision's AlexNet `features` layout, so its `features.*` weights load; (B, 3, H, W), H, W ≥ 32."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+    )
+
+
+class LPIPS:
+    """LPIPS distance (AlexNet, v0.1) between RGB images; lower is more alike, 0 for identical images."""
+
+    def __init__(self, alexnet_state: dict, linear_state: dict):
+        import re
+
+        import torch
+
+        self.features = alexnet_features().eval()
+        feats = {k.removeprefix("features."): v for k, v in alexnet_state.items() if k.startswith("features.")}
+        self.features.load_state_dict(feats)
+        self.weights = []
+        for k, channels in enumerate(_LPIPS_CHANNELS):
+            key = re.compile(rf"(.*\.)?lin{k}\.(model\.1\.)?weight")
+            found = [v for name, v in linear_state.items() if key.fullmatch(name)]
+            if len(found) != 1 or found[0].numel() != channels:
+                raise DataError(f"LPIPS linear weights: expected one lin{k} weight of {channels} values")
+            self.weights.append(found[0].reshape(1, channels, 1, 1).float())
+        self.shift = torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1)
+        self.scale = torch.tensor(_LPIPS_SCALE).view(1, 3, 1, 1)
+
+    def _taps(self, rgb):
+        x = (rgb * 2.0 - 1.0 - self.shift) / self.scale
+        taps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in _LPIPS_TAPS:
+                taps.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+        return taps
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB × 2 → (N,) distances."""
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for k in range(0, len(a), batch_size):
+                ta, tb = (torch.from_numpy(np.ascontiguousarray(x[k : k + batch_size])).permute(0, 3, 1, 2).float()
+                          / 255.0 for x in (a, b))
+                d = sum(((fa - fb) ** 2 * w).sum(1).mean((1, 2))
+                        for fa, fb, w in zip(self._taps(ta), self._taps(tb), self.weights, strict=True))
+                out.append(d.numpy())
+        return np.concatenate(out).astype(np.float64)
+
+
+def load_lpips() -> tuple[LPIPS | None, str]:
+    """(LPIPS, '') when AlexNet's and LPIPS's weights are both on disk, else (None, a note saying what is missing)."""
+    import torch
+
+    from chromify.models.weights import cached_weights
+
+    backbone, linear = cached_weights(ALEXNET_STEM), lpips_linear_weights()
+    if backbone is None or linear is None:
+        missing = ([f"{ALEXNET_STEM}-*.pth in {_hub_checkpoints()}"] if backbone is None else []) + (
+            [f"LPIPS alex.pth (${LPIPS_ENV}, the lpips package, or lpips_alex*.pth in the hub cache)"]
+            if linear is None else [])
+        return None, f"lpips skipped: no {' and no '.join(missing)}; weights are never downloaded"
+    return LPIPS(torch.load(backbone, map_location="cpu", weights_only=True),
+                 torch.load(linear, map_location="cpu", weights_only=True)), ""
+
+
+def load_inception(weights: Path):
+    """torchvision's Inception-v3 from a local weights file, its classifier removed: → (N, 2048) pool features."""
+    import torch
+    from torchvision.models import inception_v3
+
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    net.fc = torch.nn.Identity()
+    return net.eval()
+
+
+def inception_features(net, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """(N, S, S, 3) uint8 RGB → (N, 2048) pool features of `load_inception`'s network at 299², float64."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    with torch.inference_mode():
+        for k in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[k : k + batch_size])).permute(0, 3, 1, 2).float() / 255
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            out.append(net(x * 2.0 - 1.0).double().numpy())  # these weights expect [-1, 1]
+    return np.concatenate(out)
+
+
+def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D): |μ1 − μ2|² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^½)."""
+    a, b = f1 - f1.mean(0), f2 - f2.mean(0)
+    mean_term = float(((f1.mean(0) - f2.mean(0)) ** 2).sum())
+    traces = float((a * a).sum() / (len(f1) - 1) + (b * b).sum() / (len(f2) - 1))
+    few = min(len(f1), len(f2)) <= f1.shape[1]
+    cross = trace_sqrt_product_by_samples(a, b) if few else trace_sqrt_product_by_covariances(a, b)
+    return max(mean_term + traces - 2.0 * cross, 0.0)
+
+
+def trace_sqrt_product_by_samples(a: np.ndarray, b: np.ndarray) -> float:
+    """Tr (Σ1Σ2)^½ for the covariances of centred features a (N1, D), b (N2, D): ‖a bᵀ‖_* / √((N1 − 1)(N2 − 1)).
+
+    Σ1Σ2 and (a bᵀ)(a bᵀ)ᵀ/((N1 − 1)(N2 − 1)) share their non-zero eigenvalues, so with fewer images than
+    dimensions (the usual evaluation set against Inception's 2048) an (N1, N2) SVD replaces two 2048²
+    eigendecompositions (~30 s on two cores).
+    """
+    return float(np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt((len(a) - 1) * (len(b) - 1)))
+
+
+def trace_sqrt_product_by_covariances(a: np.ndarray, b: np.ndarray) -> float:
+    """Tr (Σ1Σ2)^½ = Σ √λ(Σ1^½ Σ2 Σ1^½): symmetric PSD, so eigh is stable where sqrtm(Σ1Σ2) is not."""
+    s1, s2 = a.T @ a / (len(a) - 1), b.T @ b / (len(b) - 1)
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0.0, None)).sum())
+
+
+def perceptual_metrics(truth_rgb: np.ndarray, columns: list[Scored]
+                       ) -> tuple[dict[str, float] | None, dict[str, float] | None, list[str]]:
+    """(FID per model, mean LPIPS per model, notes); a metric whose weights are not on disk is None with a note."""
+    from chromify.models.weights import cached_weights
+
+    notes: list[str] = []
+    fid = None
+    inception = cached_weights(INCEPTION_STEM)
+    if inception is None:
+        notes.append(f"fid skipped: no {INCEPTION_STEM}-*.pth in {_hub_checkpoints()}; weights are never downloaded")
+    elif len(truth_rgb) < FID_MIN_IMAGES:
+        notes.append(f"fid skipped: {len(truth_rgb)} test image(s), FID needs at least {FID_MIN_IMAGES}")
+    else:
+        net = load_inception(inception)
+        truth = inception_features(net, truth_rgb)
+        fid = {c.name: frechet_distance(inception_features(net, c.images), truth) for c in columns}
+        notes.append(f"fid: torchvision's Inception-v3 ({inception.name}), not the TF-FID network, on "
+                     f"{len(truth_rgb)} images; compare only with FIDs computed the same way on this test set")
+    lpips_net, why = load_lpips()
+    lpips = None
+    if lpips_net is None:
+        notes.append(why)
+    else:
+        lpips = {c.name: float(lpips_net(c.images, truth_rgb).mean()) for c in columns}
+    return fid, lpips, notes
 
 
 def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str | Path | None,
@@ -149,12 +365,17 @@ def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str 
         GateThresholds(**vars(gate)),
     )
     truth_rgb = _to_rgb(lab_truth)
+    ordered = [gray, candidate] + ([champion] if champion else [])
+    fid, lpips, notes = perceptual_metrics(truth_rgb, ordered)
     summary: dict[str, Any] = {
         "images": len(test),
         "candidate": candidate.summary,
         "gray": gray.summary,
         "psnr_gain_db": candidate.summary["psnr"] - gray.summary["psnr"],
         "gate_passed": decision.passed,
+        "fid": fid,
+        "lpips": lpips,
+        "notes": notes,
     }
     if champion:
         summary["champion"] = champion.summary
@@ -167,8 +388,8 @@ def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str 
         for i, r in enumerate(c.rows):
             writer.writerow([i, c.name, *(f"{r[k]:.6g}" for k in GATE_METRICS[:-1])])
     atomic_write_text(reports / "eval_per_image.csv", per_image.getvalue())
-    ordered = [gray, candidate] + ([champion] if champion else [])
-    write_gallery(reports / "gallery.html", truth_rgb, ordered, gallery_indices(candidate, gallery_size, seed),
+    write_gallery(reports / "gallery.html", truth_rgb, ordered, gallery_rows(candidate, gallery_size, seed),
                   "Chromify: gray input | candidate | champion | truth")
-    atomic_write_text(reports / "metrics.md", markdown_table(ordered, candidate.summary["colourfulness_truth"]))
+    atomic_write_text(reports / "metrics.md", markdown_table(ordered, candidate.summary["colourfulness_truth"],
+                                                             {"LPIPS": lpips, "FID": fid}, notes))
     return summary, decision

@@ -1,18 +1,26 @@
 """Local model registry: immutable numbered versions and aliases that move atomically.
 
-    models/registry/<name>/v0001/{model.safetensors, config.json, record.json}
-    models/registry/<name>/aliases.json        {"champion": 3, ...}
+    models/registry/<name>/v0001/{model.safetensors, config.json, record.json}   read-only once written
+    models/registry/<name>/aliases.json          {"champion": 3, "staging": 2}   replaced atomically
+    models/registry/<name>/alias_history.jsonl   one line per alias move: who pointed where, from where, why
 
-A lock file serialises writers, so concurrent registrations get distinct version numbers and never
-corrupt a version or the alias table.
+A lock file serialises writers, so concurrent registrations get distinct version numbers and never corrupt a
+version or the alias table. A version is copied into a hidden staging folder and renamed into place, so a reader
+sees it whole or not at all.
+
+Rollback walks back along an alias's history like a stack: `promote`/`register` push, `rollback` pops. After
+champion went v1 → v2 → v3, a rollback gives v2 and a second one v1 (never back to v3: that would be a toggle).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,12 +32,47 @@ from chromify.errors import RegistryError
 from chromify.io import atomic_write_json
 
 CHAMPION = "champion"
+MODEL_FILES = ("model.safetensors", "config.json")
+RECORD = "record.json"
+# Valid as a Vertex AI version alias too ([a-z][a-zA-Z0-9-]{0,126}[a-z0-9], lower case here), so one alias
+# name works on both backends; `v3` and `3` would shadow version references, so they are refused.
+_ALIAS = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_VERSION_REF = re.compile(r"v?\d+")
+_READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+
+
+def check_alias(alias: str) -> str:
+    """Return `alias` if it is a usable alias name, else raise RegistryError saying why."""
+    if _VERSION_REF.fullmatch(alias):
+        raise RegistryError(f"alias {alias!r} looks like a version number; choose a name such as 'staging'")
+    if not _ALIAS.fullmatch(alias):
+        raise RegistryError(f"alias {alias!r}: use 1-63 lower-case letters, digits and '-', starting with a "
+                            "letter and not ending with '-'")
+    return alias
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class LocalRegistry:
+    """Versions and aliases of one model name under `root/name`."""
+
     def __init__(self, root: str | Path, name: str):
         self.dir = Path(root) / name
         self.name = name
+
+    @property
+    def history_path(self) -> Path:
+        return self.dir / "alias_history.jsonl"
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -41,17 +84,23 @@ class LocalRegistry:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    # -- reading (no lock needed: every file is replaced or renamed into place whole) --
+
     def versions(self) -> list[int]:
         if not self.dir.exists():
             return []
-        return sorted(int(p.name[1:]) for p in self.dir.glob("v[0-9]*") if (p / "record.json").exists())
+        return sorted(int(p.name[1:]) for p in self.dir.glob("v[0-9]*")
+                      if p.name[1:].isdigit() and (p / RECORD).exists())
 
     def aliases(self) -> dict[str, int]:
         path = self.dir / "aliases.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def aliases_of(self, version: int) -> list[str]:
+        return sorted(alias for alias, v in self.aliases().items() if v == version)
+
     def record(self, version: int) -> dict[str, Any]:
-        path = self.version_dir(version) / "record.json"
+        path = self.version_dir(version) / RECORD
         if not path.exists():
             raise RegistryError(f"{self.name}: no version {version}")
         return json.loads(path.read_text())
@@ -68,58 +117,109 @@ class LocalRegistry:
         digits = text[1:] if text.startswith("v") else text
         if digits.isdigit() and int(digits) in self.versions():
             return int(digits)
-        raise RegistryError(f"{self.name}: no version or alias {text!r} (have {self.versions() or 'none'})")
+        raise RegistryError(f"{self.name}: no version or alias {text!r} (have "
+                            f"{', '.join(f'v{v}' for v in self.versions()) or 'no versions'}"
+                            f"{''.join(f', {a}' for a in sorted(aliases))})")
 
     def champion(self) -> int | None:
         return self.aliases().get(CHAMPION)
 
+    def model_dir(self, ref: str | int) -> Path:
+        return self.version_dir(self.resolve(ref))
+
+    def verify(self, ref: str | int) -> list[str]:
+        """Files of a version whose sha256 differs from the one recorded at registration (empty: intact)."""
+        version = self.resolve(ref)
+        recorded = self.record(version).get("files", {})
+        folder = self.version_dir(version)
+        return [name for name, sha in sorted(recorded.items())
+                if not (folder / name).exists() or _sha256(folder / name) != sha]
+
+    def alias_history(self, alias: str | None = None) -> list[dict[str, Any]]:
+        """Every alias move, oldest first: {alias, version, previous, action, at}; one alias's if given."""
+        path = self.history_path
+        moves = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        return [m for m in moves if alias is None or m["alias"] == alias]
+
+    # -- writing (under the lock) --
+
     def register(self, model_dir: str | Path, record: dict[str, Any], aliases: tuple[str, ...] = ()) -> int:
         """Copy a model in as the next version and point `aliases` at it; returns the version."""
         model_dir = Path(model_dir)
+        for alias in aliases:
+            check_alias(alias)
+        missing = [f for f in MODEL_FILES if not (model_dir / f).is_file()]
+        if missing:
+            raise RegistryError(f"{model_dir}: not a model directory (missing {', '.join(missing)})")
         with self._locked():
-            version = (max(self.versions(), default=0)) + 1
+            # Staging folders are only made under this lock, so any found now belong to a killed writer.
+            for stale in self.dir.glob(".staging-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            version = max(self.versions(), default=0) + 1
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.dir))
             try:
-                for f in ("model.safetensors", "config.json"):
-                    shutil.copy2(model_dir / f, staging / f)
-                full = {**record, "name": self.name, "version": version,
-                        "registered_at": datetime.now(UTC).isoformat(timespec="seconds")}
-                atomic_write_json(staging / "record.json", full)
+                files = {}
+                for f in MODEL_FILES:
+                    shutil.copyfile(model_dir / f, staging / f)
+                    files[f] = _sha256(staging / f)
+                full = {**record, "name": self.name, "version": version, "registered_at": _now(), "files": files}
+                atomic_write_json(staging / RECORD, full)
+                for f in (*MODEL_FILES, RECORD):
+                    os.chmod(staging / f, _READ_ONLY)
                 os.rename(staging, self.version_dir(version))
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            self._set_aliases_locked(dict.fromkeys(aliases, version))
+            self._move_locked(dict.fromkeys(aliases, version), "register")
         return version
 
-    def _set_aliases_locked(self, changes: dict[str, int]) -> None:
+    def _move_locked(self, changes: dict[str, int], action: str) -> None:
         if not changes:
             return
         table = self.aliases()
-        table.update(changes)
-        atomic_write_json(self.dir / "aliases.json", table)
-        history = self.dir / "alias_history.jsonl"
-        with open(history, "a") as f:
+        # The history line goes first: a crash between the two leaves a line for a move the table never made,
+        # which `_stack` reconciles with the table, instead of a move with no record of it.
+        with open(self.history_path, "a") as f:
             for alias, version in changes.items():
-                f.write(json.dumps({"alias": alias, "version": version,
-                                    "at": datetime.now(UTC).isoformat(timespec="seconds")}) + "\n")
+                f.write(json.dumps({"alias": alias, "version": version, "previous": table.get(alias),
+                                    "action": action, "at": _now()}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        atomic_write_json(self.dir / "aliases.json", {**table, **changes})
+
+    def _stack(self, alias: str) -> list[int]:
+        """The versions `alias` can be rolled back through, current last."""
+        stack: list[int] = []
+        for move in self.alias_history(alias):
+            if move.get("action") == "rollback":
+                if stack:
+                    stack.pop()
+            elif not stack or stack[-1] != move["version"]:
+                stack.append(move["version"])
+        current = self.aliases().get(alias)
+        if current is not None and (not stack or stack[-1] != current):
+            if current in stack:  # a logged move that never reached the table: drop what follows
+                del stack[len(stack) - stack[::-1].index(current):]
+            else:
+                stack.append(current)
+        return stack
 
     def set_alias(self, alias: str, ref: str | int) -> int:
+        """Point `alias` at a version (a promotion when alias is champion); returns the version."""
+        check_alias(alias)
         with self._locked():
             version = self.resolve(ref)
-            self._set_aliases_locked({alias: version})
+            if self.aliases().get(alias) != version:
+                self._move_locked({alias: version}, "promote")
         return version
 
     def rollback(self, alias: str = CHAMPION) -> int:
-        """Point `alias` back at the version it named before its last move."""
+        """Point `alias` at the version it named before its last promotion; repeated, go further back."""
         with self._locked():
-            history = self.dir / "alias_history.jsonl"
-            moves = [json.loads(line) for line in history.read_text().splitlines()] if history.exists() else []
-            mine = [m["version"] for m in moves if m["alias"] == alias]
-            if len(mine) < 2:
-                raise RegistryError(f"{self.name}: alias {alias!r} has no earlier version to roll back to")
-            self._set_aliases_locked({alias: mine[-2]})
-            return mine[-2]
-
-    def model_dir(self, ref: str | int) -> Path:
-        return self.version_dir(self.resolve(ref))
+            stack = self._stack(alias)
+            if len(stack) < 2:
+                where = f"v{stack[-1]}" if stack else "no version"
+                raise RegistryError(f"{self.name}: alias {alias!r} has no earlier version to roll back to "
+                                    f"(it names {where} and has not named another before)")
+            self._move_locked({alias: stack[-2]}, "rollback")
+            return stack[-2]

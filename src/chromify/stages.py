@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chromify.config import Params, save_params
-from chromify.errors import ChromifyError, GateError
+from chromify.errors import ConfigError, GateError
 from chromify.io import atomic_write_json
 
 
@@ -62,9 +62,27 @@ def git_commit() -> str:
         return ""
 
 
+REGISTER_TARGETS = ("local", "vertex")
+
+
+def _check_target(params: Params) -> str:
+    target = params.register.target
+    if target not in REGISTER_TARGETS:
+        raise ConfigError(f"register.target {target!r}: expected one of {', '.join(REGISTER_TARGETS)}")
+    return target
+
+
 def champion_dir(params: Params) -> Path | None:
+    """The champion's model directory, or None before the first registration.
+
+    For target vertex the champion's files are fetched once into `<registry_dir>/.vertex-cache/<model id>`.
+    """
     from chromify.registry import LocalRegistry
 
+    if _check_target(params) == "vertex":
+        from chromify.vertex_registry import fetch_champion
+
+        return fetch_champion(params.register, Path(params.register.registry_dir) / ".vertex-cache")
     reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
     version = reg.champion()
     return reg.version_dir(version) if version is not None else None
@@ -80,28 +98,58 @@ def run_evaluate(params: Params, data_dir: str | Path, candidate_dir: str | Path
                         "comparing a model with itself decides nothing — retrain or change params first")
     summary, decision = evaluate(data_dir, candidate_dir, champ, params.gate, reports_dir,
                                  params.evaluate.batch_size, params.evaluate.gallery_size, params.base.seed)
+    from chromify.figures import write_figures
+
+    write_figures(reports_dir)
     return summary, {**decision.to_dict(), "candidate_id": model_id_of(candidate_dir)}
+
+
+def registration_record(params: Params, candidate_dir: str | Path, gate: dict[str, Any], metrics: dict[str, Any],
+                        raw_dir: str | Path) -> dict[str, Any]:
+    """What a registered version carries besides its files: metrics, gate decision, params and lineage.
+
+    Refuses weights other than those the gate decided on (a candidate retrained after `evaluate`).
+    """
+    from chromify.evaluate import model_id_of
+
+    model_id = model_id_of(candidate_dir)
+    decided_on = gate.get("candidate_id")
+    if decided_on and decided_on != model_id:
+        raise GateError(f"{candidate_dir}: weights {model_id} are not the ones the gate decided on ({decided_on}); "
+                        "re-run evaluate")
+    return {
+        "metrics": metrics, "gate": gate, "params": params.to_dict(),
+        "data_manifest_sha256": manifest_hash(raw_dir), "git_commit": git_commit(),
+        "model_id": model_id,
+    }
 
 
 def run_register(params: Params, candidate_dir: str | Path, gate: dict[str, Any], metrics: dict[str, Any],
                  raw_dir: str | Path, reports_dir: str | Path | None = "reports") -> dict[str, Any]:
-    """Register the candidate when the gate passed; returns what happened (also written to register.json)."""
+    """Register the candidate as a new champion version when the gate passed, in the local registry or on Vertex
+    AI (register.target); returns what happened, with the gate's reasons (also written to register.json)."""
     from chromify.registry import CHAMPION, LocalRegistry
 
-    if params.register.target != "local":
-        raise ChromifyError(f"register.target {params.register.target!r}: only 'local' is available in this build")
-    outcome: dict[str, Any] = {"registered": False, "reasons": gate.get("reasons", [])}
+    target = _check_target(params)
+    if target == "vertex":
+        from chromify.vertex_registry import check_params
+
+        check_params(params.register)  # a misconfigured target fails on the first run, not the first pass
+    reasons = gate.get("reasons", [])
+    outcome: dict[str, Any] = {"registered": False, "target": target, "reasons": reasons}
+    # DVC declares the registry folder an output of this stage: it must exist even when nothing is registered.
     Path(params.register.registry_dir).mkdir(parents=True, exist_ok=True)
     if gate.get("passed"):
-        reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
-        record = {
-            "metrics": metrics, "gate": gate, "params": params.to_dict(),
-            "data_manifest_sha256": manifest_hash(raw_dir), "git_commit": git_commit(),
-            "model_id": gate.get("candidate_id", ""),
-        }
-        version = reg.register(candidate_dir, record, aliases=(CHAMPION,))
-        outcome = {"registered": True, "version": version, "alias": CHAMPION,
-                   "path": str(reg.version_dir(version))}
+        record = registration_record(params, candidate_dir, gate, metrics, raw_dir)
+        if target == "vertex":
+            from chromify.vertex_registry import publish
+
+            outcome = {**publish(params.register, candidate_dir, record), "reasons": reasons}
+        else:
+            reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
+            version = reg.register(candidate_dir, record, aliases=(CHAMPION,))
+            outcome = {"registered": True, "target": target, "version": version, "alias": CHAMPION,
+                       "path": str(reg.version_dir(version)), "reasons": reasons}
     if reports_dir is not None:
         atomic_write_json(Path(reports_dir) / "register.json", outcome)
     return outcome

@@ -1,0 +1,296 @@
+"""Vertex AI Model Registry backend (`register.target: vertex`).
+
+A gated model's files go to `<artifact_root>/<model name>/<model id>-<record id>/` (hashes of the weights and of
+the lineage record, so the prefix is immutable, a retried registration rewrites nothing and a re-registration of the
+same weights gets a prefix of its own), then one `aiplatform.Model.upload` makes them a new version of the Vertex
+model `<model name>`, with the alias `champion` (Vertex moves an alias that another version holds), labels for
+lineage, and the serving container. The request is built by a pure function,
+`build_upload_request`, so what is sent can be checked without sending it.
+
+google-cloud-aiplatform and google-cloud-storage are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import unicodedata
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from chromify.config import RegisterParams
+from chromify.errors import ConfigError, RegistryError
+from chromify.registry import CHAMPION, MODEL_FILES, RECORD, check_alias
+
+# The serving contract of `chromify serve` (containers/Dockerfile.serve): Vertex passes these to the container as
+# AIP_HTTP_PORT, AIP_PREDICT_ROUTE and AIP_HEALTH_ROUTE, which the app's settings read.
+SERVING_PORT = 8080
+PREDICT_ROUTE = "/predict"
+HEALTH_ROUTE = "/healthz"
+
+# Vertex AI / GCP label rules: at most 64 labels; keys 1-63 characters of lower-case letters, digits, '_' and '-',
+# starting with a letter; values 0-63 of the same characters.
+LABEL_MAX_CHARS = 63
+LABEL_MAX_COUNT = 64
+_LABEL_BAD = re.compile(r"[^a-z0-9_-]+")
+# Model resource ids: [a-z0-9_-], at most 63, not starting with a digit or '-' (Model.upload's model_id).
+_MODEL_ID_BAD = re.compile(r"[^a-z0-9_-]+")
+
+
+def _label_text(text: object) -> str:
+    ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode()
+    return _LABEL_BAD.sub("-", ascii_text.lower()).strip("-")[:LABEL_MAX_CHARS]
+
+
+def sanitise_label_key(key: object) -> str:
+    """Any text → a valid label key ('Git.Commit' → 'git-commit', '9lives' → 'k-9lives')."""
+    clean = _label_text(key)
+    if not clean:
+        raise ConfigError(f"label key {key!r}: nothing usable is left after sanitising (need [a-z0-9_-])")
+    if not clean[0].isalpha():
+        clean = f"k-{clean}"[:LABEL_MAX_CHARS]
+    return clean
+
+
+def sanitise_label_value(value: object) -> str:
+    """Any value → a valid label value: lower case, [a-z0-9_-], at most 63 characters (may be empty)."""
+    return _label_text("true" if value is True else "false" if value is False else value)
+
+
+def sanitise_labels(labels: Mapping[str, object]) -> dict[str, str]:
+    """Sanitise keys and values; two keys that sanitise to one, or too many labels, are a ConfigError."""
+    out: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    for key, value in labels.items():
+        clean = sanitise_label_key(key)
+        if clean in out:
+            raise ConfigError(f"labels {origin[clean]!r} and {key!r} both become {clean!r}; rename one")
+        out[clean], origin[clean] = sanitise_label_value(value), key
+    if len(out) > LABEL_MAX_COUNT:
+        raise ConfigError(f"{len(out)} labels: Vertex AI allows at most {LABEL_MAX_COUNT}")
+    return out
+
+
+def vertex_model_id(model_name: str) -> str:
+    """register.model_name → the Vertex model resource id that every version is uploaded under."""
+    clean = _MODEL_ID_BAD.sub("-", model_name.lower()).strip("-")[:63]
+    if not clean or not clean[0].isalpha():
+        raise ConfigError(f"register.model_name {model_name!r}: a Vertex model id must start with a letter "
+                          "and use [a-z0-9_-]")
+    return clean
+
+
+def check_params(p: RegisterParams) -> None:
+    """Everything the Vertex target needs is set and well-formed; else one ConfigError naming what is not."""
+    problems = []
+    if not p.vertex_project:
+        problems.append("register.vertex_project is empty")
+    if not p.vertex_location:
+        problems.append("register.vertex_location is empty")
+    root = p.artifact_root.rstrip("/")
+    if not root.startswith("gs://") or not root[5:]:
+        problems.append(f"register.artifact_root {p.artifact_root!r} is not gs://bucket[/prefix]")
+    image = p.serving_image
+    if not image:
+        problems.append("register.serving_image is empty (the chromify-serve image, tagged by commit or digest)")
+    elif image.endswith(":latest") or ("@" not in image and ":" not in image.rsplit("/", 1)[-1]):
+        problems.append(f"register.serving_image {image!r}: pin a tag or digest, not latest")
+    if problems:
+        raise ConfigError("register.target vertex: " + "; ".join(problems))
+    vertex_model_id(p.model_name)
+
+
+def record_bytes(record: Mapping[str, Any]) -> bytes:
+    """The lineage record as stored (record.json): canonical JSON, so equal records are equal bytes."""
+    return (json.dumps(record, indent=2, sort_keys=True, default=float) + "\n").encode()
+
+
+def artifact_uri(p: RegisterParams, record: Mapping[str, Any]) -> str:
+    """gs:// prefix of one registration's files: <artifact_root>/<model name>/<model id>-<record sha256[:8]>."""
+    record_id = hashlib.sha256(record_bytes(record)).hexdigest()[:8]
+    return f"{p.artifact_root.rstrip('/')}/{vertex_model_id(p.model_name)}/{record['model_id']}-{record_id}"
+
+
+def lineage_labels(p: RegisterParams, record: Mapping[str, Any]) -> dict[str, str]:
+    """The user's labels plus the model id, commit, data hash and gate verdict, sanitised to Vertex's rules."""
+    gate = record.get("gate", {})
+    ours = {
+        "chromify-model-id": record.get("model_id", ""),
+        "git-commit": str(record.get("git_commit", ""))[:12],
+        "data-sha256": str(record.get("data_manifest_sha256", ""))[:16],
+        "gate": "passed" if gate.get("passed") else "failed",
+    }
+    clash = sorted(set(map(sanitise_label_key, p.labels)) & set(ours))
+    if clash:
+        raise ConfigError(f"register.labels: {', '.join(clash)} is set by chromify; choose another key")
+    return sanitise_labels({**p.labels, **ours})
+
+
+def version_description(record: Mapping[str, Any]) -> str:
+    """One line for the Vertex console: the candidate's PSNR, gain over gray, ΔCF and the champion it beat."""
+    m = record.get("metrics", {})
+    c = m.get("candidate", {})
+    champion = record.get("gate", {}).get("champion_id")
+    return (f"PSNR {c.get('psnr', float('nan')):.2f} dB ({m.get('psnr_gain_db', float('nan')):+.2f} vs gray), "
+            f"ΔCF {c.get('delta_cf', float('nan')):.1f}; gate passed vs "
+            f"{'champion ' + champion if champion else 'no champion'}; weights {record.get('model_id', '?')}")
+
+
+def build_upload_request(p: RegisterParams, record: Mapping[str, Any], artifact: str, parent_exists: bool,
+                         aliases: tuple[str, ...] = (CHAMPION,)) -> dict[str, Any]:
+    """The exact keyword arguments for `aiplatform.Model.upload`: a new version of `parent_model` when the model
+    exists, else the model itself created under its stable id; `aliases` (champion) move to the new version."""
+    model_id = vertex_model_id(p.model_name)
+    request: dict[str, Any] = {
+        "display_name": p.model_name,
+        "description": "Chromify colorizer: L (B, 1, H, W) → ab; weights model.safetensors, architecture "
+                       "config.json, lineage record.json",
+        "artifact_uri": artifact,
+        "serving_container_image_uri": p.serving_image,
+        "serving_container_predict_route": PREDICT_ROUTE,
+        "serving_container_health_route": HEALTH_ROUTE,
+        "serving_container_ports": [SERVING_PORT],
+        "version_aliases": [check_alias(a) for a in aliases],
+        "version_description": version_description(record),
+        "is_default_version": CHAMPION in aliases,  # callers that resolve the model without a version get it
+        "labels": lineage_labels(p, record),
+        "project": p.vertex_project,
+        "location": p.vertex_location,
+        "sync": True,
+    }
+    if parent_exists:
+        request["parent_model"] = model_id
+    else:
+        request["model_id"] = model_id
+    return request
+
+
+def _storage_client(project: str | None = None):
+    from google.cloud import storage
+
+    # Not cached: a test's emulator (STORAGE_EMULATOR_HOST) must not outlive it in a module global.
+    return storage.Client(project=project or None)
+
+
+def _split(uri: str) -> tuple[str, str]:
+    from chromify.gcs import split_uri
+
+    bucket, prefix = split_uri(uri)
+    return bucket, prefix.strip("/")
+
+
+def _md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def upload_version_files(model_dir: str | Path, record: Mapping[str, Any], uri: str,
+                         project: str | None = None) -> list[str]:
+    """Write model.safetensors, config.json and record.json under `uri`, write-once; returns the gs:// URIs.
+
+    An object that is already there with the same bytes (a retried registration) is kept; with other bytes it is a
+    RegistryError: a version prefix never changes once written.
+    """
+    from google.api_core.exceptions import PreconditionFailed
+
+    bucket_name, prefix = _split(uri)
+    bucket = _storage_client(project).bucket(bucket_name)
+    payloads = {name: (Path(model_dir) / name).read_bytes() for name in MODEL_FILES}
+    payloads[RECORD] = record_bytes(record)
+    written = []
+    for name, data in payloads.items():
+        blob = bucket.blob(f"{prefix}/{name}")
+        try:
+            blob.upload_from_string(data, content_type="application/octet-stream", if_generation_match=0)
+        except PreconditionFailed:
+            blob.reload()
+            if blob.md5_hash != _md5_b64(data):
+                raise RegistryError(f"gs://{bucket_name}/{blob.name}: already holds other bytes; a version's files "
+                                    "are never overwritten") from None
+        written.append(f"gs://{bucket_name}/{blob.name}")
+    return written
+
+
+def download_version_files(uri: str, dest: str | Path, project: str | None = None) -> Path:
+    """Copy a version's files from `uri` into the folder `dest` (whole or not at all); returns `dest`."""
+    bucket_name, prefix = _split(uri)
+    dest = Path(dest)
+    if all((dest / f).is_file() for f in MODEL_FILES):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        client = _storage_client(project)
+        for blob in client.list_blobs(bucket_name, prefix=f"{prefix}/"):
+            name = blob.name[len(prefix) + 1 :]
+            if name and "/" not in name:
+                blob.download_to_filename(str(staging / name))
+        missing = [f for f in MODEL_FILES if not (staging / f).is_file()]
+        if missing:
+            raise RegistryError(f"{uri}: not a model version (missing {', '.join(missing)})")
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if dest.is_dir() and all((dest / f).is_file() for f in MODEL_FILES):
+            return dest  # another process fetched it first
+        raise
+    return dest
+
+
+def model_exists(p: RegisterParams) -> bool:
+    """Whether the Vertex model `register.model_name` exists yet (its first upload creates it)."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud import aiplatform
+
+    try:
+        aiplatform.Model(model_name=vertex_model_id(p.model_name), project=p.vertex_project,
+                         location=p.vertex_location)
+    except NotFound:
+        return False
+    return True
+
+
+def publish(p: RegisterParams, candidate_dir: str | Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Upload a gated model's files to gs:// and register them as the new champion version on Vertex AI."""
+    from google.cloud import aiplatform
+
+    check_params(p)
+    uri = artifact_uri(p, record)
+    upload_version_files(candidate_dir, record, uri, p.vertex_project)
+    request = build_upload_request(p, record, uri, parent_exists=model_exists(p))
+    # The SDK appends 'default' to version_aliases in place: give it a copy, keep the request as built.
+    model = aiplatform.Model.upload(**{**request, "version_aliases": list(request["version_aliases"])})
+    return {"registered": True, "target": "vertex", "version": model.version_id, "alias": CHAMPION,
+            "resource_name": model.resource_name, "artifact_uri": uri, "path": uri}
+
+
+def fetch_champion(p: RegisterParams, cache_dir: str | Path) -> Path | None:
+    """The champion version's files, downloaded once into `cache_dir/<model id>`; None if there is no champion."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud import aiplatform
+
+    check_params(p)
+    try:
+        model = aiplatform.Model(model_name=f"{vertex_model_id(p.model_name)}@{CHAMPION}",
+                                 project=p.vertex_project, location=p.vertex_location)
+    except NotFound:
+        return None
+    uri = model.uri
+    if not uri:
+        raise RegistryError(f"{model.resource_name}@{CHAMPION}: has no artifact_uri to load the champion from")
+    key = (model.labels or {}).get("chromify-model-id") or f"version-{model.version_id}"
+    return download_version_files(uri, Path(cache_dir) / key, p.vertex_project)
+
+
+def promote(p: RegisterParams, version_id: str, alias: str = CHAMPION) -> None:
+    """Move `alias` to Vertex model version `version_id` (Vertex takes it off the version that held it)."""
+    from google.cloud import aiplatform
+
+    check_params(p)
+    registry = aiplatform.models.ModelRegistry(vertex_model_id(p.model_name), location=p.vertex_location,
+                                               project=p.vertex_project)
+    registry.add_version_aliases([check_alias(alias)], version_id)

@@ -1,0 +1,187 @@
+"""Evaluation on tiny shards made here from scikit-image's photos: scoring is consistent, the gallery shows the
+failures, the reports have a row per model, and FID/LPIPS are computed only from weights already on disk."""
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from chromify import evaluate as ev
+from chromify.config import GateParams
+from chromify.lab import dequantise_lab, quantise_lab, rgb_to_lab
+from chromify.metrics import PSNR_CAP_DB, colourfulness, psnr
+from chromify.models import get_model
+from chromify.shards import FORMAT, file_sha256
+from chromify.train.checkpoint import export_model
+
+SIZE = 32
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
+
+
+def square(rgb: np.ndarray, size: int) -> np.ndarray:
+    h, w, _ = rgb.shape
+    s = min(h, w)
+    crop = rgb[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    return np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """processed/test with one shard of the photos as 8-bit Lab, and its index, as preprocess writes them."""
+    root = tmp_path_factory.mktemp("processed")
+    split = root / "test"
+    split.mkdir()
+    samples = np.stack([quantise_lab(rgb_to_lab(square(getattr(skdata, n)(), SIZE))).transpose(2, 0, 1)
+                        for n in PHOTOS])
+    np.save(split / "test-0000.npy", samples)
+    (split / "index.json").write_text(json.dumps({
+        "format": FORMAT, "split": "test", "count": len(samples), "shape": [3, SIZE, SIZE], "dtype": "uint8",
+        "shards": [{"file": "test-0000.npy", "count": len(samples), "sha256": file_sha256(split / "test-0000.npy")}],
+    }))
+    return root
+
+
+@pytest.fixture(scope="module")
+def lab_truth(data_dir):
+    return dequantise_lab(np.load(data_dir / "test/test-0000.npy").transpose(0, 2, 3, 1))
+
+
+def tiny_model(path, seed):
+    torch.manual_seed(seed)
+    export_model(path, get_model("unet_s", base_width=4, depth=2),
+                 {"arch": "unet_s", "model": {"base_width": 4, "depth": 2}, "size": SIZE})
+    return path
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """An empty torch hub cache and no LPIPS file: nothing to find, and nothing may be downloaded."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv(ev.LPIPS_ENV, raising=False)
+
+
+def test_gray_is_colourless_and_a_perfect_model_hits_the_psnr_cap(lab_truth):
+    gray = ev.score("gray", lab_truth, None, None)
+    perfect = ev.score("perfect", lab_truth, lab_truth[..., 1:], "perfect")
+    assert all(r["colourfulness"] < 0.5 for r in gray.rows)  # ab = 0 is gray up to 8-bit rounding
+    assert gray.summary["colourfulness_truth"] > 10.0
+    assert gray.summary["delta_cf"] == pytest.approx(gray.summary["colourfulness_truth"], abs=0.5)
+    assert all(r["psnr"] == PSNR_CAP_DB for r in perfect.rows)
+    assert perfect.summary["delta_cf"] == pytest.approx(0.0, abs=1e-9)
+    assert perfect.summary["delta_e2000"] == pytest.approx(0.0, abs=1e-6)
+    assert perfect.summary["ssim"] == pytest.approx(1.0)
+    # Both are scored against the same truth, and each number is the metric of the images the Scored holds.
+    assert perfect.summary["colourfulness_truth"] == gray.summary["colourfulness_truth"]
+    truth_rgb = perfect.images
+    for i, row in enumerate(gray.rows):
+        assert row["psnr"] == pytest.approx(psnr(gray.images[i], truth_rgb[i]))
+        assert row["colourfulness"] == pytest.approx(colourfulness(gray.images[i]))
+    assert 10.0 < gray.summary["psnr"] < 40.0
+
+
+def test_the_gallery_leads_with_the_worst_and_the_best_image(lab_truth, tmp_path):
+    ab = lab_truth[..., 1:].copy()
+    ab[3] = -ab[3]  # opposite hues: the worst
+    ab[[0, 2, 4]] *= 0.5  # washed out: in between; image 1 stays perfect: the best
+    candidate = ev.score("candidate", lab_truth, ab, "c")
+    gray = ev.score("gray (ab = 0)", lab_truth, None, None)
+    rows = ev.gallery_rows(candidate, 4, seed=0)
+    assert list(rows)[:2] == [3, 1] and len(rows) == 4 and len(set(rows)) == 4
+    assert rows[3].startswith("worst") and rows[1].startswith("best")
+    assert ev.gallery_indices(candidate, 4, seed=0) == list(rows)
+    assert ev.gallery_rows(candidate, 1, seed=0) == {3: rows[3]}
+
+    page = tmp_path / "gallery.html"
+    ev.write_gallery(page, ev._to_rgb(lab_truth), [gray, candidate], rows, "t")
+    text = page.read_text()
+    assert "image 3: worst ΔE2000 of the candidate" in text and "image 1: best ΔE2000 of the candidate" in text
+    assert text.index("image 3: worst") < text.index("image 1: best")
+    assert re.search(r"<th>gray \(ab = 0\)</th><th>candidate</th><th>truth</th>", text)
+    assert text.count("data:image/png;base64,") == 4 * 3
+
+
+def test_evaluate_reports_three_models_and_skips_fid_lpips_without_weights(data_dir, tmp_path, no_weights):
+    candidate, champion = tiny_model(tmp_path / "candidate", 1), tiny_model(tmp_path / "champion", 2)
+    reports = tmp_path / "reports"
+    gate = GateParams(min_psnr_gain_db=-100.0, max_delta_cf=1000.0, champion_psnr_tolerance_db=100.0,
+                      champion_delta_cf_tolerance=1000.0)
+    summary, decision = ev.evaluate(data_dir, candidate, champion, gate, reports, batch_size=2, gallery_size=3)
+
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert metrics["images"] == len(PHOTOS) and set(metrics) >= {"candidate", "gray", "champion"}
+    assert metrics["fid"] is None and metrics["lpips"] is None
+    assert [n.split(":")[0] for n in metrics["notes"]] == ["fid skipped", "lpips skipped"]
+    assert all("never downloaded" in n for n in metrics["notes"])
+    gate_json = json.loads((reports / "gate.json").read_text())
+    assert gate_json["passed"] is decision.passed is True
+    assert gate_json["champion_id"] == ev.model_id_of(champion) != gate_json["candidate_id"]
+
+    table = (reports / "metrics.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert [r.split("|")[1].strip() for r in rows] == ["gray (ab = 0)", "candidate", "champion"]
+    assert f"{summary['candidate']['psnr']:.2f}" in rows[1] and "Note: fid skipped" in table
+
+    gallery = (reports / "gallery.html").read_text()
+    assert "<th>gray (ab = 0)</th><th>candidate</th><th>champion</th><th>truth</th>" in gallery
+    assert "worst ΔE2000" in gallery and "best ΔE2000" in gallery
+    with open(reports / "eval_per_image.csv") as f:
+        per_image = list(csv.DictReader(f))
+    assert len(per_image) == 3 * len(PHOTOS)
+    assert {r["model"] for r in per_image} == {"gray (ab = 0)", "candidate", "champion"}
+
+    # Without a champion: two rows, and the gate has only the absolute checks.
+    _, first = ev.evaluate(data_dir, candidate, None, gate, tmp_path / "first", batch_size=8, gallery_size=2)
+    assert first.champion_id is None and len(first.checks) == 2
+    first_rows = [line for line in (tmp_path / "first/metrics.md").read_text().splitlines()
+                  if line.startswith("| ") and not line.startswith("| model")]
+    assert len(first_rows) == 2
+
+
+def test_frechet_distance_matches_the_closed_form():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 6))
+    b = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) * 0.7 + 1.5
+    mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy_linalg.sqrtm(s1 @ s2).real)
+    assert ev.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert ev.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert ev.frechet_distance(a, a + 2.0) == pytest.approx(4.0 * 6, rel=1e-6)  # a shift moves only the means
+    # Fewer images than dimensions (FID's usual case) takes the sample-space route: it agrees with the other.
+    few_a, few_b = rng.normal(size=(7, 40)), rng.normal(size=(9, 40)) * 2.0
+    ca, cb = few_a - few_a.mean(0), few_b - few_b.mean(0)
+    assert ev.trace_sqrt_product_by_samples(ca, cb) == pytest.approx(ev.trace_sqrt_product_by_covariances(ca, cb),
+                                                                     rel=1e-6)
+    assert ev.frechet_distance(few_a, few_a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lpips_is_computed_when_its_weights_are_on_disk(lab_truth, tmp_path, monkeypatch, no_weights):
+    """Weights made here stand in for AlexNet's and LPIPS's (the real ones cannot be downloaded in tests)."""
+    torch.manual_seed(0)
+    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save({f"features.{k}": v for k, v in ev.alexnet_features().state_dict().items()},
+               checkpoints / "alexnet-test0000.pth")
+    linear = tmp_path / "alex.pth"
+    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 192, 384, 256, 256))},
+               linear)
+    monkeypatch.setenv(ev.LPIPS_ENV, str(linear))
+
+    net, note = ev.load_lpips()
+    assert net is not None and note == ""
+    truth = ev.score("perfect", lab_truth, lab_truth[..., 1:], "p")
+    gray = ev.score("gray (ab = 0)", lab_truth, None, None)
+    assert np.allclose(net(truth.images, truth.images), 0.0)
+    far = net(gray.images, truth.images)
+    assert far.shape == (len(PHOTOS),) and (far > 0).all()
+
+    fid, lpips, notes = ev.perceptual_metrics(truth.images, [gray, truth])
+    assert fid is None and [n.split(":")[0] for n in notes] == ["fid skipped"]
+    assert lpips == {"gray (ab = 0)": pytest.approx(far.mean()), "perfect": pytest.approx(0.0, abs=1e-9)}
+    table = ev.markdown_table([gray, truth], 40.0, {"LPIPS": lpips, "FID": fid}, notes)
+    assert table.splitlines()[0].endswith("| ΔCF | LPIPS |") and "FID" not in table.splitlines()[0]

@@ -1,0 +1,147 @@
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from chromify import figures
+from chromify.errors import DataError
+
+SIZE = 32  # px, the shards' size: the gallery's images and the contact sheet's cells
+
+
+def history(n_steps: int = 12, n_epochs: int = 3) -> dict:
+    """The layout chromify.train.report.TrainReport writes."""
+    steps = [{"step": 5 * (i + 1), "loss": 0.2 / (i + 1), "images_per_s": 30.0, "lr": 1e-3} for i in range(n_steps)]
+    epochs = [{"epoch": i + 1, "step": 20 * (i + 1), "train_loss": 0.1 / (i + 1), "val_l1": 0.09 - 0.01 * i,
+               "val_psnr_ab": 24.0 + i} for i in range(n_epochs)]
+    return {"steps": steps, "epochs": epochs}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, photos):
+    """reports/ as `chromify evaluate` leaves it (candidate, gray and champion on 5 real test photos), plus the
+    training history: what the evaluate stage has in hand when it draws the figures."""
+    import torch
+
+    from chromify.config import GateParams, IngestParams, ModelParams
+    from chromify.evaluate import evaluate
+    from chromify.ingest import ingest, read_manifest
+    from chromify.models import get_model
+    from chromify.shards import preprocess, write_index
+    from chromify.train.checkpoint import export_model
+
+    base = tmp_path_factory.mktemp("evaluated")
+    (base / "photos").mkdir()
+    items = list(photos.items())
+    for k in range(5):
+        name, rgb = items[k % len(items)]
+        crop = rgb[20 * k : 20 * k + 160, 30 * k : 30 * k + 200]
+        Image.fromarray(np.ascontiguousarray(crop)).save(base / "photos" / f"{name}_{k}.png")
+    ingest(IngestParams(source=str(base / "photos"), out_dir=str(base / "raw"), min_side=32, val_fraction=0.0,
+                        test_fraction=1.0), base / "ingest_reports", workers=1)
+    preprocess(read_manifest(base / "raw"), base / "raw", base / "shards", SIZE, 1, workers=1)
+    write_index(base / "shards", SIZE)
+    mp = ModelParams(base_width=4, depth=2)
+    for name, seed in (("candidate", 0), ("champion", 1)):
+        torch.manual_seed(seed)
+        export_model(base / name, get_model("unet_s", **asdict(mp)),
+                     {"format": "chromify-model-v1", "arch": mp.arch, "model": asdict(mp), "size": SIZE,
+                      "multiple": 4})
+    reports = base / "reports"
+    evaluate(base / "shards", base / "candidate", base / "champion", GateParams(), reports, gallery_size=4)
+    (reports / "train_history.json").write_text(json.dumps(history()))
+    return reports
+
+
+@pytest.fixture(scope="module")
+def drawn(evaluated):
+    return figures.write_figures(evaluated)
+
+
+def test_write_figures_draws_the_three_figures_from_an_evaluation(evaluated, drawn):
+    out = evaluated / "figures"
+    assert drawn == [out / "training_curves.png", out / "metric_comparison.png", out / "contact_sheet.png"]
+    for path in drawn:
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.width >= 4 * figures.MIN_CELL_PX and img.height >= 300
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_contact_sheet_shows_the_gallery_pixel_for_pixel(evaluated, drawn):
+    headings, rows = figures.read_gallery(evaluated / "gallery.html")
+    assert headings == ["gray (ab = 0)", "candidate", "champion", "truth"]
+    assert len(rows) == 4 and all(len(r) == 4 and r[0].shape == (SIZE, SIZE, 3) for r in rows)
+    # gray | model | model | truth: the truth has colour, the gray input none
+    assert np.ptp(rows[0][3].astype(int), axis=2).mean() > np.ptp(rows[0][0].astype(int), axis=2).mean()
+
+    scale = figures.contact_sheet_scale(rows)
+    assert scale == figures.MIN_CELL_PX // SIZE  # 32 px cells are magnified 4x, by whole pixels
+    with Image.open(evaluated / "figures" / "contact_sheet.png") as img:
+        sheet = np.asarray(img.convert("RGB"))
+    grid = figures.contact_sheet_grid(rows, scale=scale)
+    assert sheet.shape[1] == grid.shape[1]
+    assert np.array_equal(sheet[-grid.shape[0]:], grid)  # below the headings, exactly the gallery's pixels
+
+
+def test_metric_comparison_reads_the_per_image_table(evaluated):
+    per_image = figures.read_per_image(evaluated / "eval_per_image.csv")
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    assert set(per_image) == {"gray (ab = 0)", "candidate", "champion"}
+    assert len(per_image["candidate"]["psnr"]) == metrics["images"] == 5
+    assert np.mean(per_image["candidate"]["psnr"]) == pytest.approx(metrics["candidate"]["psnr"], rel=1e-4)
+    fig = figures.metric_comparison_figure(metrics, per_image)
+    psnr_axes = fig.axes[0]
+    assert [t.get_text() for t in psnr_axes.get_xticklabels()] == ["gray", "candidate", "champion"]
+    assert sum(len(c.get_offsets()) for c in psnr_axes.collections) == 3 * 5  # a dot per model and photo
+
+
+def test_lpips_and_fid_get_a_panel_each_when_measured(evaluated):
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    plain = figures.metric_comparison_figure({**metrics, "lpips": None, "fid": None})
+    measured = figures.metric_comparison_figure({
+        **metrics, "lpips": {"gray (ab = 0)": 0.3, "candidate": 0.2, "champion": 0.25},
+        "fid": {"gray (ab = 0)": 80.0, "candidate": 60.0, "champion": 70.0}})
+    assert len(plain.axes) == len(figures.PANELS)
+    assert [ax.get_title() for ax in measured.axes[-2:]] == ["LPIPS ↓", "FID ↓"]
+
+
+def test_missing_inputs_are_skipped_and_their_old_figures_removed(tmp_path, evaluated):
+    (tmp_path / "metrics.json").write_text((evaluated / "metrics.json").read_text())
+    stale = tmp_path / "figures" / "training_curves.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"an old run's curves")
+    assert figures.write_figures(tmp_path) == [tmp_path / "figures" / "metric_comparison.png"]
+    assert not stale.exists()
+    assert figures.write_figures(tmp_path / "empty") == []
+
+
+def test_training_curves_draw_whatever_the_history_holds():
+    full = figures.training_curves_figure(history())
+    assert all(ax.has_data() for ax in full.axes)
+    steps_only = figures.training_curves_figure(history(n_epochs=0))
+    assert [ax.has_data() for ax in steps_only.axes] == [True, False, False]
+    assert not any(ax.has_data() for ax in figures.training_curves_figure({"steps": [], "epochs": []}).axes)
+
+
+def test_unreadable_reports_raise_data_error_naming_the_file(tmp_path):
+    (tmp_path / "train_history.json").write_text("{not json")
+    with pytest.raises(DataError, match="train_history.json"):
+        figures.write_figures(tmp_path)
+    (tmp_path / "train_history.json").unlink()
+    (tmp_path / "metrics.json").write_text(json.dumps({"images": 3}))
+    with pytest.raises(DataError, match="none of the models"):
+        figures.write_figures(tmp_path)
+
+
+def test_contact_sheet_grid_places_each_image_at_its_own_size():
+    a = np.full((4, 6, 3), 10, np.uint8)
+    b = np.full((5, 3, 3), 200, np.uint8)
+    grid = figures.contact_sheet_grid([[a, b], [b]], gap=2)
+    assert grid.shape == (2 * 5 + 2, 2 * 6 + 2, 3)  # cells as large as the largest image
+    assert (grid[:4, :6] == 10).all() and (grid[4, :6] == 255).all()
+    assert (grid[:5, 8:11] == 200).all() and (grid[7:12, :3] == 200).all()
+    assert figures.contact_sheet_grid([[a]], scale=3).shape == (12, 18, 3)
+    with pytest.raises(DataError):
+        figures.contact_sheet_grid([])

