@@ -18,7 +18,7 @@ def train(params_json: str, shards: Input[Dataset], model: Output[Model], metric
         with tempfile.TemporaryDirectory(prefix="chromify-train-") as tmp:
             work = Path(tmp)
             (work / "params.json").write_text(params_json)  # JSON is YAML: `--params` reads it as it is
-            # Every rank prints its result, only rank 0's has the validation metrics: `--redirects 1` keeps each
+            # Only rank 0 prints its result (it alone has the validation metrics): `--redirects 1` keeps each
             # rank's stdout in its own file under --log-dir (stderr stays in the task's log).
             subprocess.run(["torchrun", "--standalone", "--nproc-per-node", str(nproc), "--redirects", "1",
                             "--log-dir", str(work / "logs"), "-m", "chromify.cli", "train",

@@ -80,7 +80,10 @@ def train(params: ParamsOpt = Path("params.yaml"), data: Path = Path("data/proce
     if dry_run:
         p = replace(p, train=replace(p.train, max_steps=5, checkpoint_every=0))
     result = run_train(p, data, out or Path(p.train.out_dir), reports, progress=sys.stderr.isatty())
-    _echo_json({k: v for k, v in result.items() if k != "history"})
+    from chromify.stages import is_rank_zero
+
+    if is_rank_zero():
+        _echo_json({k: v for k, v in result.items() if k != "history"})
 
 
 @app.command()

@@ -45,8 +45,16 @@ def run_train(params: Params, data_dir: str | Path, out_dir: str | Path, reports
 
     report = TrainReport(reports_dir, progress=progress)
     result = train(data_dir, out_dir, params.model, params.train, params.base.seed, callbacks=(report,))
-    save_params(params, Path(out_dir) / "params.json")
+    if is_rank_zero():
+        save_params(params, Path(out_dir) / "params.json")
     return result
+
+
+def is_rank_zero() -> bool:
+    """True outside torchrun and on its rank 0: the one process that writes."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def manifest_hash(raw_dir: str | Path) -> str:

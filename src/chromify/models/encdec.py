@@ -1,4 +1,7 @@
-"""The plain encoder-decoder the seed compared the U-Net against: the same blocks, no skip connections."""
+"""The plain encoder-decoder the seed compared the U-Net against: the same blocks, no skip connections.
+
+Without skips every edge must squeeze through the bottleneck, so colours bleed across boundaries: the baseline
+that shows what the skips buy."""
 
 from __future__ import annotations
 

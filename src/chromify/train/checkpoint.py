@@ -1,35 +1,88 @@
-"""Checkpoints for resuming and the exported model (safetensors + JSON: nothing that must be trusted)."""
+"""Checkpoints for resuming and the exported model (safetensors + JSON: nothing that must be trusted).
+
+A checkpoint is one self-describing dict in `<out_dir>/checkpoint.pt`, replaced atomically: model, optimiser(s),
+schedule position, EMA, discriminator, RNG states and the loader's position, plus the fingerprint of the params
+it was written with. A run resumes from it only when the fingerprints agree.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import random
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from chromify.errors import ModelLoadError
+from chromify.config import ModelParams, TrainParams
+from chromify.errors import ConfigError, ModelLoadError
 from chromify.io import atomic_write, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "chromify-train-checkpoint-v1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+
+# Train params that change where output goes or how often it is reported, not the trajectory of the weights:
+# changing them keeps the checkpoint usable.
+BOOKKEEPING = frozenset({"out_dir", "checkpoint_every", "log_every", "val_every_steps", "num_threads"})
+
+
+def params_fingerprint(mp: ModelParams, p: TrainParams, seed: int, world: int, data_index: str = "") -> str:
+    """sha256 of everything that decides the weights: model + train params (less bookkeeping), seed, world size
+    (the loader's position means something only for the same partition) and the training data's index."""
+    train = {k: v for k, v in asdict(p).items() if k not in BOOKKEEPING}
+    blob = json.dumps({"model": asdict(mp), "train": train, "seed": seed, "world": world, "data": data_index},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> None:
     """Atomically replace `<out_dir>/checkpoint.pt`; a kill mid-write leaves the previous one intact."""
     buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(Path(out_dir) / CHECKPOINT, lambda f: f.write(buf.getvalue()))
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
+    atomic_write(Path(out_dir) / CHECKPOINT, lambda f: f.write(buf.getbuffer()))
 
 
 def load_checkpoint(out_dir: str | Path) -> dict[str, Any] | None:
+    """The checkpoint in `out_dir`, or None when there is none (or it is of another format)."""
     path = Path(out_dir) / CHECKPOINT
     if not path.exists():
         return None
-    # Our own checkpoint holds only tensors, numbers and dicts, so the safe loader reads it.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    # Our own checkpoint holds only tensors, numbers, strings, lists and dicts, so the safe loader reads it.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("format") == CHECKPOINT_FORMAT else None
+
+
+def remove_stale_temp_files(out_dir: str | Path) -> None:
+    """Delete the temp files a kill -9 during an atomic write leaves behind (`.<name>.*.tmp`)."""
+    for tmp in Path(out_dir).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG, as tensors and plain numbers (weights_only-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate(state["python"])
 
 
 def export_model(out_dir: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
@@ -54,8 +107,9 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
         raise ModelLoadError(f"{model_dir}: not a model directory (needs {WEIGHTS} and {CONFIG})")
     try:
         config = json.loads((model_dir / CONFIG).read_text())
-        model = get_model(config["arch"], **config["model"])
+        # The trained weights replace any ImageNet ones, so do not go looking for those.
+        model = get_model(config["arch"], **{**config["model"], "pretrained": False})
         model.load_state_dict(load_file(model_dir / WEIGHTS, device="cpu"))
-    except (KeyError, RuntimeError, ValueError, OSError) as exc:
+    except (KeyError, RuntimeError, ValueError, OSError, ConfigError) as exc:
         raise ModelLoadError(f"{model_dir}: cannot load model ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), config

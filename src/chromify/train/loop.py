@@ -1,198 +1,323 @@
-"""The training loop, top to bottom: L → ab regression on memory-mapped Lab shards.
+"""The training loop, top to bottom: L → ab regression (plus optional terms) on memory-mapped Lab shards.
 
 Resumable: every `checkpoint_every` steps and on SIGTERM the full state is saved atomically; augmentation
-randomness is derived from (seed, step), so a resumed run replays exactly what an uninterrupted one does.
+randomness is derived from (seed, rank, step), so a resumed run replays exactly what an uninterrupted one does.
+Under torchrun it is one DDP rank of N (see distributed.py): data partitioned by rank, only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import queue
 import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from chromify.config import ModelParams, TrainParams
+from chromify.errors import ConfigError, DataError
 from chromify.loader import ShardSet, to_model_tensors
 from chromify.models import get_model
-from chromify.train.checkpoint import export_model, load_checkpoint, save_checkpoint
+from chromify.train import distributed
+from chromify.train.checkpoint import (
+    CHECKPOINT,
+    export_model,
+    load_checkpoint,
+    params_fingerprint,
+    remove_stale_temp_files,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from chromify.train.losses import GeneratorLoss, PatchDiscriminator, discriminator_loss
 
 Callback = Callable[[str, dict[str, Any]], None]
-
-
-def pick_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+T = TypeVar("T")
 
 
 def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
-    """Linear warm-up, then cosine decay to 5% over `progress` ∈ [0, 1]."""
+    """Linear warm-up over `warmup_steps`, then cosine decay to 5% over `progress` ∈ [0, 1]."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def augment(lum: torch.Tensor, ab: torch.Tensor, crop: int, gen: torch.Generator):
-    """Per-sample random crop and horizontal flip, on whatever device the batch is on."""
-    b, _, h, w = lum.shape
-    if crop and crop < h:
-        ys = torch.randint(0, h - crop + 1, (b,), generator=gen).tolist()
-        xs = torch.randint(0, w - crop + 1, (b,), generator=gen).tolist()
-        lum = torch.stack([lum[i, :, y : y + crop, x : x + crop] for i, (y, x) in enumerate(zip(ys, xs, strict=True))])
-        ab = torch.stack([ab[i, :, y : y + crop, x : x + crop] for i, (y, x) in enumerate(zip(ys, xs, strict=True))])
-    flip = (torch.rand(b, generator=gen) < 0.5).to(lum.device).view(b, 1, 1, 1)
-    return torch.where(flip, lum.flip(-1), lum), torch.where(flip, ab.flip(-1), ab)
+def augment(batch: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-sample random crop and horizontal flip: (B, 3, S, S) uint8 → (B, 3, crop, crop) uint8.
+
+    Done on the uint8 batch before the host-to-device copy: fewer bytes cross the bus, no per-sample kernels.
+    """
+    b, c, s, _ = batch.shape
+    ys, xs = rng.integers(0, s - crop + 1, b), rng.integers(0, s - crop + 1, b)
+    flips = rng.random(b) < 0.5
+    out = np.empty((b, c, crop, crop), dtype=np.uint8)
+    for i in range(b):
+        patch = batch[i, :, ys[i] : ys[i] + crop, xs[i] : xs[i] + crop]
+        out[i] = patch[..., ::-1] if flips[i] else patch
+    return out
 
 
-def colourfulness_term(ab: torch.Tensor) -> torch.Tensor:
-    """Mean chroma of ab/128 (B, 2, H, W): larger for saturated colour, 0 for gray."""
-    return torch.sqrt(ab.pow(2).sum(1) + 1e-6).mean()
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Produce `items` on a background thread, `depth` ahead, so shard reads and crops overlap the step."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(exc)
+
+    threading.Thread(target=work, daemon=True, name="chromify-prefetch").start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
-def compute_loss(pred: torch.Tensor, target: torch.Tensor, p: TrainParams) -> torch.Tensor:
-    if p.loss == "huber":
-        loss = F.smooth_l1_loss(pred, target, beta=0.05)
-    else:
-        loss = F.l1_loss(pred, target)
-    if p.colourfulness_weight:
-        # Pushes the output's chroma towards the truth's, against L1's pull to the desaturated mean.
-        loss = loss + p.colourfulness_weight * (colourfulness_term(target) - colourfulness_term(pred)).abs()
-    return loss
+def epoch_batches(data: ShardSet, batch_size: int, crop: int, seed: int, epoch: int, start: int, first_step: int,
+                  env: distributed.DistEnv) -> Iterator[np.ndarray]:
+    """This rank's augmented batches of one epoch from batch `start`; batch k's randomness is (seed, rank, step)."""
+    for k, batch in enumerate(data.batches(batch_size, seed, epoch, env.rank, env.world, start=start)):
+        yield augment(batch, crop, np.random.default_rng([seed, env.rank, first_step + k]))
 
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, data: ShardSet, device: str, batch_size: int = 32) -> dict[str, float]:
-    """L1 on ab/128 and PSNR of ab on the whole split."""
+    """L1 on ab/128 and PSNR of ab/128 (peak-to-peak 2) over the whole split."""
+    was_training = model.training
     model.eval()
     l1 = se = n = 0.0
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     for b in range(0, len(data), batch_size):
         lum, ab = to_model_tensors(data.gather(np.arange(b, min(b + batch_size, len(data)))), device)
-        pred = model(lum).float()
+        with autocast:
+            pred = model(lum.contiguous(memory_format=torch.channels_last)).float()
         l1 += F.l1_loss(pred, ab, reduction="sum").item()
         se += F.mse_loss(pred, ab, reduction="sum").item()
         n += ab.numel()
-    model.train()
+    model.train(was_training)
     mse = se / max(n, 1)
     return {"val_l1": l1 / max(n, 1), "val_psnr_ab": 10 * math.log10(4.0 / max(mse, 1e-10))}
 
 
+@torch.no_grad()
+def preview(model: torch.nn.Module, data: ShardSet, device: str, n: int = 4) -> dict[str, np.ndarray]:
+    """The first `n` samples of a split with the model's ab: for the before/after grid in reports/."""
+    was_training = model.training
+    model.eval()
+    truth = data.gather(np.arange(min(n, len(data))))
+    lum, _ = to_model_tensors(truth, device)
+    ab = model(lum.contiguous(memory_format=torch.channels_last)).float() * 128.0
+    model.train(was_training)
+    return {"lab_truth": truth, "ab_pred": ab.cpu().numpy()}  # (n, 3, S, S) uint8, (n, 2, S, S) float ab
+
+
+def note(message: str) -> None:
+    print(f"chromify: {message}", file=sys.stderr, flush=True)
+
+
 def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainParams, seed: int,
-          callbacks: tuple[Callback, ...] = (), rank: int = 0, world: int = 1) -> dict[str, Any]:
-    """Train (or resume) and export the model to `out_dir`; returns the final metrics."""
-    out_dir = Path(out_dir)
-    device = pick_device()
-    if p.num_threads:
-        torch.set_num_threads(p.num_threads)
-    torch.manual_seed(seed)
-    train_set, val_set = ShardSet(Path(data_dir) / "train"), ShardSet(Path(data_dir) / "val")
-    batch_size = min(p.batch_size, len(train_set) // world)
-    steps_per_epoch = max(1, len(train_set) // world // batch_size)
-    total_steps = p.max_steps or p.epochs * steps_per_epoch
+          callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
+    """Train (or resume) and export the model to `out_dir`; returns the final metrics.
 
-    model = get_model(mp.arch, **asdict(mp)).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(p.ema_decay)) if p.ema_decay else None
-    step, epoch, batch_in_epoch, elapsed_before = 0, 0, 0, 0.0
-    history: list[dict[str, Any]] = []
-    state = load_checkpoint(out_dir)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        elapsed_before, history = state["elapsed_s"], state["history"]
-        torch.set_rng_state(state["torch_rng"])
-    for cb in callbacks:
-        cb("start", {"resumed_from_step": step, "total_steps": total_steps, "device": device})
+    Alone or under torchrun (rank and world from the environment); only rank 0 validates, writes and calls
+    `callbacks(event, data)` with event ∈ start, step, epoch, end.
+    """
+    with distributed.session() as env:
+        out_dir, cuda = Path(out_dir), env.device.startswith("cuda")
 
-    wrapped = model
-    if world > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(model)
-    forward = torch.compile(wrapped) if p.compile else wrapped
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")  # fp32 on CPU
+        def emit(event: str, data: dict[str, Any]) -> None:
+            if env.is_main:
+                for cb in callbacks:
+                    cb(event, data)
 
-    stop = {"signal": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True)) if rank == 0 else None
+        if p.num_threads:
+            torch.set_num_threads(p.num_threads)
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # the crop size is fixed: pick the fastest conv algorithms once
+        train_set, val_set = ShardSet(Path(data_dir) / "train"), ShardSet(Path(data_dir) / "val")
+        per_rank = len(train_set) // env.world
+        if per_rank < 1:
+            raise DataError(f"{data_dir}/train: {len(train_set)} sample(s) cannot feed {env.world} process(es)")
+        batch_size = min(p.batch_size, per_rank)  # per process: the global batch is batch_size × world
+        steps_per_epoch = per_rank // batch_size
+        total_steps = p.max_steps or p.epochs * steps_per_epoch
+        crop = p.crop if 0 < p.crop < train_set.size else train_set.size
 
-    def checkpoint() -> None:
-        if rank == 0:
-            save_checkpoint(out_dir, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "elapsed_s": elapsed_before + time.monotonic() - t0, "history": history,
-                "torch_rng": torch.get_rng_state(),
-            })
+        torch.manual_seed(seed)
+        model = get_model(mp.arch, **asdict(mp)).to(env.device).to(memory_format=torch.channels_last)
+        for what, size in (("train.crop", crop), ("the stored (validation) size", val_set.size)):
+            if size % model.multiple:
+                raise ConfigError(f"{what} {size} must divide by {model.multiple} for {mp.arch} at depth {mp.depth}")
+        opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(p.ema_decay),
+        ) if p.ema_decay and env.is_main else None  # only rank 0 validates and exports, so only it keeps one
+        criterion = GeneratorLoss(p).to(env.device)
+        disc = opt_d = None
+        if p.gan_weight:
+            disc = PatchDiscriminator().to(env.device).to(memory_format=torch.channels_last)
+            opt_d = torch.optim.Adam(disc.parameters(), lr=p.gan_lr, betas=(0.5, 0.999))  # pix2pix's settings
 
-    t0 = time.monotonic()
-    budget_s = p.max_minutes * 60 if p.max_minutes else math.inf
-    seen, t_rate = 0, time.monotonic()
-    model.train()
-    done = False
-    while not done and epoch < p.epochs:
-        for batch in train_set.batches(batch_size, seed, epoch, rank, world, start=batch_in_epoch):
-            elapsed = elapsed_before + time.monotonic() - t0
-            progress = max(step / total_steps, elapsed / budget_s)
-            for group in opt.param_groups:
-                group["lr"] = p.lr * lr_factor(progress, step, p.warmup_steps)
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            lum, ab = augment(*to_model_tensors(batch, device), p.crop, gen)
-            lum = lum.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                pred = forward(lum)
-            loss = compute_loss(pred.float(), ab, p)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if p.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-            opt.step()
+        # Resume only from a checkpoint written with the same params: anything else would silently mix two runs.
+        index_sha = hashlib.sha256((Path(data_dir) / "train" / "index.json").read_bytes()).hexdigest()
+        fingerprint = params_fingerprint(mp, p, seed, env.world, index_sha)
+        step, epoch, batch_in_epoch, elapsed_before, history = 0, 0, 0, 0.0, []
+        state = load_checkpoint(out_dir)
+        if state is not None and state.get("fingerprint") != fingerprint:
+            if env.is_main:
+                note(f"{out_dir / CHECKPOINT} was written with other params (or data, or world size); starting fresh")
+            state = None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
             if ema is not None:
-                ema.update_parameters(model)
-            step += 1
-            batch_in_epoch += 1
-            seen += len(batch) * world
-            if step % 10 == 0:
-                now = time.monotonic()
-                rate, seen, t_rate = seen / max(now - t_rate, 1e-9), 0, now
-                for cb in callbacks:
-                    cb("step", {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
-                                "images_per_s": rate})
-            if p.checkpoint_every and step % p.checkpoint_every == 0:
-                checkpoint()
-            out_of_time = elapsed_before + time.monotonic() - t0 >= budget_s
-            if stop["signal"] or out_of_time or (p.max_steps and step >= p.max_steps):
-                done = True
-                break
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
-            val_interval = max(1, math.ceil(50 / steps_per_epoch))
-            if rank == 0 and (epoch % val_interval == 0 or epoch == p.epochs):
-                row = {"epoch": epoch, "step": step, "train_loss": loss.item(), **validate(model, val_set, device)}
-                history.append(row)
-                for cb in callbacks:
-                    cb("epoch", row)
-    if stop["signal"]:
-        checkpoint()
-        raise SystemExit(143)  # the conventional exit for SIGTERM; the checkpoint above resumes the run
-    if previous_handler is not None:
-        signal.signal(signal.SIGTERM, previous_handler)
+                ema.load_state_dict(state["ema"])
+            if disc is not None:
+                disc.load_state_dict(state["discriminator"])
+                opt_d.load_state_dict(state["optimizer_d"])
+            step, elapsed_before = state["schedule"]["step"], state["schedule"]["elapsed_s"]
+            epoch, batch_in_epoch = state["loader"]["epoch"], state["loader"]["batch_in_epoch"]
+            history = state["history"]
+            restore_rng_state(state["rng"])
+        if env.is_main:
+            remove_stale_temp_files(out_dir)
 
-    final = {"step": step, "epochs": epoch, "train_seconds": elapsed_before + time.monotonic() - t0}
-    if rank == 0:
-        checkpoint()
-        best = ema.module if ema is not None else model
-        final.update(validate(best, val_set, device))
-        export_model(out_dir, best, {
-            "format": "chromify-model-v1", "arch": mp.arch, "model": asdict(mp), "size": train_set.size,
-            "input": "L/100 in [0, 1], (B, 1, H, W)", "output": "ab/128 in (-1, 1), (B, 2, H, W)",
-        })
-        for cb in callbacks:
-            cb("end", {**final, "history": history})
-    return {**final, "history": history}
+        wrapped, disc_wrapped = model, disc
+        if env.world > 1:
+            ids = [env.local_rank] if cuda else None
+            wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            if disc is not None:
+                disc_wrapped = torch.nn.parallel.DistributedDataParallel(disc, device_ids=ids)
+        forward = torch.compile(wrapped) if p.compile else wrapped
+        autocast = torch.autocast(torch.device(env.device).type, dtype=torch.bfloat16, enabled=cuda)  # fp32 on CPU
+
+        t0 = time.monotonic()
+
+        def save() -> None:
+            if env.is_main:
+                save_checkpoint(out_dir, {
+                    "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scaler": None,  # bf16 autocast needs no loss scaling; the key is kept for fp16 variants
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "discriminator": disc.state_dict() if disc is not None else None,
+                    "optimizer_d": opt_d.state_dict() if opt_d is not None else None,
+                    "schedule": {"step": step, "elapsed_s": elapsed_before + time.monotonic() - t0},
+                    "loader": {"epoch": epoch, "batch_in_epoch": batch_in_epoch},
+                    "rng": rng_state(), "history": history,
+                })
+
+        stop = {"signal": False}
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True)) if on_main_thread \
+            else None
+        budget_s = p.max_minutes * 60 if p.max_minutes else math.inf
+        emit("start", {"resumed_from_step": step, "total_steps": total_steps, "device": env.device,
+                       "world": env.world, "batch_size": batch_size, "fingerprint": fingerprint})
+        interrupted = stopping = False
+        terms: dict[str, torch.Tensor] | None = None
+        seen, t_rate = 0, time.monotonic()
+        model.train()
+        try:
+            while epoch < p.epochs:
+                for batch in prefetch(epoch_batches(train_set, batch_size, crop, seed, epoch, batch_in_epoch, step,
+                                                    env)):
+                    # Every rank must take the same decisions, so the flags and the clock are agreed first.
+                    signalled, elapsed = distributed.agree_max(
+                        env, [float(stop["signal"]), elapsed_before + time.monotonic() - t0])
+                    interrupted = bool(signalled)
+                    stopping = interrupted or elapsed >= budget_s or step >= total_steps
+                    if stopping:
+                        break
+                    progress = max(step / total_steps, elapsed / budget_s)
+                    lr = p.lr * lr_factor(progress, step, p.warmup_steps)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    gan_on = disc is not None and progress >= p.gan_start_fraction
+
+                    lum, ab = to_model_tensors(batch, env.device)
+                    lum = lum.contiguous(memory_format=torch.channels_last)
+                    if disc is not None:
+                        disc.requires_grad_(False)  # the generator's step must not train D
+                    with autocast:
+                        pred = forward(lum)  # (B, 2, crop, crop) ab/128
+                        terms = criterion(lum, pred, ab, disc if gan_on else None)
+                    opt.zero_grad(set_to_none=True)
+                    terms["total"].backward()
+                    if p.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+                    opt.step()
+                    if gan_on:
+                        disc.requires_grad_(True)
+                        with autocast:
+                            terms["discriminator"] = discriminator_loss(disc_wrapped, lum, ab, pred.detach())
+                        opt_d.zero_grad(set_to_none=True)
+                        terms["discriminator"].backward()
+                        opt_d.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
+                    step, batch_in_epoch, seen = step + 1, batch_in_epoch + 1, seen + len(batch) * env.world
+
+                    if env.is_main and p.log_every and step % p.log_every == 0:
+                        now = time.monotonic()
+                        rate, seen, t_rate = seen / max(now - t_rate, 1e-9), 0, now
+                        emit("step", {"step": step, "loss": terms["total"].item(), "lr": lr, "images_per_s": rate,
+                                      **{f"loss_{k}": v.item() for k, v in terms.items() if k != "total"}})
+                    if p.checkpoint_every and step % p.checkpoint_every == 0:
+                        save()
+                if stopping:
+                    break
+                epoch, batch_in_epoch = epoch + 1, 0
+                since = step - (history[-1]["step"] if history else 0)
+                if env.is_main and since and (since >= p.val_every_steps or epoch == p.epochs):
+                    shown = ema.module if ema is not None else model
+                    row = {"epoch": epoch, "step": step, "train_loss": terms["total"].item() if terms else math.nan,
+                           **validate(shown, val_set, env.device)}
+                    history.append(row)
+                    emit("epoch", {**row, "samples": preview(shown, val_set, env.device)})
+        finally:
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous_handler)
+        if interrupted:
+            save()
+            if env.is_main:
+                note(f"stopped by SIGTERM at step {step}; the checkpoint in {out_dir} resumes the run")
+            raise SystemExit(143)  # the conventional exit status for SIGTERM
+
+        final = {"step": step, "epochs": epoch, "train_seconds": elapsed_before + time.monotonic() - t0}
+        if env.is_main:
+            save()
+            best = ema.module if ema is not None else model
+            final.update(validate(best, val_set, env.device))
+            export_model(out_dir, best, {
+                "format": "chromify-model-v1", "arch": mp.arch, "model": asdict(mp), "size": train_set.size,
+                "multiple": model.multiple,
+                "input": "L/100 in [0, 1], (B, 1, H, W)", "output": "ab/128 in (-1, 1), (B, 2, H, W)",
+            })
+            emit("end", {**final, "history": history, "samples": preview(best, val_set, env.device)})
+        return {**final, "history": history}

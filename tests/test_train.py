@@ -1,0 +1,295 @@
+"""chromify.train on a tiny set of real photos: it learns, it reports, it resumes exactly, it runs under torchrun."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from skimage import data
+
+from chromify import shards
+from chromify.config import ModelParams, Params, TrainParams
+from chromify.loader import ShardSet
+from chromify.models import get_model
+from chromify.train.checkpoint import CHECKPOINT, load_checkpoint, load_model
+from chromify.train.loop import augment, lr_factor, prefetch, train, validate
+from chromify.train.report import DVCLiveLogger, TrainReport, png_bytes
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "colorwheel",  # train
+          "hubble_deep_field", "retina")  # val
+SIZE = 64
+MODEL = ModelParams(arch="unet_s", base_width=8, depth=2)
+BASE = TrainParams(epochs=10_000, max_steps=24, max_minutes=0, batch_size=4, crop=32, lr=3e-3, warmup_steps=2,
+                   checkpoint_every=0, log_every=1, val_every_steps=6, num_threads=1)
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    """16 samples (the left and right part of 8 skimage photos) as 64 px shards: 12 train, 4 val."""
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "raw"
+    raw.mkdir()
+    rows = []
+    for k, name in enumerate(PHOTOS):
+        img = getattr(data, name)()[..., :3]
+        h, w = img.shape[:2]
+        for side, part in (("l", img[:, : w // 2 + h // 4]), ("r", img[:, w // 2 - h // 4 :])):
+            path = raw / f"{name}_{side}.png"
+            Image.fromarray(np.ascontiguousarray(part)).save(path)
+            rows.append({"path": path.name, "uri": f"skimage:{name}/{side}", "split": "val" if k >= 6 else "train",
+                         "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    shards.preprocess(rows, raw, root / "processed", SIZE, shard_mb=1, workers=1)
+    shards.write_index(root / "processed", SIZE)
+    return root / "processed"
+
+
+@pytest.fixture(scope="module")
+def trained(shard_dir, tmp_path_factory):
+    """One in-process run with every report on; what it left behind and what its callbacks saw."""
+    root = tmp_path_factory.mktemp("run")
+    torch.manual_seed(SEED)  # the loop seeds the same way, so this is the model it starts from
+    before = validate(get_model(MODEL.arch, **asdict(MODEL)), ShardSet(shard_dir / "val"), "cpu")
+    events: list[tuple[str, dict]] = []
+    report = TrainReport(root / "reports")  # DVCLive beside it: root / "dvclive"
+    result = train(shard_dir, root / "model", MODEL, BASE, SEED,
+                   callbacks=(report, lambda event, d: events.append((event, d))))
+    return {"root": root, "before": before, "result": result, "events": events}
+
+
+def test_a_few_steps_on_real_photos_reduce_the_loss(trained) -> None:
+    losses = [d["loss"] for e, d in trained["events"] if e == "step"]
+    assert len(losses) == BASE.max_steps
+    assert np.mean(losses[-6:]) < np.mean(losses[:3])
+    assert trained["result"]["val_l1"] < trained["before"]["val_l1"]
+    assert trained["result"]["step"] == BASE.max_steps
+
+
+def test_the_exported_model_loads_with_safe_formats_only(trained, shard_dir) -> None:
+    model_dir = trained["root"] / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == [CHECKPOINT, "config.json", "model.safetensors"]
+    model, config = load_model(model_dir)
+    assert config["arch"] == MODEL.arch and config["size"] == SIZE and config["multiple"] == 4
+    again = validate(model, ShardSet(shard_dir / "val"), "cpu")
+    assert again["val_l1"] == pytest.approx(trained["result"]["val_l1"], rel=1e-5)
+    state = load_checkpoint(model_dir)  # torch.load(weights_only=True) inside
+    for key in ("fingerprint", "model", "optimizer", "schedule", "scaler", "ema", "rng", "loader", "history"):
+        assert key in state
+    assert state["schedule"]["step"] == BASE.max_steps
+
+
+def test_reports_curves_grid_and_dvclive(trained) -> None:
+    root = trained["root"]
+    history = json.loads((root / "reports" / "train_history.json").read_text())
+    assert [e["step"] for e in history["epochs"]] == [6, 12, 18, 24]
+    assert all(np.isfinite(e["val_psnr_ab"]) for e in history["epochs"])
+    grid = Image.open(root / "reports" / "train_grid.png")
+    assert grid.size == (3 * SIZE + 4, 4 * SIZE + 6)  # gray | model | truth, one row per val photo
+    assert Image.open(root / "reports" / "train_curves.png").format == "PNG"
+    summary = json.loads((root / "dvclive" / "metrics.json").read_text())
+    assert summary["step"] == BASE.max_steps and "l1" in summary["val"] and "loss" in summary["train"]
+    rows = (root / "dvclive" / "plots" / "metrics" / "val" / "l1.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["step", "l1"] and len(rows) == 1 + len(history["epochs"])
+
+
+def test_dvclive_history_is_cut_back_to_the_checkpoint_on_resume(tmp_path) -> None:
+    tsv = tmp_path / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("step\tloss\n2\t0.5\n4\t0.4\n6\t0.3\n")  # logged up to step 6, checkpoint at 4
+    DVCLiveLogger(tmp_path / "dvclive").drop_rows_after(4)
+    assert tsv.read_text() == "step\tloss\n2\t0.5\n4\t0.4\n"
+
+
+def test_png_writer_round_trips_through_pil() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(rgb)))), rgb)
+
+
+def test_lr_warms_up_then_decays_by_cosine_to_five_percent() -> None:
+    assert lr_factor(0.0, 0, 10) == pytest.approx(0.1)
+    assert lr_factor(0.1, 9, 10) == pytest.approx(1.0)
+    assert lr_factor(0.5, 50, 10) == pytest.approx(0.525)
+    assert lr_factor(1.0, 100, 10) == pytest.approx(0.05)
+    assert lr_factor(3.0, 300, 10) == pytest.approx(0.05)
+
+
+def test_augment_is_a_function_of_its_seed() -> None:
+    batch = np.random.default_rng(0).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
+    a = augment(batch, 8, np.random.default_rng([1, 0, 5]))
+    b = augment(batch, 8, np.random.default_rng([1, 0, 5]))
+    assert a.shape == (4, 3, 8, 8) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    full = augment(batch, 16, np.random.default_rng(3))
+    assert all(np.array_equal(f, x) or np.array_equal(f, x[..., ::-1]) for f, x in zip(full, batch, strict=True))
+
+
+def test_prefetch_keeps_order_and_reraises_the_producers_error() -> None:
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise OSError("shard gone")
+
+    with pytest.raises(OSError, match="shard gone"):
+        list(prefetch(broken()))
+
+
+def test_a_checkpoint_written_with_other_params_is_not_resumed(shard_dir, tmp_path, capfd) -> None:
+    p = replace(BASE, max_steps=2, log_every=0, val_every_steps=10_000)
+    train(shard_dir, tmp_path, MODEL, p, SEED)
+    capfd.readouterr()
+    steps = []
+    train(shard_dir, tmp_path, MODEL, replace(p, max_steps=3), SEED,
+          callbacks=(lambda e, d: steps.append(d["resumed_from_step"]) if e == "start" else None,))
+    assert steps == [0]
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other params" in err[0] and "starting fresh" in err[0]
+    # Same params (a bookkeeping change aside): it resumes where the last run ended.
+    train(shard_dir, tmp_path, MODEL, replace(p, max_steps=3, checkpoint_every=1), SEED,
+          callbacks=(lambda e, d: steps.append(d["resumed_from_step"]) if e == "start" else None,))
+    assert steps == [0, 3]
+
+
+# The subprocess hides the optional packages, as on the bare GPU box (torch, numpy, pyarrow): the loop and its
+# reports must work without them. At step `block_at` it says "ready" and waits for a line on stdin, so the test
+# can signal it at an exact step.
+RUNNER = textwrap.dedent("""
+    import sys
+    for name in ("dvclive", "matplotlib", "torchvision", "kfp", "dvc", "skimage"):
+        sys.modules[name] = None
+    from chromify.config import load_params
+    from chromify.train.loop import train
+    from chromify.train.report import TrainReport
+
+    params_path, data_dir, out_dir, block_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+    def control(event, d):
+        if event == "start":
+            print("start", d["resumed_from_step"], flush=True)
+        if event == "step" and d["step"] == block_at:
+            print("ready", flush=True)
+            sys.stdin.readline()
+
+    p = load_params(params_path)
+    report = TrainReport(out_dir + "/reports", dvclive_dir=out_dir + "/dvclive")
+    train(data_dir, out_dir + "/model", p.model, p.train, p.base.seed, callbacks=(report, control))
+    print("done", flush=True)
+""")
+
+
+def write_params(path: Path, mp: ModelParams, p: TrainParams) -> Path:
+    params = Params(model=mp, train=p)
+    params = replace(params, base=replace(params.base, seed=SEED))
+    raw = params.to_dict()
+    path.write_text(yaml.safe_dump({k: raw[k] for k in ("base", "model", "train")}))
+    return path
+
+
+def start(tmp_path: Path, name: str, params: Path, shard_dir: Path, block_at: int) -> subprocess.Popen:
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    return subprocess.Popen([sys.executable, str(script), str(params), str(shard_dir), str(tmp_path / name),
+                             str(block_at)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(proc: subprocess.Popen, word: str) -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.strip())
+        if line.startswith(word):
+            return lines
+    raise AssertionError(f"the run ended before {word!r}: {lines} {proc.stderr.read()[-2000:]}")
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    exported = load_file(run_dir / "model" / "model.safetensors")
+    raw = {f"raw.{k}": v for k, v in load_checkpoint(run_dir / "model")["model"].items()}
+    return {**exported, **raw}
+
+
+def test_resume_after_sigterm_or_kill_9_reaches_the_uninterrupted_weights(shard_dir, tmp_path) -> None:
+    # Everything that carries state across a resume is on: EMA, the discriminator (it joins at step 5),
+    # the colourfulness term, mid-epoch positions (3 batches an epoch, checkpoints every 4 steps).
+    p = replace(BASE, max_steps=10, checkpoint_every=4, batch_size=4, ema_decay=0.8, colourfulness_weight=0.5,
+                gan_weight=0.05, gan_start_fraction=0.5, val_every_steps=3)
+    params = write_params(tmp_path / "params.yaml", MODEL, p)
+    term = start(tmp_path, "term", params, shard_dir, block_at=6)
+    kill = start(tmp_path, "kill", params, shard_dir, block_at=6)
+
+    events: list[tuple[str, dict]] = []  # the uninterrupted reference, in this process meanwhile
+    train(shard_dir, tmp_path / "ref" / "model", MODEL, p, SEED, callbacks=(lambda e, d: events.append((e, d)),))
+    adversarial = [d["step"] for e, d in events if e == "step" and "loss_adversarial" in d]
+    assert adversarial == [6, 7, 8, 9, 10]  # pure regression for the first half of the budget
+
+    wait_for(term, "ready")
+    term.send_signal(signal.SIGTERM)
+    term.stdin.write("go\n")
+    term.stdin.flush()
+    code, _, err = finish(term)
+    assert code == 143, err
+    assert "stopped by SIGTERM at step 6" in err
+    wait_for(kill, "ready")
+    kill.kill()  # SIGKILL between the checkpoints at steps 4 and 8
+    finish(kill)
+    assert load_checkpoint(tmp_path / "term" / "model")["schedule"]["step"] == 6
+    assert load_checkpoint(tmp_path / "kill" / "model")["schedule"]["step"] == 4
+
+    resumed = [start(tmp_path, name, params, shard_dir, block_at=0) for name in ("term", "kill")]
+    for proc, step in zip(resumed, (6, 4), strict=True):
+        code, out, err = finish(proc)
+        assert code == 0, err
+        assert out.splitlines()[0] == f"start {step}" and out.splitlines()[-1] == "done"
+        assert "no dvclive" in err  # the optional packages were hidden, and said so in one line
+
+    reference = final_weights(tmp_path / "ref")
+    for name in ("term", "kill"):
+        got = final_weights(tmp_path / name)
+        assert got.keys() == reference.keys()
+        for key, value in reference.items():
+            torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+        history = json.loads((tmp_path / name / "reports" / "train_history.json").read_text())
+        assert [e["step"] for e in history["epochs"]] == [3, 6, 9]
+
+
+def test_two_process_ddp_on_cpu_trains_and_writes_exactly_one_model(shard_dir, tmp_path) -> None:
+    p = replace(BASE, batch_size=2, checkpoint_every=2)
+    params = write_params(tmp_path / "params.yaml", MODEL, p)
+    out = tmp_path / "model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "chromify.cli", "train", "--params", str(params), "--data", str(shard_dir), "--out", str(out),
+         "--reports", str(tmp_path / "reports"), "--dry-run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(chunk) for chunk in proc.stdout.replace("}\n{", "}\n\x00{").split("\x00")]
+    assert [r["step"] for r in results] == [5, 5]  # --dry-run: five steps on each rank, in step
+    assert sum("val_l1" in r for r in results) == 1  # only rank 0 validates
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, "config.json", "model.safetensors", "params.json"]
+    model, _ = load_model(out)
+    assert model(torch.rand(1, 1, SIZE, SIZE)).abs().max() < 1
+    assert load_checkpoint(out)["fingerprint"] != ""
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
+        "train_curves.png", "train_grid.png", "train_history.json"]
+    assert json.loads((tmp_path / "dvclive" / "metrics.json").read_text())["step"] == 5
