@@ -1,0 +1,1 @@
+"""`chromify serve`: the HTTP API and the web page. Only `chromify.api.app` imports FastAPI."""

@@ -1,0 +1,291 @@
+"""The FastAPI app: one model loaded once, photos colorized in a bounded worker pool, a web page at `/`.
+
+Status codes (every error body is {"detail": "<one line>"}):
+    200  the colorized image (POST /colorize) or {"predictions": [...]} (Vertex AI predict route)
+    400  malformed request: no `file` field, unknown `format`, bad JSON or base64, no or too many instances
+    413  body or file larger than max_upload_bytes (refused from Content-Length when the client sends one)
+    415  the bytes are not a JPEG, PNG, WebP, BMP or TIFF (sniffed from the content, never the name or type)
+    422  an image that cannot be used: empty file, more pixels than max_pixels (read from the header, before
+         decoding: decompression bombs cost nothing), corrupt or truncated data
+    503  more than concurrency + max_queue requests in flight; retry after the Retry-After seconds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import numpy as np
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from chromify.api.settings import ServeSettings
+from chromify.colorize import encode_image
+from chromify.decode import open_checked, to_srgb
+from chromify.errors import InputImageError
+
+STATIC_DIR = Path(__file__).parent / "static"
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+# The page loads nothing from anywhere else; the browser enforces it.
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    """PIL format name from the file's magic bytes, or None when it is not a format we accept."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if data.startswith(b"BM"):
+        return "BMP"
+    return None
+
+
+def choose_format(field: str | None, accept: str | None) -> str:
+    """'png' or 'jpeg': the `format` field wins, then the Accept header's preference; PNG by default."""
+    if field:
+        name = field.strip().lower()
+        name = {"jpg": "jpeg", "image/jpeg": "jpeg", "image/png": "png"}.get(name, name)
+        if name not in MEDIA_TYPES:
+            raise HTTPException(400, f"format {field!r} is not one of: png, jpeg")
+        return name
+    best, best_q = "png", 0.0
+    for part in (accept or "").split(","):
+        media, _, params = part.strip().partition(";")
+        q = 1.0
+        for p in params.split(";"):
+            key, _, value = p.strip().partition("=")
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        fmt = {"image/png": "png", "image/jpeg": "jpeg"}.get(media.strip().lower())
+        if fmt and q > best_q:
+            best, best_q = fmt, q
+    return best
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI guard: a body past `max_bytes` is answered 413 without reading the rest, Content-Length or not."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(send)
+            return
+        received, over, started = 0, False, False
+
+        async def guarded_receive() -> dict:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    over = True
+                    raise BodyTooLarge
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            nonlocal started
+            if over:  # whatever the app made of the aborted read (FastAPI turns it into a 400) is replaced
+                return
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except BodyTooLarge:
+            pass
+        if over and not started:
+            await self._reject(send)
+
+    async def _reject(self, send: Callable) -> None:
+        body = f'{{"detail":"request body larger than {self.max_bytes} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class InferencePool:
+    """At most `concurrency` photos in work and `max_queue` waiting: memory stays flat however many clients."""
+
+    def __init__(self, concurrency: int, max_queue: int):
+        self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix="colorize")
+        self.limit = concurrency + max_queue
+        self.in_flight = 0  # touched only on the event loop's thread
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.in_flight >= self.limit:
+            raise HTTPException(503, "busy: too many photos in line, try again shortly", headers={"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self.in_flight -= 1
+
+
+def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
+    """Load the model once and wire the routes; `settings.concurrency` photos are colorized at a time."""
+    import torch
+
+    from chromify.inference import Colorizer
+
+    cores = len(os.sched_getaffinity(0))
+    per_job = max(1, cores // settings.concurrency)
+    torch.set_num_threads(settings.torch_threads or per_job)
+    colorizer = Colorizer(model_dir, render_size=settings.render_size, merge_workers=per_job)
+    pool = InferencePool(settings.concurrency, settings.max_queue)
+    model_name = Path(model_dir).name
+
+    app = FastAPI(title="Chromify", version="1", summary="Colorize black-and-white photos at full resolution.",
+                  docs_url="/docs", redoc_url=None)
+    # base64 makes Vertex AI bodies 4/3 of the image; exact per-file limits are checked in the routes.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"detail": f"malformed request: {where} {first.get('msg', '')}".strip()}, status_code=400)
+
+    @app.exception_handler(InputImageError)
+    async def unusable(_: Request, exc: InputImageError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    def check_upload(size: int, head: bytes, name: str) -> str:
+        """The cheap refusals, before a photo waits for the pool: size, emptiness, content type; → PIL format."""
+        if size > settings.max_upload_bytes:
+            raise HTTPException(413, f"{name}: {size} bytes, over the limit of {settings.max_upload_bytes}")
+        if size == 0:
+            raise InputImageError(name, "empty file (0 bytes)")
+        kind = sniff_image_format(head)
+        if kind is None:
+            raise HTTPException(415, f"{name}: not an image (accepted: JPEG, PNG, WebP, BMP, TIFF)")
+        return kind
+
+    def colorize_bytes(data: bytes | BinaryIO, name: str, kind: str, fmt: str) -> tuple[bytes, int, int]:
+        """Runs in the pool: header check, decode, colorize, encode; → (encoded image, width, height).
+
+        An upload arrives as its spooled file and is read only here, so photos waiting in line stay on disk.
+        """
+        if not isinstance(data, bytes):
+            data = data.read()
+        img = open_checked(data, name, settings.max_pixels)
+        if {"MPO": "JPEG"}.get(img.format, img.format) != kind:  # MPO: a JPEG with extra frames
+            raise InputImageError(name, f"content looks like {kind} but decodes as {img.format}")
+        rgb = np.asarray(to_srgb(img, name))
+        del img
+        out = colorizer.colorize_rgb(rgb)
+        return encode_image(out, fmt, fast=True), out.shape[1], out.shape[0]
+
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name, "render_size": colorizer.render_size,
+                "max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels}
+
+    app.get("/healthz", summary="Liveness and readiness: the model is loaded.")(health)
+    if settings.health_route != "/healthz":
+        app.get(settings.health_route, summary="Vertex AI health check.")(health)
+
+    @app.post("/colorize", summary="Colorize one photo (multipart `file`); PNG or JPEG by `format` or Accept.",
+              responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+    async def colorize(request: Request, file: Annotated[UploadFile, File()],
+                       format: Annotated[str | None, Form()] = None) -> Response:
+        fmt = choose_format(format, request.headers.get("accept"))
+        name = file.filename or "upload"
+        head = await file.read(16)
+        await file.seek(0)
+        kind = check_upload(file.size if file.size is not None else len(head), head, name)
+        t0 = time.perf_counter()
+        encoded, _, _ = await pool.run(colorize_bytes, file.file, name, kind, fmt)
+        stem = Path(name).stem or "photo"
+        return Response(encoded, media_type=MEDIA_TYPES[fmt], headers={
+            "Content-Disposition": f'inline; filename="{_ascii(stem)}-colorized.{"png" if fmt == "png" else "jpg"}"',
+            "Server-Timing": f"colorize;dur={(time.perf_counter() - t0) * 1000:.0f}",
+            "X-Chromify-Model": model_name,
+        })
+
+    @app.post(settings.predict_route, summary="Vertex AI prediction: {instances: [{b64}]} → {predictions: [{b64}]}.")
+    async def predict(body: dict[str, Any]) -> dict[str, Any]:
+        instances = body.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise HTTPException(400, "body must be {\"instances\": [{\"b64\": \"...\"}, ...]}")
+        if len(instances) > settings.max_instances:
+            raise HTTPException(400, f"{len(instances)} instances, over the limit of {settings.max_instances}")
+        parameters = body.get("parameters") or {}
+        fmt = choose_format(parameters.get("format") if isinstance(parameters, dict) else None, None)
+        predictions = []
+        for i, inst in enumerate(instances):
+            name = f"instance {i}"
+            encoded_in = inst.get("b64") if isinstance(inst, dict) else None
+            if encoded_in is None and isinstance(inst, dict) and isinstance(inst.get("image"), dict):
+                encoded_in = inst["image"].get("b64")  # the {"image": {"b64": ...}} variant
+            if not isinstance(encoded_in, str):
+                raise HTTPException(400, f"{name}: expected {{\"b64\": \"<base64 image>\"}}")
+            try:
+                data = base64.b64decode(encoded_in, validate=True)
+            except (binascii.Error, ValueError):
+                raise HTTPException(400, f"{name}: invalid base64") from None
+            kind = check_upload(len(data), data[:16], name)
+            encoded, width, height = await pool.run(colorize_bytes, data, name, kind, fmt)
+            predictions.append({"b64": base64.b64encode(encoded).decode(), "mime_type": MEDIA_TYPES[fmt],
+                                "width": width, "height": height})
+        return {"predictions": predictions, "model": model_name}
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.middleware("http")
+    async def common_headers(request: Request, call_next: Callable) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if request.url.path == "/" or request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-cache")  # revalidate: a new release shows at once
+        return response
+
+    return app
+
+
+def _ascii(text: str) -> str:
+    """A filename safe inside a quoted header value."""
+    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in text)[:100]
+
+
+def serve(settings: ServeSettings, model_dir: str | Path) -> None:
+    """Run uvicorn in this process with the app (one process: the model is loaded once)."""
+    import uvicorn
+
+    # Connections past what the pool would queue anyway get uvicorn's 503 before their bodies are read; the
+    # headroom keeps health checks and the page answering while the line is full.
+    uvicorn.run(create_app(settings, model_dir), host=settings.host, port=settings.port,
+                log_level=settings.log_level, timeout_graceful_shutdown=10,
+                limit_concurrency=settings.concurrency + settings.max_queue + 16)

@@ -1,0 +1,271 @@
+"""The HTTP API: happy paths, every kind of bad upload with its status code, Vertex AI routes, a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi import HTTPException
+from PIL import Image
+from skimage import data
+
+from chromify.api.app import InferencePool, choose_format, create_app, sniff_image_format
+from chromify.api.settings import ServeSettings
+
+MODEL = {"arch": "unet_s", "base_width": 8, "depth": 3, "norm": "batch", "upsample": "bilinear", "pretrained": False}
+MAX_BYTES = 300_000
+MAX_PIXELS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from chromify.models import get_model
+    from chromify.train.checkpoint import export_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    export_model(out, get_model("unet_s", **MODEL),
+                 {"format": "chromify-model-v1", "arch": "unet_s", "model": MODEL, "size": 64})
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> httpx.Client:
+    """The app in a real uvicorn on 127.0.0.1 (a thread of this process, so the model loads in milliseconds)."""
+    import uvicorn
+
+    settings = ServeSettings(max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, concurrency=1, max_instances=2)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, model_dir), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        yield c
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width × height: what a decompression bomb looks like before decoding."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND",
+                                                                                                            b"")
+
+
+CAMERA_JPEG = encode(Image.fromarray(data.camera()).resize((320, 240)), quality=90)
+
+
+def test_colorize_returns_a_png_of_the_same_size(client: httpx.Client) -> None:
+    r = client.post("/colorize", files={"file": ("old photo.jpg", CAMERA_JPEG, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["content-disposition"] == 'inline; filename="old photo-colorized.png"'
+    img = Image.open(io.BytesIO(r.content))
+    assert (img.format, img.mode, img.size) == ("PNG", "RGB", (320, 240))
+
+
+@pytest.mark.parametrize(("form", "accept", "expected"), [
+    ({}, None, "image/png"),
+    ({}, "image/jpeg", "image/jpeg"),
+    ({}, "image/png;q=0.5, image/jpeg;q=0.9", "image/jpeg"),
+    ({}, "text/html,*/*;q=0.8", "image/png"),
+    ({"format": "jpg"}, "image/png", "image/jpeg"),
+    ({"format": "png"}, "image/jpeg", "image/png"),
+])
+def test_format_by_field_then_accept(client: httpx.Client, form: dict, accept: str | None, expected: str) -> None:
+    headers = {"accept": accept} if accept else {}
+    r = client.post("/colorize", data=form, headers=headers, files={"file": ("a.jpg", CAMERA_JPEG)})
+    assert r.status_code == 200 and r.headers["content-type"] == expected
+    assert Image.open(io.BytesIO(r.content)).format == expected.split("/")[1].upper()
+
+
+def test_content_is_sniffed_not_the_name_or_type(client: httpx.Client) -> None:
+    png = encode(Image.fromarray(data.camera()[:64, :96]), "PNG")
+    assert client.post("/colorize", files={"file": ("notes.txt", png, "text/plain")}).status_code == 200
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
+    r = client.post("/colorize", files={"file": ("photo.png", svg, "image/png")})
+    assert r.status_code == 415 and "not an image" in r.json()["detail"]
+
+
+def test_odd_modes_and_exif_orientation(client: httpx.Client) -> None:
+    sixteen = encode(Image.fromarray(data.camera()[:50, :70].astype(np.uint16) * 257), "PNG")
+    r = client.post("/colorize", files={"file": ("16bit.png", sixteen)})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (70, 50)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    rotated = encode(Image.fromarray(data.chelsea()), exif=exif.tobytes())  # 451 × 300 stored
+    r = client.post("/colorize", files={"file": ("cat.jpg", rotated)})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (300, 451)
+
+
+BAD_UPLOADS = {
+    "too big": (b"\xff\xd8\xff" + bytes(MAX_BYTES), 413, "over the limit"),
+    "bomb": (png_header_only(50_000, 50_000), 422, "too many pixels"),
+    "just over max pixels": (encode(Image.new("L", (1001, 1000)), "PNG"), 422, "too many pixels"),
+    "not an image": (b"%PDF-1.7\n" + bytes(100), 415, "not an image"),
+    "empty": (b"", 422, "empty file"),
+    "truncated": (CAMERA_JPEG[: len(CAMERA_JPEG) // 3], 422, "truncated"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_UPLOADS)
+def test_bad_uploads_get_clear_4xx(client: httpx.Client, case: str) -> None:
+    body, status, words = BAD_UPLOADS[case]
+    t0 = time.perf_counter()
+    r = client.post("/colorize", files={"file": ("upload.jpg", body, "image/jpeg")})
+    assert (r.status_code, r.headers["content-type"]) == (status, "application/json"), r.text
+    assert words in r.json()["detail"]
+    assert time.perf_counter() - t0 < 5  # nothing was decoded at full size
+
+
+def test_body_over_the_limit_is_refused_from_content_length(client: httpx.Client) -> None:
+    r = client.post("/colorize", content=b"x" * (MAX_BYTES * 2), headers={"content-type": "multipart/form-data; b=x"})
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({}, "file"),
+    ({"data": {"format": "gif"}, "files": {"file": ("a.jpg", CAMERA_JPEG)}}, "format 'gif'"),
+])
+def test_malformed_requests_are_400(client: httpx.Client, kwargs: dict, words: str) -> None:
+    r = client.post("/colorize", **kwargs)
+    assert r.status_code == 400 and words in r.json()["detail"]
+
+
+def test_vertex_predict_and_health(client: httpx.Client) -> None:
+    body = {"instances": [{"b64": base64.b64encode(CAMERA_JPEG).decode()},
+                          {"image": {"b64": base64.b64encode(CAMERA_JPEG).decode()}}],
+            "parameters": {"format": "jpeg"}}
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [(p["mime_type"], p["width"], p["height"]) for p in preds] == [("image/jpeg", 320, 240)] * 2
+    assert Image.open(io.BytesIO(base64.b64decode(preds[0]["b64"]))).size == (320, 240)
+    assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({"instances": []}, 400, "instances"),
+    ({"instances": [{"b64": "not base64!"}]}, 400, "instance 0: invalid base64"),
+    ({"instances": [{"b64": ""}]}, 422, "instance 0: empty file"),
+    ({"instances": [{"b64": base64.b64encode(b"hello").decode()}]}, 415, "not an image"),
+    ({"instances": [{"b64": "AA=="}] * 3}, 400, "over the limit of 2"),
+    ([1, 2], 400, "malformed request"),
+])
+def test_vertex_bad_requests(client: httpx.Client, body: object, status: int, words: str) -> None:
+    r = client.post("/predict", json=body)
+    assert r.status_code == status and words in r.json()["detail"], r.text
+
+
+def test_healthz_and_the_page(client: httpx.Client, model_dir: Path) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "model": model_dir.name, "render_size": 64,
+                                             "max_upload_bytes": MAX_BYTES, "max_pixels": MAX_PIXELS}
+    page = client.get("/")
+    assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
+    for path in ("/", "/static/app.js", "/static/style.css"):
+        text = client.get(path).text
+        assert "http:" not in text and "https:" not in text and "//cdn" not in text, f"{path} refers outside"
+
+
+def test_pool_answers_503_past_concurrency_plus_queue() -> None:
+    release = threading.Event()
+
+    async def scenario() -> int:
+        pool = InferencePool(concurrency=1, max_queue=1)
+        running = [asyncio.create_task(pool.run(release.wait)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        try:
+            await pool.run(release.wait)
+        except HTTPException as exc:
+            status = exc.status_code
+        release.set()
+        await asyncio.gather(*running)
+        assert pool.in_flight == 0
+        return status
+
+    assert asyncio.run(scenario()) == 503
+
+
+def test_sniffing_and_negotiation_units() -> None:
+    assert sniff_image_format(CAMERA_JPEG) == "JPEG"
+    assert sniff_image_format(encode(Image.new("RGB", (4, 4)), "WEBP")) == "WEBP"
+    assert sniff_image_format(encode(Image.new("RGB", (4, 4)), "TIFF")) == "TIFF"
+    assert sniff_image_format(encode(Image.new("RGB", (4, 4)), "BMP")) == "BMP"
+    assert sniff_image_format(b"GIF89a...") is None and sniff_image_format(b"") is None
+    assert choose_format(None, "image/*") == "png" and choose_format("JPEG", None) == "jpeg"
+
+
+def test_real_server_with_vertex_environment(model_dir: Path, tmp_path: Path) -> None:
+    """`chromify serve` as Vertex AI starts it: port and routes from AIP_*, limits from CHROMIFY_*."""
+    port = free_port()
+    predict, health = "/v1/endpoints/1/deployedModels/2:predict", "/v1/endpoints/1/deployedModels/2"
+    env = {**os.environ, "AIP_HTTP_PORT": str(port), "AIP_PREDICT_ROUTE": predict, "AIP_HEALTH_ROUTE": health,
+           "CHROMIFY_MAX_UPLOAD_BYTES": str(MAX_BYTES), "CHROMIFY_MODEL": str(model_dir),
+           "CHROMIFY_LOG_LEVEL": "warning"}
+    log = (tmp_path / "server.log").open("w+")
+    server = subprocess.Popen([sys.executable, "-m", "chromify.cli", "serve"], env=env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, log.seek(0) or log.read()
+            try:
+                if httpx.get(base + health, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.3)
+        r = httpx.post(base + predict, json={"instances": [{"b64": base64.b64encode(CAMERA_JPEG).decode()}]},
+                       timeout=60)
+        assert r.status_code == 200 and r.json()["predictions"][0]["width"] == 320
+        r = httpx.post(base + "/colorize", files={"file": ("a.jpg", CAMERA_JPEG)}, timeout=60)
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (320, 240)
+
+        def chunks():  # no Content-Length: the limit has to be counted as the body arrives
+            yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'
+            for _ in range(100):
+                yield bytes(10_000)
+
+        r = httpx.post(base + "/colorize", content=chunks(), timeout=60,
+                       headers={"content-type": "multipart/form-data; boundary=x"})
+        assert r.status_code == 413
+        assert httpx.get(base + "/healthz", timeout=5).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

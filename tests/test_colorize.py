@@ -1,0 +1,158 @@
+"""`chromify colorize`: files, folders, globs, odd modes, EXIF, bad files, side-by-side, HTML, and bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+from typer.testing import CliRunner
+
+from chromify.cli import app
+from chromify.colorize import colorize_paths, expand_inputs
+
+MODEL = {"arch": "unet_s", "base_width": 8, "depth": 3, "norm": "batch", "upsample": "bilinear", "pretrained": False}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from chromify.models import get_model
+    from chromify.train.checkpoint import export_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    export_model(out, get_model("unet_s", **MODEL),
+                 {"format": "chromify-model-v1", "arch": "unet_s", "model": MODEL, "size": 64})
+    return out
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A folder of what people have: gray JPEG, colour PNG, RGBA, palette, 16-bit, a rotated JPEG, and junk."""
+    root = tmp_path / "photos"
+    (root / "album" / "1935").mkdir(parents=True)
+    Image.fromarray(data.camera()).save(root / "camera.jpg", quality=90)  # 512 × 512, mode L
+    Image.fromarray(data.coffee()).save(root / "album" / "coffee.png")  # 600 × 400 RGB
+    Image.fromarray(data.astronaut()).convert("RGBA").resize((90, 70)).save(root / "album" / "rgba.png")
+    Image.fromarray(data.chelsea()).convert("P").save(root / "album" / "1935" / "palette.png")
+    Image.fromarray((data.camera().astype(np.uint16) * 257)[:100, :150]).save(root / "album" / "sixteen.png")
+    rotated = Image.fromarray(data.chelsea())  # stored 451 wide × 300 high, shown rotated a quarter turn
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(root / "album" / "1935" / "rotated.jpg", exif=exif.tobytes())
+    (root / "album" / "notes.png").write_bytes(b"this is not a picture")
+    Image.fromarray(data.camera()).save(root / "truncated.jpg")
+    (root / "truncated.jpg").write_bytes((root / "truncated.jpg").read_bytes()[:2000])
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "readme.txt").write_text("not an image suffix: a folder walk ignores it")
+    return root
+
+
+def run_cli(*args: str) -> object:
+    return CliRunner().invoke(app, ["colorize", *args], catch_exceptions=False)
+
+
+def test_folder_is_walked_and_bad_files_are_skipped_with_a_reason(photos: Path, model_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli(str(photos), "-o", str(out), "--model", str(model_dir))
+    assert result.exit_code == 0, result.output
+    sizes = {str(p.relative_to(out)): Image.open(p).size for p in out.rglob("*.png")}
+    assert sizes == {
+        "camera.png": (512, 512), "album/coffee.png": (600, 400), "album/rgba.png": (90, 70),
+        "album/1935/palette.png": (451, 300), "album/sixteen.png": (150, 100),
+        "album/1935/rotated.png": (300, 451),  # EXIF orientation applied
+    }
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 3
+    assert any("notes.png: not an image" in line for line in skipped)
+    assert any("truncated.jpg: cannot decode" in line for line in skipped)
+    assert any("empty.jpg: empty file" in line for line in skipped)
+    assert "colorized 6 photo(s)" in result.stdout and "skipped 3" in result.stdout
+    assert all(Image.open(p).mode == "RGB" for p in out.rglob("*.png"))
+
+
+def test_globs_files_jpg_side_by_side_and_render_size(photos: Path, model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli(str(photos / "album" / "**" / "*.jpg"), str(photos / "camera.jpg"), "-o", str(out),
+                     "--model", str(model_dir), "--format", "jpg", "--side-by-side", "--render-size", "32")
+    assert result.exit_code == 0, result.output
+    assert {p.name: Image.open(p).size for p in out.iterdir()} == {"rotated.jpg": (600, 451),
+                                                                    "camera.jpg": (1024, 512)}
+    pair = np.asarray(Image.open(out / "camera.jpg"))
+    # the left half is the original (up to JPEG), the right half the colorized photo with the same lightness
+    assert np.abs(pair[:, :512].astype(int).mean(axis=2) - data.camera()).mean() < 3
+
+
+def test_html_contact_sheet_is_self_contained(photos: Path, model_dir: Path, tmp_path: Path) -> None:
+    sheet = tmp_path / "reports" / "sheet.html"
+    result = run_cli(str(photos / "album"), "-o", str(tmp_path / "out"), "--model", str(model_dir),
+                     "--html", str(sheet))
+    assert result.exit_code == 0, result.output
+    page = sheet.read_text()
+    assert page.count("data:image/jpeg;base64,") == 2 * 5 and "1935/rotated.jpg" in page
+    assert "http://" not in page and "https://" not in page and "src=\"/" not in page
+
+
+def test_nothing_coloured_exits_non_zero(photos: Path, model_dir: Path, tmp_path: Path) -> None:
+    result = run_cli(str(photos / "empty.jpg"), str(photos / "nowhere" / "*.jpg"), "-o", str(tmp_path / "out"),
+                     "--model", str(model_dir))
+    assert result.exit_code == 1
+    assert "skipped" in result.stderr and "no such file, folder or matching glob" in result.stderr
+
+
+def test_outputs_are_not_inputs_of_a_rerun_and_names_do_not_collide(tmp_path: Path, model_dir: Path) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(data.camera()).save(root / "a.jpg")
+    Image.fromarray(data.camera()).save(root / "a.png")
+    first = colorize_paths([str(root)], root / "colour", model_dir)
+    assert sorted(p.name for p in first.written) == ["a-png.png", "a.png"]
+    assert [rel.name for _, rel in expand_inputs([str(root)], exclude=root / "colour")] == ["a.jpg", "a.png"]
+
+
+def test_unknown_format_fails_before_loading_anything(tmp_path: Path) -> None:
+    from chromify.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="png, jpg"):
+        run_cli(str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(tmp_path), "--format", "gif")
+
+
+PEAK_RSS = textwrap.dedent("""
+    import json, sys
+    from chromify.colorize import colorize_paths
+
+    def high_water_mark() -> int:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+
+    small, big, out, model = sys.argv[1:5]
+    colorize_paths([small], out, model, fmt="jpg")  # imports, model, allocator pools: the baseline
+    base = high_water_mark()
+    done = colorize_paths([big], out, model, fmt="jpg")
+    print(json.dumps({"base": base, "peak": high_water_mark(), "written": [str(p) for p in done.written]}))
+""")
+
+
+def test_a_12_megapixel_photo_keeps_its_size_with_bounded_memory(tmp_path: Path, model_dir: Path) -> None:
+    """4000 × 3000: the naive full-size float path peaked ~1.3 GB above the baseline; strips keep it near 150 MB."""
+    y, x = np.mgrid[0:3000, 0:4000]
+    gray = ((x * 0.045 + y * 0.02) % 200 + np.random.default_rng(0).integers(0, 50, (3000, 4000))).astype(np.uint8)
+    Image.fromarray(gray, "L").save(tmp_path / "big.jpg", quality=90)
+    Image.fromarray(gray[:300, :400], "L").save(tmp_path / "small.jpg", quality=90)
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, str(tmp_path / "small.jpg"), str(tmp_path / "big.jpg"),
+                           str(tmp_path / "out"), str(model_dir)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rss = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Image.open(rss["written"][0]).size == (4000, 3000)
+    growth_mb = (rss["peak"] - rss["base"]) / 2**20
+    # Unavoidable: the photo in (36 MB), PIL's decoded copy (48 MB), the output (36 MB). Strips add ~40 MB each.
+    assert growth_mb < 300, f"peak RSS grew {growth_mb:.0f} MB for a 12 MP photo"

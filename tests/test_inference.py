@@ -1,0 +1,119 @@
+"""chromify.inference: the full-resolution merge against the reference path (torch + chromify.lab), real photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage import data
+
+from chromify.inference import Colorizer, bilinear_taps, fuse_conv_bn, merge_full_resolution
+from chromify.lab import lab_to_rgb, rgb_to_lab
+
+MODEL = {"arch": "unet_s", "base_width": 8, "depth": 3, "norm": "batch", "upsample": "bilinear", "pretrained": False}
+
+
+def export_tiny_model(out: Path, seed: int = 0) -> Path:
+    """An untrained 3-level U-Net exported exactly as the trainer does (its BatchNorm given non-trivial stats)."""
+    from chromify.models import get_model
+    from chromify.train.checkpoint import export_model
+
+    torch.manual_seed(seed)
+    model = get_model("unet_s", **MODEL)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    export_model(out, model, {"format": "chromify-model-v1", "arch": "unet_s", "model": MODEL, "size": 64})
+    return out
+
+
+@pytest.fixture(scope="module")
+def colorizer(tmp_path_factory) -> Colorizer:
+    return Colorizer(export_tiny_model(tmp_path_factory.mktemp("model") / "tiny"), device="cpu")
+
+
+def reference_merge(rgb: np.ndarray, ab_small: np.ndarray) -> np.ndarray:
+    """The obvious full-size path: F.interpolate the ab, chromify.lab both ways."""
+    ab = F.interpolate(torch.from_numpy(ab_small)[None], size=rgb.shape[:2], mode="bilinear", align_corners=False)
+    lab = rgb_to_lab(rgb)
+    lab[..., 1:] = ab[0].permute(1, 2, 0).numpy()
+    return (lab_to_rgb(lab) * 255.0 + 0.5).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("src", "dst"), [(8, 64), (64, 8), (7, 7), (1, 5), (5, 1), (256, 3000)])
+def test_bilinear_taps_match_torch(src: int, dst: int) -> None:
+    x = torch.randn(1, 1, 1, src, dtype=torch.float64)
+    i0, i1, w1 = bilinear_taps(src, dst)
+    ours = x[0, 0, 0].numpy()[i0] * (1 - w1) + x[0, 0, 0].numpy()[i1] * w1
+    theirs = F.interpolate(x, size=(1, dst), mode="bilinear", align_corners=False)[0, 0, 0].numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "chelsea", "coffee"])
+def test_merge_matches_reference_within_one_level(photo: str) -> None:
+    rgb = getattr(data, photo)()
+    ab_small = np.random.default_rng(0).uniform(-110, 110, (2, 24, 40)).astype(np.float32)
+    ours = merge_full_resolution(rgb, ab_small, strip_rows=37, workers=2)
+    diff = np.abs(ours.astype(int) - reference_merge(rgb, ab_small))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_strips_and_workers_do_not_change_the_result() -> None:
+    rgb = data.astronaut()
+    ab_small = np.random.default_rng(1).uniform(-60, 60, (2, 32, 32)).astype(np.float32)
+    whole = merge_full_resolution(rgb, ab_small, strip_rows=10_000)
+    np.testing.assert_array_equal(merge_full_resolution(rgb, ab_small, strip_rows=1, workers=1), whole)
+    np.testing.assert_array_equal(merge_full_resolution(rgb, ab_small, strip_rows=100, workers=3), whole)
+
+
+def test_merge_keeps_the_original_lightness() -> None:
+    """Detail comes from the full-resolution L: zero ab gives back the gray photo, any ab keeps its L."""
+    gray = np.repeat(data.camera()[..., None], 3, axis=2)
+    np.testing.assert_array_less(np.abs(merge_full_resolution(gray, np.zeros((2, 8, 8), np.float32)).astype(int)
+                                        - gray), 2)
+    coloured = merge_full_resolution(gray, np.full((2, 8, 8), 20.0, np.float32))
+    lum_in, lum_out = rgb_to_lab(gray)[..., 0], rgb_to_lab(coloured)[..., 0]
+    in_gamut = (lum_in > 10) & (lum_in < 90)  # clipping to sRGB may move L at the extremes
+    assert np.abs(lum_in - lum_out)[in_gamut].mean() < 0.5
+
+
+def test_fused_model_gives_the_same_output(colorizer: Colorizer) -> None:
+    from chromify.train.checkpoint import load_model
+
+    plain, _ = load_model(colorizer.model_dir)
+    lum = torch.rand(2, 1, 64, 96)
+    with torch.no_grad():
+        np.testing.assert_allclose(plain(lum).numpy() * 128, colorizer.predict_ab(lum).numpy(), atol=1e-2)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fuse_conv_bn(plain).modules())
+
+
+@pytest.mark.parametrize(("size", "expected"), [((640, 480), (88, 64)), ((480, 640), (64, 88)), ((64, 64), (64, 64)),
+                                                ((3, 2), (96, 64)), ((10_000, 100), (256, 8))])
+def test_render_shape(colorizer: Colorizer, size: tuple[int, int], expected: tuple[int, int]) -> None:
+    """Short side to the render size, multiples of 2^depth, a panorama's long side capped at 4× the render size."""
+    assert colorizer.render_shape(*size) == expected
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (37, 53), (480, 64), (301, 299)])
+def test_output_is_the_input_size(colorizer: Colorizer, shape: tuple[int, int]) -> None:
+    rgb = np.random.default_rng(2).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    assert colorizer.colorize_rgb(rgb).shape == (*shape, 3)
+
+
+def test_batch_equals_one_by_one(colorizer: Colorizer) -> None:
+    photos = [data.astronaut(), data.coffee(), data.astronaut()[::-1].copy(), data.chelsea()]
+    batched = colorizer.colorize_batch(photos)
+    for photo, out in zip(photos, batched, strict=True):
+        assert np.abs(out.astype(int) - colorizer.colorize_rgb(photo)).max() <= 1
+
+
+def test_input_colour_is_ignored(colorizer: Colorizer) -> None:
+    rgb = data.astronaut()
+    gray = np.repeat(rgb_to_lab(rgb)[..., :1], 3, axis=2)
+    gray[..., 1:] = 0
+    gray_rgb = (lab_to_rgb(gray) * 255 + 0.5).astype(np.uint8)
+    assert np.abs(colorizer.colorize_rgb(rgb).astype(int) - colorizer.colorize_rgb(gray_rgb)).mean() < 1.0

@@ -1,0 +1,122 @@
+"""The web page in real headless Chromium against a real `chromify serve`: upload, see the result, compare, download."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                                reason="needs Debian's chromium and chromium-driver (apt-get install)")
+
+MODEL = {"arch": "unet_s", "base_width": 8, "depth": 3, "norm": "batch", "upsample": "bilinear", "pretrained": False}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> str:
+    from chromify.models import get_model
+    from chromify.train.checkpoint import export_model
+
+    torch.manual_seed(0)
+    model_dir = tmp_path_factory.mktemp("model") / "tiny"
+    export_model(model_dir, get_model("unet_s", **MODEL),
+                 {"format": "chromify-model-v1", "arch": "unet_s", "model": MODEL, "size": 64})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path_factory.mktemp("log") / "server.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "chromify.cli", "serve", "--model", str(model_dir),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            env={**os.environ, "CHROMIFY_LOG_LEVEL": "warning"}, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.seek(0) or log.read()
+            try:
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1200,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, script: str, timeout: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script))
+
+
+def test_upload_a_photo_and_see_it_coloured(server: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    photo = tmp_path / "harbour 1931.jpg"
+    Image.fromarray(data.camera()).resize((400, 300)).save(photo, quality=90)
+    browser.get(server + "/")
+    assert browser.title.startswith("Chromify")
+    wait_for(browser, "return document.getElementById('limits').textContent.includes('megapixels')")
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    wait_for(browser, "const r = document.getElementById('result');"
+                      "return !document.getElementById('viewer').hidden && r.complete && r.naturalWidth > 0")
+    result = browser.find_element(By.ID, "result")
+    size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", result)
+    assert size == [400, 300]
+    assert result.is_displayed() and browser.find_element(By.ID, "original").is_displayed()
+    link = browser.find_element(By.ID, "download")
+    assert link.get_attribute("href").startswith("blob:" + server)
+    assert link.get_attribute("download") == "harbour 1931-colorized.png"
+    assert "Done" in browser.find_element(By.ID, "status").text
+
+    # the before/after slider moves the edge of the colorized layer
+    browser.execute_script("const s = document.getElementById('slider'); s.value = 20;"
+                           "s.dispatchEvent(new Event('input'))")
+    assert browser.execute_script("return document.getElementById('after').style.clipPath") == "inset(0px 0px 0px 20%)"
+    # nothing was blocked or failed: no CSP violation, no external request, no script error
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []
+
+
+def test_a_bad_file_shows_the_reason(server: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    junk = tmp_path / "scan.jpg"
+    junk.write_text("not really a photo")
+    browser.get(server + "/")
+    browser.find_element(By.ID, "file").send_keys(str(junk))
+    wait_for(browser, "return document.getElementById('status').classList.contains('error')")
+    assert "415" in browser.find_element(By.ID, "status").text
+    assert browser.execute_script("return document.getElementById('viewer').hidden")
