@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # Precompiled imports: torch & co. start in seconds, not tens of seconds.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help setup demo test test-fast lint lint-infra compile-pipeline run-local clean
+.PHONY: help setup browsers demo test test-fast lint lint-infra compile-pipeline run-local clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -35,7 +35,14 @@ demo: setup ## Run the whole pipeline with `dvc repro` on the bundled sample pho
 	  print('registered model:', r['path'] if r['registered'] else 'none this run (gate: ' + '; '.join(r['reasons']) + ')')"
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/chromify models list
 
-test: setup ## Run the test suite
+browsers: ## Install Debian's chromium + chromium-driver for the web page test (skipped where that is impossible)
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || echo "could not install chromium: the browser test will be skipped"; \
+	else echo "no chromium and no root apt-get: the browser test will be skipped"; fi
+
+test: setup browsers ## Run the test suite
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup ## The suite without the end-to-end runs

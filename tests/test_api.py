@@ -175,7 +175,7 @@ def test_vertex_predict_and_health(client: httpx.Client) -> None:
     preds = r.json()["predictions"]
     assert [(p["mime_type"], p["width"], p["height"]) for p in preds] == [("image/jpeg", 320, 240)] * 2
     assert Image.open(io.BytesIO(base64.b64decode(preds[0]["b64"]))).size == (320, 240)
-    assert client.get("/health").json()["status"] == "ok"
+    assert client.get("/healthz").json()["status"] == "ok"
 
 
 @pytest.mark.parametrize(("body", "status", "words"), [

@@ -187,7 +187,20 @@ def serve(model: Annotated[str | None, typer.Option(
     overrides = {"model": model, "host": host, "port": port, "render_size": render_size,
                  "concurrency": concurrency, "params": str(params) if params else None}
     settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
-    run_server(settings, resolve_model(settings.model, Path(settings.params)))
+    run_server(settings, serving_model_dir(settings.model, Path(settings.params), explicit=model is not None))
+
+
+def serving_model_dir(ref: str, params: Path, explicit: bool) -> Path:
+    """The model to serve. On a Vertex AI endpoint the container is told where the registered version's files
+    are (AIP_STORAGE_URI, a gs:// folder) and has no local registry: fetch them unless a model was named."""
+    storage_uri = os.environ.get("AIP_STORAGE_URI", "")
+    if storage_uri.startswith("gs://") and not explicit and not os.environ.get("CHROMIFY_MODEL"):
+        import tempfile
+
+        from chromify.vertex_registry import download_version_files
+
+        return download_version_files(storage_uri.rstrip("/"), Path(tempfile.gettempdir()) / "chromify-model")
+    return resolve_model(ref, params)
 
 
 def _local_registry(params: Path, command: str):

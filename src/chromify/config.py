@@ -51,6 +51,7 @@ class TrainParams:
     max_minutes: float = 1.5
     batch_size: int = 16
     crop: int = 96
+    resolution: int = 0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50

@@ -66,16 +66,28 @@ def score(name: str, lab_truth: np.ndarray, ab_pred: np.ndarray | None, model_id
 
 
 def predict_split(model_dir: str | Path, data: np.ndarray, batch_size: int) -> np.ndarray:
-    """(N, 3, S, S) uint8 shard samples → (N, S, S, 2) predicted ab."""
+    """(N, 3, S, S) uint8 shard samples → (N, S, S, 2) predicted ab.
+
+    The model runs at the size it was trained at (its config's `size`) and its ab is upsampled to S, as
+    `chromify colorize` does for full-resolution photos.
+    """
     import torch
+    import torch.nn.functional as F
 
     from chromify.inference import Colorizer
 
     col = Colorizer(model_dir)
+    side = data.shape[-1]
+    work = min(int(col.config.get("size", side)), side)
     out = []
     for b in range(0, len(data), batch_size):
         lum = torch.from_numpy(data[b : b + batch_size, :1].astype(np.float32) / 255.0)
-        out.append(col.predict_ab(lum).permute(0, 2, 3, 1).cpu().numpy())
+        if work != side:
+            lum = F.interpolate(lum, size=(work, work), mode="area")
+        ab = col.predict_ab(lum)
+        if work != side:
+            ab = F.interpolate(ab, size=(side, side), mode="bilinear", align_corners=False)
+        out.append(ab.permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out)
 
 

@@ -18,7 +18,7 @@ class ServeSettings(BaseSettings):
     port: int = Field(8080, validation_alias=AliasChoices("AIP_HTTP_PORT", "CHROMIFY_PORT"))
     predict_route: str = Field("/predict", validation_alias=AliasChoices("AIP_PREDICT_ROUTE",
                                                                          "CHROMIFY_PREDICT_ROUTE"))
-    health_route: str = Field("/health", validation_alias=AliasChoices("AIP_HEALTH_ROUTE", "CHROMIFY_HEALTH_ROUTE"))
+    health_route: str = Field("/healthz", validation_alias=AliasChoices("AIP_HEALTH_ROUTE", "CHROMIFY_HEALTH_ROUTE"))
     render_size: int | None = Field(None, ge=16, description="Model input short side (px); default: the model's.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     # Refused from the header, before decoding; 40 MP costs ~240 MB at the peak (RGB in + RGB out + encoder).

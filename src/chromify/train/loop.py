@@ -106,15 +106,29 @@ def epoch_batches(data: ShardSet, batch_size: int, crop: int, seed: int, epoch: 
         yield augment(batch, crop, np.random.default_rng([seed, env.rank, first_step + k]))
 
 
+def at_resolution(lum: torch.Tensor, ab: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Area-downscale a batch to the model's working resolution (0 or the same size: unchanged).
+
+    Colour is low-frequency: a model that predicts ab at 64-128 px, upsampled under the full-resolution L, loses
+    little, and each step costs (S / resolution)² less.
+    """
+    if not resolution or resolution == lum.shape[-1]:
+        return lum, ab
+    size = (resolution, resolution)
+    return F.interpolate(lum, size=size, mode="area"), F.interpolate(ab, size=size, mode="area")
+
+
 @torch.no_grad()
-def validate(model: torch.nn.Module, data: ShardSet, device: str, batch_size: int = 32) -> dict[str, float]:
+def validate(model: torch.nn.Module, data: ShardSet, device: str, batch_size: int = 32,
+             resolution: int = 0) -> dict[str, float]:
     """L1 on ab/128 and PSNR of ab/128 (peak-to-peak 2) over the whole split."""
     was_training = model.training
     model.eval()
     l1 = se = n = 0.0
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     for b in range(0, len(data), batch_size):
-        lum, ab = to_model_tensors(data.gather(np.arange(b, min(b + batch_size, len(data)))), device)
+        lum, ab = at_resolution(*to_model_tensors(data.gather(np.arange(b, min(b + batch_size, len(data)))), device),
+                                resolution)
         with autocast:
             pred = model(lum.contiguous(memory_format=torch.channels_last)).float()
         l1 += F.l1_loss(pred, ab, reduction="sum").item()
@@ -126,13 +140,16 @@ def validate(model: torch.nn.Module, data: ShardSet, device: str, batch_size: in
 
 
 @torch.no_grad()
-def preview(model: torch.nn.Module, data: ShardSet, device: str, n: int = 4) -> dict[str, np.ndarray]:
+def preview(model: torch.nn.Module, data: ShardSet, device: str, n: int = 4,
+            resolution: int = 0) -> dict[str, np.ndarray]:
     """The first `n` samples of a split with the model's ab: for the before/after grid in reports/."""
     was_training = model.training
     model.eval()
     truth = data.gather(np.arange(min(n, len(data))))
-    lum, _ = to_model_tensors(truth, device)
-    ab = model(lum.contiguous(memory_format=torch.channels_last)).float() * 128.0
+    lum, ab_truth = to_model_tensors(truth, device)
+    small, _ = at_resolution(lum, ab_truth, resolution)
+    ab = model(small.contiguous(memory_format=torch.channels_last)).float() * 128.0
+    ab = F.interpolate(ab, size=lum.shape[-2:], mode="bilinear", align_corners=False)
     model.train(was_training)
     return {"lab_truth": truth, "ab_pred": ab.cpu().numpy()}  # (n, 3, S, S) uint8, (n, 2, S, S) float ab
 
@@ -171,7 +188,10 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
 
         torch.manual_seed(seed)
         model = get_model(mp.arch, **asdict(mp)).to(env.device).to(memory_format=torch.channels_last)
-        for what, size in (("train.crop", crop), ("the stored (validation) size", val_set.size)):
+        checked = (("train.crop", crop), ("the stored (validation) size", val_set.size))
+        if p.resolution:
+            checked = (("train.resolution", p.resolution),)
+        for what, size in checked:
             if size % model.multiple:
                 raise ConfigError(f"{what} {size} must divide by {model.multiple} for {mp.arch} at depth {mp.depth}")
         opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
@@ -260,7 +280,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                         group["lr"] = lr
                     gan_on = disc is not None and progress >= p.gan_start_fraction
 
-                    lum, ab = to_model_tensors(batch, env.device)
+                    lum, ab = at_resolution(*to_model_tensors(batch, env.device), p.resolution)
                     lum = lum.contiguous(memory_format=torch.channels_last)
                     if disc is not None:
                         disc.requires_grad_(False)  # the generator's step must not train D
@@ -297,9 +317,9 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                 if env.is_main and since and (since >= p.val_every_steps or epoch == p.epochs):
                     shown = ema.module if ema is not None else model
                     row = {"epoch": epoch, "step": step, "train_loss": terms["total"].item() if terms else math.nan,
-                           **validate(shown, val_set, env.device)}
+                           **validate(shown, val_set, env.device, resolution=p.resolution)}
                     history.append(row)
-                    emit("epoch", {**row, "samples": preview(shown, val_set, env.device)})
+                    emit("epoch", {**row, "samples": preview(shown, val_set, env.device, resolution=p.resolution)})
         finally:
             if on_main_thread:
                 signal.signal(signal.SIGTERM, previous_handler)
@@ -313,11 +333,13 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         if env.is_main:
             save()
             best = ema.module if ema is not None else model
-            final.update(validate(best, val_set, env.device))
+            final.update(validate(best, val_set, env.device, resolution=p.resolution))
             export_model(out_dir, best, {
-                "format": "chromify-model-v1", "arch": mp.arch, "model": asdict(mp), "size": train_set.size,
+                "format": "chromify-model-v1", "arch": mp.arch, "model": asdict(mp),
+                "size": p.resolution or train_set.size,
                 "multiple": model.multiple,
                 "input": "L/100 in [0, 1], (B, 1, H, W)", "output": "ab/128 in (-1, 1), (B, 2, H, W)",
             })
-            emit("end", {**final, "history": history, "samples": preview(best, val_set, env.device)})
+            samples = preview(best, val_set, env.device, resolution=p.resolution)
+            emit("end", {**final, "history": history, "samples": samples})
         return {**final, "history": history}
