@@ -2,6 +2,9 @@
 
 Accepted files are stored content-addressed under `<out_dir>/images/`, so re-runs and growing datasets
 only touch what is new, and a photo's split never changes: it is a function of its sha256 alone.
+What was measured about each file (size, chroma, decoder) is kept with its row, keyed by (uri, size,
+stamp): a re-run decodes only new or changed files, and a change of thresholds re-judges the rest from
+those facts without decoding them again.
 """
 
 from __future__ import annotations
@@ -9,22 +12,46 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
+import multiprocessing
 import os
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from chromify.config import IngestParams
-from chromify.decode import IMAGE_SUFFIXES, decode_rgb
+from chromify.decode import (
+    DECODER_JPEG,
+    DECODER_PIL,
+    FORMAT_SUFFIX,
+    IMAGE_SUFFIXES,
+    fast_jpeg_ok,
+    open_checked,
+    orientation_of,
+    to_srgb,
+)
 from chromify.errors import ChromifyError, ConfigError, InputImageError
-from chromify.io import atomic_write, atomic_write_json, atomic_write_text
-from chromify.lab import mean_chroma
+from chromify.io import atomic_write
+from chromify.lab import AB_OFFSET
+from chromify.shards import lab8_table, rgb_to_lab8
 
-MANIFEST_COLUMNS = ("uri", "sha256", "width", "height", "split", "source", "path", "size_bytes", "stamp")
-REJECT_COLUMNS = ("uri", "reason", "detail", "sha256", "source", "size_bytes", "stamp")
+# What is known about a file once read: the manifest holds the accepted ones (plus their split), the reject
+# table the others (plus reason and detail). chroma is NaN and path "" where the file never decoded.
+FACT_COLUMNS = ("uri", "sha256", "width", "height", "source", "path", "size_bytes", "stamp", "format",
+                "orientation", "decoder", "chroma")
+MANIFEST_COLUMNS = (*FACT_COLUMNS[:4], "split", *FACT_COLUMNS[4:])
+REJECT_COLUMNS = ("uri", "reason", "detail", *FACT_COLUMNS[1:])
+_INT_COLUMNS = ("width", "height", "size_bytes", "orientation")
+
+# Reasons that depend on the file alone; the others are re-judged from the facts when thresholds change.
+FILE_REASONS = ("empty", "not_image", "undecodable")
+THUMB_SIDE = 256  # px: chroma is measured on a thumbnail, which is as good as the full image and much faster
 
 # Photographs shipped inside installed packages: the offline sample for the demo and the tests.
 SAMPLE_FILES = (
@@ -51,6 +78,15 @@ class SourceFile:
     local_path: str | None = None
 
 
+@dataclass
+class Listing:
+    """The files a source names, and what was noticed about its layout."""
+
+    files: list[SourceFile]
+    notes: dict[str, int]
+    pairing: list[tuple[str, str]]  # (path, problem) for Kaggle colour/gray copies that do not pair up
+
+
 def sample_paths() -> list[Path]:
     import importlib.util
 
@@ -72,55 +108,76 @@ def _local_file(path: Path) -> SourceFile:
     return SourceFile(str(path), st.st_size, str(st.st_mtime_ns), str(path))
 
 
-def find_kaggle_colour_dirs(root: Path) -> list[tuple[Path, Path | None]]:
-    """Pairs (colour dir, grayscale dir or None) in a Kaggle-style layout, or [] for a plain folder."""
+_COLOUR_WORDS = ("colour", "color")
+_GRAY_WORDS = ("gray", "grey", "black", "bw")
+
+
+def _strip(name: str, words: tuple[str, ...]) -> str:
+    for w in words:
+        name = name.replace(w, "")
+    return name
+
+
+def find_kaggle_pairs(root: Path) -> list[tuple[Path, Path]]:
+    """(colour dir, grayscale dir) sibling pairs, e.g. train_color/ + train_black/ or color/ + gray/."""
     pairs = []
     for d in sorted(p for p in root.rglob("*") if p.is_dir()):
         name = d.name.lower()
-        if "color" in name or "colour" in name:
-            gray = None
-            for sib in d.parent.iterdir():
-                sname = sib.name.lower()
-                if sib.is_dir() and any(k in sname for k in ("gray", "grey", "black", "bw")):
-                    if sname.replace("gray", "").replace("grey", "").replace("black", "").replace("bw", "") == (
-                        name.replace("colour", "").replace("color", "")
-                    ):
-                        gray = sib
-            pairs.append((d, gray))
+        if not any(w in name for w in _COLOUR_WORDS):
+            continue
+        for sib in sorted(d.parent.iterdir()):
+            sname = sib.name.lower()
+            if sib.is_dir() and any(w in sname for w in _GRAY_WORDS) and \
+                    _strip(sname, _GRAY_WORDS) == _strip(name, _COLOUR_WORDS):
+                pairs.append((d, sib))
+                break
     return pairs
 
 
-def _images_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _is_image_name(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _stem_key(p: Path, root: Path) -> str:
+    return p.relative_to(root).with_suffix("").as_posix().lower()
 
 
 def list_source(source: str) -> tuple[list[SourceFile], dict[str, int]]:
-    """The files a source names, and notes about its layout (e.g. Kaggle pairing mismatches)."""
-    notes: dict[str, int] = {}
+    """The files a source names, and counts about its layout (e.g. unpaired Kaggle colour/gray copies)."""
+    listing = _list(source)
+    return listing.files, listing.notes
+
+
+def _list(source: str) -> Listing:
     if source == "sample":
-        return [_local_file(p) for p in sample_paths()], notes
+        return Listing([_local_file(p) for p in sample_paths()], {}, [])
     if source.startswith("gs://"):
         from chromify.gcs import list_gcs_images
 
-        return list_gcs_images(source), notes
+        return Listing(list_gcs_images(source), {}, [])
     root = Path(source).expanduser()
     if not root.is_dir():
         raise ConfigError(f"ingest.source: {source}: not a folder, 'sample' or gs:// URI")
-    kaggle = find_kaggle_colour_dirs(root)
-    if kaggle:
-        files: list[SourceFile] = []
-        unpaired = 0
-        for colour_dir, gray_dir in kaggle:
-            colour = _images_under(colour_dir)
-            files.extend(_local_file(p) for p in colour)
-            if gray_dir is not None:
-                gray_names = {p.relative_to(gray_dir).as_posix() for p in _images_under(gray_dir)}
-                colour_names = {p.relative_to(colour_dir).as_posix() for p in colour}
-                unpaired += len(colour_names ^ gray_names)
-        notes["kaggle_colour_dirs"] = len(kaggle)
-        notes["kaggle_unpaired"] = unpaired
-        return files, notes
-    return [_local_file(p) for p in _images_under(root)], notes
+    everything = sorted(p for p in root.rglob("*") if p.is_file())
+    images = [p for p in everything if _is_image_name(p)]
+    notes = {"skipped_not_image_suffix": len(everything) - len(images)}
+    pairing: list[tuple[str, str]] = []
+    pairs = find_kaggle_pairs(root)
+    if pairs:
+        # The grayscale copies are derived from the colour ones: not training data, only checked for pairing.
+        gray_dirs = [g for _, g in pairs]
+        images = [p for p in images if not any(p.is_relative_to(g) for g in gray_dirs)]
+        for colour_dir, gray_dir in pairs:
+            colour = {_stem_key(p, colour_dir): p for p in images if p.is_relative_to(colour_dir)}
+            gray = {_stem_key(p, gray_dir): p for p in _images_in(gray_dir)}
+            pairing += [(str(colour[k]), "colour image without a grayscale copy") for k in sorted(colour.keys() - gray)]
+            pairing += [(str(gray[k]), "grayscale copy without a colour image") for k in sorted(gray.keys() - colour)]
+        notes.update(kaggle_pairs=len(pairs), kaggle_unpaired=len(pairing))
+    return Listing([_local_file(p) for p in images], notes, pairing)
+
+
+def _images_in(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and _is_image_name(p))
 
 
 def read_source_bytes(f: SourceFile) -> bytes:
@@ -128,7 +185,7 @@ def read_source_bytes(f: SourceFile) -> bytes:
         return Path(f.local_path).read_bytes()
     from chromify.gcs import read_gcs_bytes
 
-    return read_gcs_bytes(f.uri)
+    return read_gcs_bytes(f.uri, f.stamp)
 
 
 def split_for(sha256: str, val_fraction: float, test_fraction: float) -> str:
@@ -142,164 +199,276 @@ def split_for(sha256: str, val_fraction: float, test_fraction: float) -> str:
 
 
 @dataclass(frozen=True)
-class Inspection:
-    sha256: str
-    width: int
-    height: int
-    reason: str | None  # None: accepted
+class Facts:
+    """What reading one file established; `error` says why it was not decoded (too_many_pixels: not tried)."""
+
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    orientation: int = 1
+    decoder: str = ""
+    chroma: float = math.nan
+    error: str = ""  # "", or a reason: empty | not_image | undecodable | too_many_pixels | unreadable
     detail: str = ""
+    path: str = ""  # content-store path, relative to out_dir, for files that decoded
 
 
-def inspect_bytes(data: bytes, name: str, min_side: int, max_pixels: int, min_chroma: float) -> Inspection:
-    """Decode fully and classify one file; never raises for a bad image."""
+def _error_kind(reason: str) -> str:
+    for prefix, kind in (("empty", "empty"), ("not an image", "not_image"), ("too many pixels", "too_many_pixels")):
+        if reason.startswith(prefix):
+            return kind
+    return "undecodable"
+
+
+def inspect_bytes(data: bytes, name: str, max_pixels: int) -> Facts:
+    """Decode fully and measure one file; never raises for a bad image."""
     sha = hashlib.sha256(data).hexdigest()
     try:
-        img = decode_rgb(data, name, max_pixels)
+        img = open_checked(data, name, 1 << 62)  # only PIL's hard limit here: the size is recorded, then judged
     except InputImageError as exc:
-        reason = exc.reason
-        kind = (
-            "empty"
-            if reason.startswith("empty")
-            else "not_image"
-            if reason.startswith("not an image")
-            else "too_many_pixels"
-            if reason.startswith("too many pixels")
-            else "undecodable"
-        )
-        return Inspection(sha, 0, 0, kind, reason)
-    w, h = img.size
-    if min(w, h) < min_side:
-        return Inspection(sha, w, h, "too_small", f"{w}x{h}: short side under {min_side} px")
-    thumb = img.copy()
-    thumb.thumbnail((256, 256))
-    chroma = mean_chroma(np.asarray(thumb))
-    if chroma < min_chroma:
-        return Inspection(sha, w, h, "grayscale", f"mean chroma {chroma:.2f} < {min_chroma}")
-    return Inspection(sha, w, h, None)
+        return Facts(sha, error=_error_kind(exc.reason), detail=exc.reason)
+    if img.size[0] * img.size[1] > max_pixels:
+        w, h = img.size
+        return Facts(sha, w, h, img.format or "", error="too_many_pixels",
+                     detail=f"{w}x{h} > {max_pixels:,} pixels: refused before decoding")
+    fmt, orientation = img.format or "", orientation_of(img)
+    decoder = DECODER_JPEG if fast_jpeg_ok(img) else DECODER_PIL
+    try:
+        rgb = to_srgb(img, name)
+    except InputImageError as exc:
+        return Facts(sha, *img.size, fmt, orientation, error=_error_kind(exc.reason), detail=exc.reason)
+    w, h = rgb.size
+    factor = max(1, min(w, h) // THUMB_SIDE)
+    thumb = np.asarray(rgb.reduce(factor) if factor > 1 else rgb)
+    return Facts(sha, w, h, fmt, orientation, decoder, mean_chroma(thumb))
 
 
-def _inspect_task(args: tuple[SourceFile, int, int, float]) -> tuple[SourceFile, Inspection, bytes | None]:
-    f, min_side, max_pixels, min_chroma = args
+def mean_chroma(rgb: np.ndarray) -> float:
+    """Mean sqrt(a² + b²) of (H, W, 3) uint8 sRGB as the shards will store it: 0 for gray content.
+
+    Through the shards' Lab table: within 0.05 of the float conversion and 8x faster.
+    """
+    ab = rgb_to_lab8(rgb)[1:].astype(np.float32) - AB_OFFSET
+    return float(np.hypot(ab[0], ab[1]).mean())
+
+
+def judge(f: Facts, p: IngestParams) -> tuple[str | None, str]:
+    """(reason, detail) under the current thresholds; reason None: accepted."""
+    if f.error and f.error != "too_many_pixels":
+        return f.error, f.detail
+    if f.error == "too_many_pixels" and not f.width:  # over PIL's own hard limit: no size known
+        return f.error, f.detail
+    if f.width * f.height > p.max_pixels:
+        return "too_many_pixels", f"{f.width}x{f.height} > {p.max_pixels:,} pixels: refused before decoding"
+    if min(f.width, f.height) < p.min_side:
+        return "too_small", f"{f.width}x{f.height}: short side under {p.min_side} px"
+    if f.chroma < p.min_chroma:
+        return "grayscale", f"mean chroma {f.chroma:.2f} < {p.min_chroma}"
+    return None, ""
+
+
+def _needs_decode(f: Facts, p: IngestParams) -> bool:
+    """A cached file must be read again when a threshold change could now accept what was never stored."""
+    if f.error in FILE_REASONS:
+        return False
+    if f.error == "too_many_pixels":  # refused from the header; accepted now only if the limit rose above it
+        return 0 < f.width * f.height <= p.max_pixels or (f.width == 0 and p.max_pixels > _pil_hard_limit())
+    if not f.path:  # decoded, but its bytes were not kept (e.g. unreadable before, or an older manifest)
+        return True
+    return False
+
+
+def _pil_hard_limit() -> int:
+    from PIL import Image
+
+    return 2 * (Image.MAX_IMAGE_PIXELS or 0) if Image.MAX_IMAGE_PIXELS else 1 << 62
+
+
+def _store(data: bytes, out_dir: Path, sha: str, fmt: str) -> str:
+    """Write once under the content's name. Renamed into place but not fsynced (10 ms a file): after a crash a
+    re-run finds a short or empty file by its size and reads the source again."""
+    rel = Path("images") / sha[:2] / f"{sha}{FORMAT_SUFFIX.get(fmt, '.img')}"
+    target = out_dir / rel
+    if not _stored_ok(target, len(data)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return rel.as_posix()
+
+
+def _stored_ok(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _inspect_task(args: tuple[SourceFile, str, int]) -> tuple[SourceFile, Facts]:
+    f, out_dir, max_pixels = args
     try:
         data = read_source_bytes(f)
     except (OSError, ChromifyError) as exc:
-        return f, Inspection("", 0, 0, "unreadable", str(exc)), None
-    result = inspect_bytes(data, f.uri, min_side, max_pixels, min_chroma)
-    return f, result, (data if result.reason is None else None)
+        return f, Facts(error="unreadable", detail=f"cannot read ({exc})")
+    except Exception as exc:  # noqa: BLE001 - e.g. a GCS transport error: report the file, keep ingesting
+        return f, Facts(error="unreadable", detail=f"cannot read ({type(exc).__name__}: {exc})")
+    facts = inspect_bytes(data, f.uri, max_pixels)
+    if not facts.error:
+        # Stored even if a threshold rejects it now: a later, looser threshold then needs no second read.
+        facts = replace(facts, path=_store(data, Path(out_dir), facts.sha256, facts.format))
+    return f, facts
 
 
-def _previous(path: Path, columns: Iterable[str]) -> dict[tuple[str, int, str], dict]:
+def _worker_init() -> None:
+    from chromify import gcs
+
+    gcs.client.cache_clear()  # a forked worker must not share the parent's HTTP connections
+
+
+@contextmanager
+def _inspected(todo: list[SourceFile], out_dir: Path, max_pixels: int, workers: int) -> Iterator[Iterator[tuple]]:
+    """(file, facts) for every file of `todo`, in order; in a process pool when there is enough to do."""
+    args = [(f, str(out_dir), max_pixels) for f in todo]
+    if workers <= 1 or len(todo) < 8:
+        yield map(_inspect_task, args)
+        return
+    lab8_table()  # built before the fork, shared by the workers
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+        pool.submit(int).result()  # forks the workers now, before a progress bar starts its thread
+        yield pool.map(_inspect_task, args, chunksize=8)
+
+
+def _facts_from_row(row: dict[str, Any]) -> Facts:
+    reason = row.get("reason")
+    cached_error = reason if reason in (*FILE_REASONS, "too_many_pixels", "unreadable") else ""
+    chroma = row.get("chroma")
+    return Facts(row["sha256"] or "", int(row.get("width") or 0), int(row.get("height") or 0),
+                 row.get("format") or "", int(row.get("orientation") or 1), row.get("decoder") or DECODER_PIL,
+                 math.nan if chroma is None else float(chroma), cached_error,
+                 row.get("detail") or "" if cached_error else "", row.get("path") or "")
+
+
+def _read_rows(path: Path) -> dict[tuple[str, int, str], dict]:
     if not path.exists():
         return {}
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    if not set(columns) <= set(table.column_names):
+    if not {"uri", "size_bytes", "stamp", "sha256"} <= set(table.column_names):
         return {}
     return {(r["uri"], r["size_bytes"], r["stamp"]): r for r in table.to_pylist()}
 
 
-def _store(data: bytes, images_dir: Path, sha: str, suffix: str) -> str:
-    rel = Path("images") / sha[:2] / f"{sha}{suffix.lower()}"
-    target = images_dir.parent / rel
-    if not target.exists():
-        atomic_write(target, lambda f: f.write(data))
-    return rel.as_posix()
-
-
-def _write_parquet(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+def _table_bytes(rows: list[dict], columns: tuple[str, ...]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({c: [r[c] for r in rows] for c in columns}) if rows else pa.table(
-        {c: pa.array([], type=pa.int64() if c in ("width", "height", "size_bytes") else pa.string()) for c in columns}
-    )
+    def kind(c: str) -> pa.DataType:
+        return pa.int64() if c in _INT_COLUMNS else pa.float64() if c == "chroma" else pa.string()
+
+    table = pa.table({c: pa.array([r[c] for r in rows], type=kind(c)) for c in columns})
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    data = buf.getvalue()
-    if not (path.exists() and path.read_bytes() == data):
-        atomic_write(path, lambda f: f.write(data))
+    return buf.getvalue()
 
 
-def _iter_inspected(todo: list[SourceFile], p: IngestParams, workers: int) -> Iterator[tuple]:
-    args = [(f, p.min_side, p.max_pixels, p.min_chroma) for f in todo]
-    if workers <= 1 or len(todo) < 8:
-        yield from map(_inspect_task, args)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_inspect_task, args, chunksize=16)
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Atomic write, skipped when the file already holds exactly `data` (a no-op re-run keeps mtimes)."""
+    if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    atomic_write(path, lambda fh: fh.write(data))
+    return True
+
+
+def _csv_bytes(header: list[str], rows: list[list[str]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue().encode("utf-8")
 
 
 def ingest(p: IngestParams, reports_dir: str | Path = "reports", workers: int | None = None,
            progress: bool = False) -> dict[str, int]:
     """Run the ingest stage; returns the counts written to `reports/ingest.json`."""
-    out = Path(p.out_dir)
-    reports = Path(reports_dir)
+    import json
+
+    out, reports = Path(p.out_dir), Path(reports_dir)
     manifest_path, rejects_path = out / "manifest.parquet", out / "rejects.parquet"
-    files, notes = list_source(p.source)
-    previous = _previous(manifest_path, MANIFEST_COLUMNS)
-    previous_rejects = _previous(rejects_path, REJECT_COLUMNS)
+    listing = _list(p.source)
+    cache = {**_read_rows(rejects_path), **_read_rows(manifest_path)}
+
+    known: list[tuple[SourceFile, Facts]] = []
+    todo: list[SourceFile] = []
+    for f in listing.files:
+        row = cache.get((f.uri, f.size, f.stamp))
+        facts = _facts_from_row(row) if row is not None else None
+        if facts is None or facts.error == "unreadable" or _needs_decode(facts, p) or \
+                (facts.path and not _stored_ok(out / facts.path, f.size)):
+            todo.append(f)
+        else:
+            known.append((f, facts))
+
+    workers = workers or min(os.cpu_count() or 1, 8)
+    with _inspected(todo, out, p.max_pixels, workers) as it:
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(todo), desc="ingest", unit="img")
+        known.extend(it)
 
     accepted: list[dict] = []
     rejected: list[dict] = []
-    todo: list[SourceFile] = []
-    for f in files:
-        key = (f.uri, f.size, f.stamp)
-        if key in previous and (out / previous[key]["path"]).exists():
-            row = previous[key]
-            accepted.append({**row, "split": split_for(row["sha256"], p.val_fraction, p.test_fraction)})
-        elif key in previous_rejects and previous_rejects[key]["reason"] != "duplicate":
-            rejected.append(previous_rejects[key])
+    for f, facts in sorted(known, key=lambda x: x[0].uri):
+        row = {"uri": f.uri, "sha256": facts.sha256, "width": facts.width, "height": facts.height,
+               "source": p.source, "path": facts.path, "size_bytes": f.size, "stamp": f.stamp,
+               "format": facts.format, "orientation": facts.orientation, "decoder": facts.decoder,
+               "chroma": facts.chroma}
+        reason, detail = judge(facts, p)
+        if reason is None:
+            accepted.append({**row, "split": split_for(facts.sha256, p.val_fraction, p.test_fraction)})
         else:
-            todo.append(f)
-
-    workers = workers or min(os.cpu_count() or 1, 8)
-    it = _iter_inspected(todo, p, workers)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, total=len(todo), desc="ingest", unit="img")
-    for f, r, data in it:
-        base = {"uri": f.uri, "sha256": r.sha256, "source": p.source, "size_bytes": f.size, "stamp": f.stamp}
-        if r.reason is not None:
-            rejected.append({**base, "reason": r.reason, "detail": r.detail})
-            continue
-        path = _store(data, out / "images", r.sha256, Path(f.uri).suffix or ".img")
-        split = split_for(r.sha256, p.val_fraction, p.test_fraction)
-        accepted.append({**base, "width": r.width, "height": r.height, "split": split, "path": path})
+            rejected.append({**row, "reason": reason, "detail": detail})
 
     # Exact duplicates: the first URI in sorted order keeps the photo, the others are rejected by name.
-    accepted.sort(key=lambda r: r["uri"])
     kept: dict[str, dict] = {}
     for row in accepted:
         first = kept.setdefault(row["sha256"], row)
         if first is not row:
-            rejected.append({**{k: row[k] for k in ("uri", "sha256", "source", "size_bytes", "stamp")},
-                             "reason": "duplicate", "detail": f"same content as {first['uri']}"})
-    accepted = sorted(kept.values(), key=lambda r: r["uri"])
+            rejected.append({**row, "reason": "duplicate", "detail": f"same content as {first['uri']}"})
+    accepted = list(kept.values())
     rejected.sort(key=lambda r: r["uri"])
-    if not accepted:
-        raise ChromifyError(f"ingest.source {p.source}: no usable colour photo among {len(files)} file(s)")
 
-    _write_parquet(manifest_path, accepted, MANIFEST_COLUMNS)
-    _write_parquet(rejects_path, rejected, REJECT_COLUMNS)
-    csv_buf = io.StringIO()
-    writer = csv.writer(csv_buf, lineterminator="\n")
-    writer.writerow(["path", "reason", "detail"])
-    writer.writerows([r["uri"], r["reason"], r["detail"]] for r in rejected)
-    atomic_write_text(reports / "ingest_rejects.csv", csv_buf.getvalue())
-
-    counts = {"files_seen": len(files), "accepted": len(accepted), "rejected": len(rejected)}
+    write_if_changed(rejects_path, _table_bytes(rejected, REJECT_COLUMNS))
+    write_if_changed(reports / "ingest_rejects.csv",
+                     _csv_bytes(["path", "reason", "detail"], [[r["uri"], r["reason"], r["detail"]] for r in rejected]))
+    write_if_changed(reports / "ingest_pairing.csv", _csv_bytes(["path", "problem"], [[*x] for x in listing.pairing]))
+    counts = {"files_seen": len(listing.files), "accepted": len(accepted), "rejected": len(rejected),
+              "decoded_this_run": len(todo)}
     for split in ("train", "val", "test"):
         counts[f"split_{split}"] = sum(r["split"] == split for r in accepted)
     for r in rejected:
         counts[f"rejected_{r['reason']}"] = counts.get(f"rejected_{r['reason']}", 0) + 1
-    counts.update(notes)
-    atomic_write_json(reports / "ingest.json", counts)
+    # Broken or unusable files, as opposed to the grayscale photos and duplicates a healthy dataset also has.
+    counts["bad_files"] = sum(r["reason"] not in ("grayscale", "duplicate") for r in rejected)
+    counts.update(listing.notes)
+    write_if_changed(reports / "ingest.json", (json.dumps(counts, indent=2, sort_keys=True) + "\n").encode())
+    if not accepted:
+        raise ChromifyError(f"ingest.source {p.source}: no usable colour photo among {len(listing.files)} file(s); "
+                            f"reasons in {reports / 'ingest_rejects.csv'}")
+    write_if_changed(manifest_path, _table_bytes(accepted, MANIFEST_COLUMNS))
     return counts
 
 
 def read_manifest(out_dir: str | Path, split: str | None = None) -> list[dict]:
+    """Accepted rows of the manifest (optionally one split), sorted by uri."""
     import pyarrow.parquet as pq
 
     path = Path(out_dir) / "manifest.parquet"

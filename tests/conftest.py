@@ -1,0 +1,144 @@
+"""Shared fixtures: real photos from scikit-image, bad files crafted byte by byte, ingested folders."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """Three real colour photos, (H, W, 3) uint8."""
+    from skimage import data
+
+    return {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee()}
+
+
+def png_bytes(width: int, height: int, bit_depth: int, colour_type: int, raw: bytes) -> bytes:
+    """A PNG assembled chunk by chunk: any header a test needs, whatever the pixel data says."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def crafted_png():
+    """png_bytes(width, height, bit_depth, colour_type, raw) → bytes."""
+    return png_bytes
+
+
+def png16(rgb: np.ndarray) -> bytes:
+    """16-bit RGB (or gray, for 2-D input) PNG of an 8-bit image, each value v stored as v * 257."""
+    arr = rgb.astype(">u2") * 257
+    h, w = arr.shape[:2]
+    rows = arr.reshape(h, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    return png_bytes(w, h, 16, 2 if rgb.ndim == 3 else 0, raw)
+
+
+def bomb_png(side: int = 100_000) -> bytes:
+    """A 60-byte PNG whose header claims side x side RGB pixels (30 GB for 100,000)."""
+    return png_bytes(side, side, 8, 2, b"\x00" * 16)
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def write_bad_folder(root: Path, photos: dict[str, np.ndarray]) -> dict[str, str | None]:
+    """Good and bad files side by side; returns relative path → expected reject reason (None: accepted)."""
+    astro, chelsea, coffee = photos["astronaut"], photos["chelsea"], photos["coffee"]
+    palette = Image.fromarray(astro).quantize(64)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned 90° anticlockwise: viewers turn it clockwise to show it upright
+    files: dict[str, tuple[bytes, str | None]] = {
+        "astronaut.png": (encode(Image.fromarray(astro), "PNG"), None),
+        "chelsea.jpg": (encode(Image.fromarray(chelsea), "JPEG", quality=92), None),
+        "coffee.png": (encode(Image.fromarray(coffee), "PNG"), None),
+        "café ☕ 日本.png": (encode(Image.fromarray(coffee[::-1, ::-1].copy()), "PNG"), None),
+        "cmyk.jpg": (encode(Image.fromarray(chelsea[:, ::-1].copy()).convert("CMYK"), "JPEG", quality=92), None),
+        "sixteen_bit.png": (png16(coffee[50:350, 100:500]), None),
+        "palette_alpha.png": (encode(palette, "PNG", transparency=0), None),
+        "rotated_exif.jpg": (encode(Image.fromarray(np.rot90(chelsea).copy()), "JPEG", quality=92, exif=exif), None),
+        "sub/dir/coffee_crop.webp": (encode(Image.fromarray(coffee[:300, :300].copy()), "WEBP", quality=90), None),
+        "truncated.jpg": (encode(Image.fromarray(astro[:, ::-1].copy()), "JPEG")[:20_000], "undecodable"),
+        "empty.jpg": (b"", "empty"),
+        "notes.jpg": (b"Not a photo: just text with an image's name.\n", "not_image"),
+        "tiny.png": (encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG"), "too_small"),
+        "bomb.png": (bomb_png(), "too_many_pixels"),
+        "gray.jpg": (encode(Image.fromarray(astro).convert("L").convert("RGB"), "JPEG"), "grayscale"),
+        "gray16.png": (png16(np.asarray(Image.fromarray(chelsea).convert("L"))), "grayscale"),
+        "astronaut_copy.png": (encode(Image.fromarray(astro), "PNG"), "duplicate"),
+    }
+    for rel, (data, _) in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / "readme.txt").write_text("not listed: no image suffix\n")
+    return {rel: reason for rel, (_, reason) in files.items()}
+
+
+@pytest.fixture(scope="module")
+def bad_folder(tmp_path_factory, photos) -> tuple[Path, dict[str, str | None]]:
+    root = tmp_path_factory.mktemp("bad_folder")
+    return root, write_bad_folder(root, photos)
+
+
+def write_derived_jpegs(root: Path, photos: dict[str, np.ndarray], n: int, seed: int = 0) -> list[Path]:
+    """n distinct 320x240 JPEGs cut from the photos at random places, turned and flipped at random."""
+    rng = np.random.default_rng(seed)
+    sources = list(photos.values())
+    paths = []
+    for k in range(n):
+        src = sources[k % len(sources)]
+        h, w = src.shape[:2]
+        ch, cw = int(h * rng.uniform(0.5, 0.9)), int(w * rng.uniform(0.5, 0.9))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = np.rot90(src[y : y + ch, x : x + cw], k=int(rng.integers(0, 4)))
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        img = Image.fromarray(np.ascontiguousarray(crop)).resize((320, 240), Image.BILINEAR)
+        path = root / f"derived_{k:04d}.jpg"
+        img.save(path, "JPEG", quality=int(rng.integers(80, 96)))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def derived_raw(tmp_path_factory, photos) -> Path:
+    """240 derived JPEGs, ingested (train ~80%, val and test ~10% each): the raw dir with its manifest."""
+    from chromify.config import IngestParams
+    from chromify.ingest import ingest
+
+    base = tmp_path_factory.mktemp("derived")
+    (base / "photos").mkdir()
+    write_derived_jpegs(base / "photos", photos, 240)
+    params = IngestParams(source=str(base / "photos"), out_dir=str(base / "raw"), val_fraction=0.1,
+                          test_fraction=0.1)
+    counts = ingest(params, base / "reports", workers=1)
+    assert counts["accepted"] == 240
+    return base / "raw"
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory, derived_raw) -> Path:
+    """The derived photos as 32 px Lab shards of 10 images each: the processed dir."""
+    from chromify import shards
+    from chromify.ingest import read_manifest
+
+    out = tmp_path_factory.mktemp("small_shards")
+    mb = 10 * 3 * 32 * 32 / 2**20
+    shards.preprocess(read_manifest(derived_raw), derived_raw, out, 32, mb, workers=1)
+    shards.write_index(out, 32)
+    return out

@@ -1,0 +1,150 @@
+"""Ingest on real bad files: every one reported with its reason, no good file lost, re-runs decode nothing."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from chromify.config import IngestParams
+from chromify.decode import DECODER_JPEG, decode_rgb, load_square
+from chromify.errors import ConfigError
+from chromify.ingest import ingest as run_ingest
+from chromify.ingest import inspect_bytes, list_source, read_manifest, split_for
+
+
+def _rejects(reports: Path) -> dict[str, str]:
+    with open(reports / "ingest_rejects.csv", encoding="utf-8", newline="") as f:
+        return {row["path"]: row["reason"] for row in csv.DictReader(f)}
+
+
+def test_cli_ingest_reports_every_bad_file_and_keeps_every_good_one(tmp_path, bad_folder):
+    root, expected = bad_folder
+    chromify = Path(sys.executable).with_name("chromify")
+    proc = subprocess.run([str(chromify), "ingest", "--source", str(root), "--out", "raw", "--reports", "reports"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+    rejects = _rejects(tmp_path / "reports")
+    assert rejects == {str(root / rel): reason for rel, reason in expected.items() if reason}
+    accepted = {r["uri"]: r for r in read_manifest(tmp_path / "raw")}
+    assert set(accepted) == {str(root / rel) for rel, reason in expected.items() if reason is None}
+    for row in accepted.values():
+        assert (tmp_path / "raw" / row["path"]).exists()
+        assert row["split"] == split_for(row["sha256"], 0.15, 0.15)
+
+    counts = json.loads((tmp_path / "reports" / "ingest.json").read_text())
+    assert counts["accepted"] == len(accepted) == 9
+    assert counts["rejected_grayscale"] == 2 and counts["rejected_duplicate"] == 1
+    assert counts["bad_files"] == 5 and counts["rejected"] == 8
+    assert counts["skipped_not_image_suffix"] == 1
+
+    rotated = accepted[str(root / "rotated_exif.jpg")]
+    assert (rotated["width"], rotated["height"], rotated["orientation"]) == (451, 300, 6)
+    assert accepted[str(root / "cmyk.jpg")]["decoder"] != DECODER_JPEG  # CMYK needs PIL's conversion
+    assert accepted[str(root / "chelsea.jpg")]["decoder"] == DECODER_JPEG
+
+
+def test_normalisation_to_8bit_srgb(bad_folder, photos):
+    root, _ = bad_folder
+
+    def rgb(name: str) -> np.ndarray:
+        return np.asarray(decode_rgb((root / name).read_bytes(), name, 40_000_000), dtype=np.int16)
+
+    chelsea, coffee = photos["chelsea"].astype(np.int16), photos["coffee"].astype(np.int16)
+    assert np.abs(rgb("cmyk.jpg") - chelsea[:, ::-1]).mean() < 3
+    assert np.array_equal(rgb("sixteen_bit.png"), coffee[50:350, 100:500])
+    assert np.abs(rgb("rotated_exif.jpg") - chelsea).mean() < 3  # EXIF orientation applied
+    palette = rgb("palette_alpha.png")
+    transparent = np.asarray(Image.open(root / "palette_alpha.png")) == 0
+    assert transparent.any() and (palette[transparent] == 255).all()  # transparent → white, as on paper
+    assert np.abs(palette[~transparent] - photos["astronaut"][~transparent]).mean() < 12  # 64-colour palette
+
+
+def test_exif_orientation_reaches_the_pixels_preprocess_stores(bad_folder):
+    root, _ = bad_folder
+    upright = load_square((root / "chelsea.jpg").read_bytes(), "chelsea", 64, DECODER_JPEG, 1)
+    for decoder in (DECODER_JPEG, "pil"):
+        rotated = load_square((root / "rotated_exif.jpg").read_bytes(), "rotated", 64, decoder, 6)
+        assert np.abs(rotated.astype(int) - upright).mean() < 8, decoder  # two JPEG encodings, two decoders
+    wrong = load_square((root / "rotated_exif.jpg").read_bytes(), "rotated", 64, DECODER_JPEG, 8)
+    assert np.abs(wrong.astype(int) - upright).mean() > 20
+
+
+def test_bomb_is_refused_from_the_header_quickly(bad_folder, crafted_png):
+    root, _ = bad_folder
+    data = (root / "bomb.png").read_bytes()  # claims 100,000 x 100,000: 30 GB once decoded
+    t0 = time.perf_counter()
+    facts = inspect_bytes(data, "bomb.png", 40_000_000)
+    assert time.perf_counter() - t0 < 0.5
+    assert facts.error == "too_many_pixels" and len(data) < 100
+    # Under PIL's own hard limit the size is known, and ours decides: 8000 x 8000 > 40 M.
+    facts = inspect_bytes(crafted_png(8000, 8000, 8, 2, b"\0" * 16), "big.png", 40_000_000)
+    assert (facts.error, facts.width, facts.height) == ("too_many_pixels", 8000, 8000)
+    assert inspect_bytes(crafted_png(8000, 8000, 8, 2, b"\0" * 16), "big.png", 10**8).error == "undecodable"
+
+
+def test_rerun_is_a_noop_and_thresholds_rejudge_without_decoding(tmp_path, bad_folder):
+    root, expected = bad_folder
+    p = IngestParams(source=str(root), out_dir=str(tmp_path / "raw"))
+    first = run_ingest(p, tmp_path / "reports", workers=2)
+    manifest = tmp_path / "raw" / "manifest.parquet"
+    before = (manifest.read_bytes(), manifest.stat().st_mtime_ns)
+
+    second = run_ingest(p, tmp_path / "reports", workers=2)
+    assert second["decoded_this_run"] == 0
+    assert (manifest.read_bytes(), manifest.stat().st_mtime_ns) == before
+    assert {k: v for k, v in second.items() if k != "decoded_this_run"} == \
+        {k: v for k, v in first.items() if k != "decoded_this_run"}
+
+    strict = run_ingest(replace(p, min_side=400), tmp_path / "reports")
+    assert strict["decoded_this_run"] == 0 and strict["accepted"] < first["accepted"]
+    assert strict["rejected_too_small"] > 1
+    relaxed = run_ingest(p, tmp_path / "reports")
+    assert relaxed["decoded_this_run"] == 0 and relaxed["accepted"] == first["accepted"]
+    assert manifest.read_bytes() == before[0]
+
+    os.utime(root / "coffee.png", ns=(time.time_ns(), time.time_ns() + 10**9))  # a new stamp: read again
+    assert run_ingest(p, tmp_path / "reports")["decoded_this_run"] == 1
+
+
+def test_split_is_a_function_of_the_hash_with_the_asked_fractions():
+    shas = [hashlib.sha256(str(k).encode()).hexdigest() for k in range(4000)]
+    splits = [split_for(s, 0.1, 0.2) for s in shas]
+    assert splits == [split_for(s, 0.1, 0.2) for s in shas]
+    assert abs(splits.count("test") / 4000 - 0.2) < 0.03 and abs(splits.count("val") / 4000 - 0.1) < 0.03
+
+
+def test_kaggle_layout_uses_colour_and_reports_unpaired(tmp_path, photos):
+    colour, gray = tmp_path / "data" / "train_color", tmp_path / "data" / "train_black"
+    colour.mkdir(parents=True)
+    gray.mkdir(parents=True)
+    for k, name in enumerate(("a", "b", "c")):
+        Image.fromarray(np.roll(photos["coffee"], 40 * k, axis=1)).save(colour / f"{name}.jpg")
+    for name in ("a", "b", "d"):
+        Image.fromarray(photos["coffee"]).convert("L").save(gray / f"{name}.jpg")
+    files, notes = list_source(str(tmp_path))
+    assert sorted(Path(f.uri).name for f in files) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert notes["kaggle_pairs"] == 1 and notes["kaggle_unpaired"] == 2
+
+    counts = run_ingest(IngestParams(source=str(tmp_path), out_dir=str(tmp_path / "raw")), tmp_path / "reports")
+    assert counts["accepted"] == 3 and counts["rejected"] == 0  # the gray copies are not training data
+    with open(tmp_path / "reports" / "ingest_pairing.csv", encoding="utf-8") as f:
+        problems = {Path(r["path"]).name: r["problem"] for r in csv.DictReader(f)}
+    assert problems == {"c.jpg": "colour image without a grayscale copy",
+                        "d.jpg": "grayscale copy without a colour image"}
+
+
+def test_not_a_source():
+    with pytest.raises(ConfigError):
+        list_source("/no/such/folder")

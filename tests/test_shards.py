@@ -1,0 +1,145 @@
+"""Lab shards: colour accuracy against skimage, index and checksums, partitions, and resuming after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from chromify import shards
+from chromify.config import IngestParams
+from chromify.decode import load_square
+from chromify.errors import DataError
+from chromify.ingest import ingest, read_manifest
+from chromify.lab import dequantise_lab, quantise_lab, rgb_to_lab
+
+
+def samples_by_sha(out_dir: Path) -> dict[str, np.ndarray]:
+    """Every stored sample, keyed by its photo's sha256 (the sidecars list them in shard order)."""
+    found = {}
+    for split in shards.SPLITS:
+        for s in shards.read_index(out_dir / split)["shards"]:
+            npy = out_dir / split / s["file"]
+            images = json.loads(npy.with_suffix(".json").read_text())["images"]
+            found.update(zip(images, np.load(npy), strict=True))
+    return found
+
+
+def test_lab_table_matches_the_float_pipeline():
+    rgb = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    diff = np.abs(shards.rgb_to_lab8(rgb).astype(int) - quantise_lab(rgb_to_lab(rgb)).transpose(2, 0, 1))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # only colours at a rounding tie may differ
+
+
+def test_shards_lab_within_half_delta_e_of_skimage(tmp_path, photos):
+    from skimage.color import rgb2lab
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name, rgb in photos.items():
+        Image.fromarray(rgb).save(src / f"{name}.png")
+    Image.fromarray(photos["chelsea"][:, ::-1]).save(src / "chelsea_flipped.jpg", quality=95)  # the JPEG path
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    ingest(IngestParams(source=str(src), out_dir=str(raw), val_fraction=0, test_fraction=0), tmp_path / "rep")
+    rows = read_manifest(raw)
+    assert {r["decoder"] for r in rows} == {"pil", "jpeg-turbo"}
+    shards.preprocess(rows, raw, out, 128, workers=1)
+    shards.write_index(out, 128)
+    stored = samples_by_sha(out)
+
+    delta_e = []
+    for r in rows:
+        rgb = load_square((raw / r["path"]).read_bytes(), r["uri"], 128, r["decoder"], r["orientation"])
+        lab = dequantise_lab(stored[r["sha256"]].transpose(1, 2, 0))
+        delta_e.append(np.sqrt(((lab - rgb2lab(rgb)) ** 2).sum(-1)).ravel())
+    delta_e = np.concatenate(delta_e)
+    # Storing a and b in whole units and L in steps of 100/255 costs up to sqrt(0.5² + 0.5² + 0.196²) = 0.73 ΔE
+    # on a pixel, about 0.36 on average; the conversion itself adds next to nothing.
+    assert delta_e.mean() < 0.5
+    assert np.percentile(delta_e, 99) < 0.7 and delta_e.max() < 0.75
+
+
+def test_index_checksums_and_repair(tmp_path, derived_raw):
+    rows = read_manifest(derived_raw)
+    mb = 20 * 3 * 32 * 32 / 2**20
+    first = shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=2)
+    indexes = shards.write_index(tmp_path, 32)
+    assert first["shards_written"] == sum(len(i["shards"]) for i in indexes.values()) > 3
+    train = indexes["train"]
+    assert train["count"] == sum(r["split"] == "train" for r in rows)
+    assert (train["shape"], train["dtype"], train["channels"]) == ([3, 32, 32], "uint8", ["L", "a", "b"])
+    assert train["normalisation"]["L"]["scale"] == 2.55 and train["normalisation"]["a"]["offset"] == 128
+    for split in shards.SPLITS:
+        shards.verify_shards(tmp_path / split)
+
+    victim = tmp_path / "train" / train["shards"][1]["file"]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="checksum"):
+        shards.verify_shards(tmp_path / "train")
+    again = shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=2)
+    assert (again["shards_written"], again["shards_skipped"]) == (1, first["shards_written"] - 1)
+    assert shards.write_index(tmp_path, 32) == indexes  # the repaired shard is byte for byte the same
+
+
+def test_partitions_cover_the_same_samples(tmp_path, derived_raw, small_shards):
+    rows = read_manifest(derived_raw)
+    mb = 10 * 3 * 32 * 32 / 2**20
+    shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(0, 2))
+    assert shards.write_index(tmp_path, 32, partitions=2) == {}  # 1/2 not done: no index yet
+    assert not (tmp_path / "train" / "index.json").exists()
+    shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(1, 2))
+    indexes = shards.write_index(tmp_path, 32, partitions=2)
+    assert sum(i["count"] for i in indexes.values()) == len(rows)
+
+    mine, whole = samples_by_sha(tmp_path), samples_by_sha(small_shards)
+    assert mine.keys() == whole.keys()
+    assert all(np.array_equal(mine[k], whole[k]) for k in whole)
+
+
+def test_a_new_size_redoes_the_shards(tmp_path, derived_raw):
+    rows = [r for r in read_manifest(derived_raw) if r["split"] == "val"]
+    assert shards.preprocess(rows, derived_raw, tmp_path, 16, 1, workers=1)["shards_written"] == 1
+    assert shards.preprocess(rows, derived_raw, tmp_path, 16, 1, workers=1)["shards_skipped"] == 1
+    assert shards.preprocess(rows, derived_raw, tmp_path, 24, 1, workers=1)["shards_written"] == 1
+    assert shards.write_index(tmp_path, 24)["val"]["shape"] == [3, 24, 24]
+
+
+def test_kill_9_mid_run_then_rerun_gives_identical_shards(tmp_path, derived_raw):
+    size, mb = 128, 1  # 21 images a shard (shard_mb is a whole number in params.yaml): 12 shards
+    reference = tmp_path / "reference"
+    shards.preprocess(read_manifest(derived_raw), derived_raw, reference, size, mb, workers=1)
+    expected = {split: idx["shards"] for split, idx in shards.write_index(reference, size).items()}
+    n_shards = sum(len(v) for v in expected.values())
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"preprocess:\n  size: {size}\n  shard_mb: {mb}\n  workers: 2\n")
+    out = tmp_path / "out"
+    cmd = [str(Path(sys.executable).with_name("chromify")), "preprocess", "--params", str(params),
+           "--raw", str(derived_raw), "--out", str(out)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*/p000of001-*.json")):  # the first finished shard: the run is under way
+        assert proc.poll() is None, f"preprocess ended before it could be killed: {proc.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its workers, as an OOM kill or a lost node would
+    proc.wait()
+    finished = len(list(out.glob("*/p000of001-*.json")))
+    assert proc.returncode == -signal.SIGKILL and 0 < finished < n_shards
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    counts = json.loads(rerun.stdout)
+    assert counts["shards_skipped"] >= finished - 1 and counts["shards_written"] >= n_shards - finished
+    assert {split: shards.read_index(out / split)["shards"] for split in shards.SPLITS} == expected
+    assert not list(out.rglob(".*")), "temporary files left behind"
