@@ -24,7 +24,8 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 setup: $(VENV)/.synced ## Create the environment from uv.lock (bootstraps uv if missing)
 
 demo: setup ## Run the whole pipeline with `dvc repro` on the bundled sample photos
-	@git rev-parse --git-dir >/dev/null 2>&1 || git init -q
+	@git rev-parse --verify -q HEAD >/dev/null 2>&1 || (git init -q && git add -A && \
+	  git -c user.name=chromify -c user.email=chromify@localhost commit -qm 'chromify: initial commit')
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo
 	@echo "metrics:          reports/metrics.json  (table: reports/metrics.md)"

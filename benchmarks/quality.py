@@ -1,94 +1,117 @@
-"""Colour quality under a fixed training budget: one table of methods × (PSNR gain over gray, SSIM, ΔE2000,
-colourfulness, ΔCF, train images/s), on the test split of a real photo folder split by the pipeline's ingest.
+"""Colour quality under a fixed training budget, measured the way a user runs the pipeline: for each method,
+`dvc repro` in a fresh copy of the project with `ingest.source` set to a real photo folder and
+`train.max_minutes` set to the budget; everything else from params.yaml plus the method's overrides.
 
-    python benchmarks/quality.py                          # ../shared/data/photos, 10 min per method
-    python benchmarks/quality.py --photos DIR --minutes 10 --methods unet_l1,unet_cf,encdec_cf
+Prints one table: method × PSNR gain over gray, SSIM, ΔE2000, colourfulness of outputs and truth, ΔCF,
+train images/s, on the test split chosen by the pipeline's own ingest.
 
-Each method is a set of params overrides on top of params.yaml; ingest and preprocess run once and are shared.
+    python benchmarks/quality.py                                   # ../shared/data/photos, 10 min a method
+    python benchmarks/quality.py --photos DIR --minutes 10 --methods unet_l1,encdec_l1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-from chromify.config import load_params, params_from_dict
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Real-run data settings: 256 px shards (the size the gray baseline of the issue was measured at).
-DATA = {"preprocess": {"size": 256}, "ingest": {"val_fraction": 0.1, "test_fraction": 0.15}}
-
+# Each method is a set of params.yaml overrides; "unet_l1" is params.yaml as it is.
 METHODS: dict[str, dict] = {
-    "unet_l1": {"model": {"arch": "unet_s"}, "train": {"colourfulness_weight": 0.0}},
-    "unet_cf": {"model": {"arch": "unet_s"}, "train": {"colourfulness_weight": 0.5}},
-    "encdec_cf": {"model": {"arch": "encdec_s"}, "train": {"colourfulness_weight": 0.5}},
-    "unet_gan": {"model": {"arch": "unet_s"}, "train": {"colourfulness_weight": 0.5, "gan_weight": 0.05,
-                                                         "gan_start_fraction": 0.5}},
+    "unet_l1": {},
+    "unet_l2": {"train": {"loss": "l2"}},
+    "unet_cf": {"train": {"colourfulness_weight": 0.5}},
+    "encdec_l1": {"model": {"arch": "encdec_s"}},
+    "unet_gan": {"train": {"gan_weight": 0.05, "gan_start_fraction": 0.5}},
+    "unet_l1_r128": {"train": {"resolution": 128}},
 }
 
 
-def merged(base: dict, *overrides: dict) -> dict:
-    out = {k: dict(v) for k, v in base.items()}
+def project_copy(dest: Path, params: dict) -> None:
+    """What a user's clone holds for `dvc repro`: dvc.yaml, .dvc/, the code the stages depend on, params."""
+    dest.mkdir(parents=True)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
+    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=chromify", "-c", "user.email=chromify@localhost"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "quality run"]):
+        subprocess.run(git + cmd, cwd=dest, check=True)  # DVC and DVCLive want a repo with a commit
+
+
+def with_overrides(base: dict, *overrides: dict) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for o in overrides:
         for section, values in o.items():
-            out.setdefault(section, {}).update(values)
+            out[section] = {**out.get(section, {}), **values}
     return out
+
+
+def run_method(name: str, photos: str, minutes: float, work: Path) -> dict:
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = with_overrides(base, METHODS[name], {"ingest": {"source": photos, "val_fraction": 0.1,
+                                                             "test_fraction": 0.15},
+                                                  "train": {"max_minutes": minutes, "max_steps": 0}})
+    repo = work / name
+    if repo.exists():
+        shutil.rmtree(repo)
+    project_copy(repo, params)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    t0 = time.monotonic()
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{name}: dvc repro failed\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    ingest = json.loads((repo / "reports/ingest.json").read_text())
+    steps = json.loads((repo / "reports/train_history.json").read_text())["steps"]
+    rates = [s["images_per_s"] for s in steps[1:]] or [float("nan")]  # the first interval includes warm-up
+    c, g = metrics["candidate"], metrics["gray"]
+    return {"method": name, "psnr_gain_db": c["psnr"] - g["psnr"], "psnr": c["psnr"], "ssim": c["ssim"],
+            "delta_e2000": c["delta_e2000"], "cf": c["colourfulness"], "cf_truth": c["colourfulness_truth"],
+            "delta_cf": c["delta_cf"], "train_images_per_s": sum(rates) / len(rates),
+            "steps": steps[-1]["step"] if steps else 0, "gray_psnr": g["psnr"], "gray_ssim": g["ssim"],
+            "test_images": metrics["images"], "split": {k: ingest[f"split_{k}"] for k in ("train", "val", "test")},
+            "wall_s": time.monotonic() - t0, "gallery": str(repo / "reports/gallery.html")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", default=str(ROOT.parent / "shared/data/photos"))
-    ap.add_argument("--minutes", type=float, default=10.0, help="training budget per method")
-    ap.add_argument("--methods", default="unet_l1,unet_cf,encdec_cf,unet_gan")
-    ap.add_argument("--workdir", default=str(ROOT / "build/quality"))
+    ap.add_argument("--minutes", type=float, default=10.0, help="train.max_minutes for every method")
+    ap.add_argument("--methods", default="unet_l1,encdec_l1,unet_gan")
+    ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir)")
     args = ap.parse_args()
-    if not Path(args.photos).is_dir():
-        raise SystemExit(f"no photo folder at {args.photos}: pass --photos DIR")
-
-    from chromify.evaluate import evaluate
-    from chromify.stages import run_ingest, run_preprocess, run_train
-
-    work = Path(args.workdir)
-    base = load_params(ROOT / "params.yaml").to_dict()
-    data_params = params_from_dict(merged(base, DATA, {"ingest": {"source": args.photos,
-                                                                  "out_dir": str(work / "raw")}}))
-    t0 = time.monotonic()
-    counts = run_ingest(data_params, work / "raw", work / "reports")
-    run_preprocess(data_params, work / "raw", work / "processed")
-    print(f"data: {counts['accepted']} photos ({counts['split_train']} train / {counts['split_val']} val / "
-          f"{counts['split_test']} test) prepared in {time.monotonic() - t0:.0f} s")
+    photos = str(Path(args.photos).resolve())
+    if not Path(photos).is_dir():
+        raise SystemExit(f"no photo folder at {photos}: pass --photos DIR")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="chromify-quality-"))
 
     rows = []
     for name in args.methods.split(","):
-        p = params_from_dict(merged(base, DATA, METHODS[name], {"train": {"max_minutes": args.minutes,
-                                                                           "max_steps": 0}}))
-        out = work / "models" / name
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        result = run_train(p, work / "processed", out, reports_dir=work / "reports" / name)
-        summary, decision = evaluate(work / "processed", out, None, p.gate, work / "reports" / name,
-                                     p.evaluate.batch_size, p.evaluate.gallery_size, p.base.seed)
-        c, g = summary["candidate"], summary["gray"]
-        images_per_s = result["step"] * min(p.train.batch_size, counts["split_train"]) / result["train_seconds"]
-        rows.append({"method": name, "psnr_gain_db": c["psnr"] - g["psnr"], "psnr": c["psnr"], "ssim": c["ssim"],
-                     "delta_e2000": c["delta_e2000"], "cf": c["colourfulness"], "cf_truth": c["colourfulness_truth"],
-                     "delta_cf": c["delta_cf"], "train_images_per_s": images_per_s, "steps": result["step"],
-                     "gray_psnr": g["psnr"], "gray_ssim": g["ssim"]})
+        rows.append(run_method(name, photos, args.minutes, work))
         print(json.dumps(rows[-1]), flush=True)
 
-    print(f"\nbudget {args.minutes:g} min per method; test split {rows[0] and counts['split_test']} photos; "
-          f"gray baseline PSNR {rows[0]['gray_psnr']:.2f} dB, SSIM {rows[0]['gray_ssim']:.3f}\n")
-    print("| method | PSNR gain (dB) | SSIM | ΔE2000 | CF | CF truth | ΔCF | train img/s |")
+    r0 = rows[0]
+    print(f"\n{args.minutes:g} min of training per method (train.max_minutes), {os.cpu_count()} cores; "
+          f"split {r0['split']}; test split {r0['test_images']} photos; gray baseline PSNR "
+          f"{r0['gray_psnr']:.2f} dB, SSIM {r0['gray_ssim']:.3f}; colourfulness of the truth {r0['cf_truth']:.1f}\n")
+    print("| method | PSNR gain (dB) | SSIM | ΔE2000 | CF | ΔCF | train img/s | steps |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['psnr_gain_db']:+.2f} | {r['ssim']:.3f} | {r['delta_e2000']:.2f} | {r['cf']:.1f} "
-              f"| {r['cf_truth']:.1f} | {r['delta_cf']:.1f} | {r['train_images_per_s']:.1f} |")
+        print(f"| {r['method']} | {r['psnr_gain_db']:+.2f} | {r['ssim']:.3f} | {r['delta_e2000']:.2f} | "
+              f"{r['cf']:.1f} | {r['delta_cf']:.1f} | {r['train_images_per_s']:.0f} | {r['steps']} |")
     (work / "quality.json").write_text(json.dumps(rows, indent=2))
+    print(f"\nruns and galleries kept in {work}")
 
 
 if __name__ == "__main__":

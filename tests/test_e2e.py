@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 SMALL = {
     "preprocess": {"size": 64, "workers": 1},
     "model": {"base_width": 8, "depth": 3},
-    "train": {"max_steps": 15, "max_minutes": 0, "crop": 48, "batch_size": 8, "checkpoint_every": 0,
+    "train": {"max_steps": 15, "max_minutes": 0, "crop": 48, "resolution": 0, "batch_size": 8, "checkpoint_every": 0,
               "warmup_steps": 5},
     # Both gate branches are exercised by the thresholds, not by hoping training goes one way.
     "gate": {"min_psnr_gain_db": -100.0, "max_delta_cf": 1000.0},

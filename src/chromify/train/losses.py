@@ -34,7 +34,9 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") 
         return F.l1_loss(pred, target)
     if kind == "huber":
         return F.smooth_l1_loss(pred, target, beta=HUBER_BETA)
-    raise ConfigError(f"train.loss {kind!r}: expected l1 or huber")
+    if kind == "l2":
+        return F.mse_loss(pred, target)
+    raise ConfigError(f"train.loss {kind!r}: expected l1, huber or l2")
 
 
 def colourfulness(ab: torch.Tensor) -> torch.Tensor:
