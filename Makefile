@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # Precompiled imports: torch & co. start in seconds, not tens of seconds.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help setup browsers demo test test-fast lint lint-infra compile-pipeline run-local clean
+.PHONY: help setup browsers demo historical test test-fast lint lint-infra compile-pipeline run-local clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -35,6 +35,14 @@ demo: setup ## Run the whole pipeline with `dvc repro` on the bundled sample pho
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -c "import json; r = json.load(open('reports/register.json')); \
 	  print('registered model:', r['path'] if r['registered'] else 'none this run (gate: ' + '; '.join(r['reasons']) + ')')"
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/chromify models list
+	@$(MAKE) --no-print-directory historical
+
+HISTORICAL ?= ../shared/data/historical
+historical: setup ## Colorize the historical photos (when present) with the champion into reports/historical.html
+	@if [ -d "$(HISTORICAL)" ] && $(BIN)/chromify models show champion >/dev/null 2>&1; then \
+	  $(BIN)/chromify colorize "$(HISTORICAL)" -o reports/historical --html reports/historical.html && \
+	  echo "historical photos: reports/historical.html"; \
+	else echo "no $(HISTORICAL) or no champion yet: skipped reports/historical.html"; fi
 
 browsers: ## Install Debian's chromium + chromium-driver for the web page test (skipped where that is impossible)
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \

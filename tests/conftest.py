@@ -142,3 +142,22 @@ def small_shards(tmp_path_factory, derived_raw) -> Path:
     shards.preprocess(read_manifest(derived_raw), derived_raw, out, 32, mb, workers=1)
     shards.write_index(out, 32)
     return out
+
+
+TINY_MODEL = {"arch": "unet_s", "base_width": 8, "depth": 3, "norm": "batch", "upsample": "bilinear",
+              "pretrained": False}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """An untrained but complete exported model (64 px, 8 channels): what serving tests load."""
+    import torch
+
+    from chromify.models import get_model
+    from chromify.train.checkpoint import export_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    export_model(out, get_model("unet_s", **TINY_MODEL),
+                 {"format": "chromify-model-v1", "arch": "unet_s", "model": TINY_MODEL, "size": 64})
+    return out

@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi import HTTPException
 from PIL import Image
 from skimage import data
@@ -26,21 +25,13 @@ from skimage import data
 from chromify.api.app import InferencePool, choose_format, create_app, sniff_image_format
 from chromify.api.settings import ServeSettings
 
-MODEL = {"arch": "unet_s", "base_width": 8, "depth": 3, "norm": "batch", "upsample": "bilinear", "pretrained": False}
 MAX_BYTES = 300_000
 MAX_PIXELS = 1_000_000
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from chromify.models import get_model
-    from chromify.train.checkpoint import export_model
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    export_model(out, get_model("unet_s", **MODEL),
-                 {"format": "chromify-model-v1", "arch": "unet_s", "model": MODEL, "size": 64})
-    return out
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
@@ -18,19 +17,10 @@ from typer.testing import CliRunner
 from chromify.cli import app
 from chromify.colorize import colorize_paths, expand_inputs
 
-MODEL = {"arch": "unet_s", "base_width": 8, "depth": 3, "norm": "batch", "upsample": "bilinear", "pretrained": False}
-
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from chromify.models import get_model
-    from chromify.train.checkpoint import export_model
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    export_model(out, get_model("unet_s", **MODEL),
-                 {"format": "chromify-model-v1", "arch": "unet_s", "model": MODEL, "size": 64})
-    return out
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture

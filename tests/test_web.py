@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from PIL import Image
 from skimage import data
 
@@ -19,18 +18,11 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                                 reason="needs Debian's chromium and chromium-driver (apt-get install)")
 
-MODEL = {"arch": "unet_s", "base_width": 8, "depth": 3, "norm": "batch", "upsample": "bilinear", "pretrained": False}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> str:
-    from chromify.models import get_model
-    from chromify.train.checkpoint import export_model
-
-    torch.manual_seed(0)
-    model_dir = tmp_path_factory.mktemp("model") / "tiny"
-    export_model(model_dir, get_model("unet_s", **MODEL),
-                 {"format": "chromify-model-v1", "arch": "unet_s", "model": MODEL, "size": 64})
+def server(tmp_path_factory, tiny_model_dir: Path) -> str:
+    model_dir = tiny_model_dir
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
