@@ -109,7 +109,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['psnr_gain_db']:+.2f} | {r['ssim']:.3f} | {r['delta_e2000']:.2f} | "
-              f"{r['cf']:.1f} | {r['delta_cf']:.1f} | {r['train_images_per_s']:.0f} | {r['steps']} |")
+              f"{r['cf']:.1f} | {r['delta_cf']:.1f} | {r['train_images_per_s']:.0f} | {int(r['steps'])} |")
     (work / "quality.json").write_text(json.dumps(rows, indent=2))
     print(f"\nruns and galleries kept in {work}")
 
