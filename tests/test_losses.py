@@ -39,8 +39,10 @@ def test_regression_values_on_hand_made_cases() -> None:
     # Huber: quadratic (e²/2β) below β, linear (|e| − β/2) above it.
     assert losses.regression_loss(target + 0.01, target, "huber").item() == pytest.approx(0.01**2 / (2 * beta))
     assert losses.regression_loss(target - 0.5, target, "huber").item() == pytest.approx(0.5 - beta / 2)
-    with pytest.raises(ConfigError, match="l1 or huber"):
-        losses.regression_loss(target, target, "l2")
+    # L2: the mean squared error.
+    assert losses.regression_loss(target + 0.1, target, "l2").item() == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="expected l1, huber or l2"):
+        losses.regression_loss(target, target, "cross-entropy")
 
 
 def test_colourfulness_is_larger_for_a_saturated_image_than_a_gray_one() -> None:

@@ -90,7 +90,7 @@ class RegisterParams:
     target: str = "local"  # local | vertex
     registry_dir: str = "models/registry"
     model_name: str = "chromify-colorizer"
-    # target vertex only: see chromify.vertex_registry and docs/registry.md
+    # target vertex only: see chromify.vertex_registry and docs/source/registry.md
     vertex_project: str = ""
     vertex_location: str = "us-central1"
     artifact_root: str = ""  # gs://bucket/prefix; a version's files go to <root>/<model name>/<model id>/

@@ -1,4 +1,4 @@
-"""What the generator is trained to minimise, term by term (see docs/training.md for why each exists).
+"""What the generator is trained to minimise, term by term (see docs/source/training.md for why each exists).
 
 - regression (L1 or Huber on ab/128): gets the layout of colour right, but alone it drifts to the per-pixel
   median/mean of all plausible colours, which for most objects is a desaturated brown: the sepia look;
