@@ -1,0 +1,38 @@
+import os
+import stat
+
+import pytest
+
+from chromify.io import atomic_write_bytes, atomic_write_json
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 2})
+    assert target.read_text().strip().replace(" ", "").replace("\n", "") == '{"a":2}'
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+    from chromify.io import atomic_write
+
+    target = tmp_path / "out.bin"
+    atomic_write_bytes(target, b"good")
+
+    def boom(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_outputs_get_the_ordinary_file_mode_not_mkstemps_0600(tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    target = tmp_path / "photo.png"
+    atomic_write_bytes(target, b"x")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
