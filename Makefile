@@ -52,7 +52,7 @@ browsers: ## Install Debian's chromium + chromium-driver for the web page test (
 	else echo "no chromium and no root apt-get: the browser test will be skipped"; fi
 
 test: setup browsers ## Run the test suite
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q --durations=15
+	PATH="$(CURDIR)/$(BIN):$(dir $(UV)):$$PATH" $(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup ## The suite without the end-to-end runs
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
