@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
+import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -161,3 +166,33 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     export_model(out, get_model("unet_s", **TINY_MODEL),
                  {"format": "chromify-model-v1", "arch": "unet_s", "model": TINY_MODEL, "size": 64})
     return out
+
+
+@contextmanager
+def _chromify_serve(args: list[str], env: dict[str, str], port: int, log_path: Path, health: str = "/healthz"):
+    """`chromify serve ARGS` in a child process, yielded as its base URL once `health` answers; stopped after."""
+    log = log_path.open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "chromify.cli", "serve", *args], env=env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.seek(0) or log.read()
+            try:
+                if httpx.get(base + health, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def chromify_serve():
+    """A context manager that runs a real `chromify serve` on 127.0.0.1 (see `_chromify_serve`)."""
+    return _chromify_serve

@@ -8,8 +8,6 @@ import io
 import os
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -220,27 +218,14 @@ def test_sniffing_and_negotiation_units() -> None:
     assert choose_format(None, "image/*") == "png" and choose_format("JPEG", None) == "jpeg"
 
 
-def test_real_server_with_vertex_environment(model_dir: Path, tmp_path: Path) -> None:
+def test_real_server_with_vertex_environment(model_dir: Path, tmp_path: Path, chromify_serve) -> None:
     """`chromify serve` as Vertex AI starts it: port and routes from AIP_*, limits from CHROMIFY_*."""
     port = free_port()
     predict, health = "/v1/endpoints/1/deployedModels/2:predict", "/v1/endpoints/1/deployedModels/2"
     env = {**os.environ, "AIP_HTTP_PORT": str(port), "AIP_PREDICT_ROUTE": predict, "AIP_HEALTH_ROUTE": health,
            "CHROMIFY_MAX_UPLOAD_BYTES": str(MAX_BYTES), "CHROMIFY_MODEL": str(model_dir),
            "CHROMIFY_LOG_LEVEL": "warning"}
-    log = (tmp_path / "server.log").open("w+")
-    server = subprocess.Popen([sys.executable, "-m", "chromify.cli", "serve"], env=env, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, log.seek(0) or log.read()
-            try:
-                if httpx.get(base + health, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.3)
+    with chromify_serve([], env, port, tmp_path / "server.log", health) as base:
         r = httpx.post(base + predict, json={"instances": [{"b64": base64.b64encode(CAMERA_JPEG).decode()}]},
                        timeout=60)
         assert r.status_code == 200 and r.json()["predictions"][0]["width"] == 320
@@ -256,7 +241,3 @@ def test_real_server_with_vertex_environment(model_dir: Path, tmp_path: Path) ->
                        headers={"content-type": "multipart/form-data; boundary=x"})
         assert r.status_code == 413
         assert httpx.get(base + "/healthz", timeout=5).status_code == 200
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 from skimage import data
@@ -21,32 +17,14 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir: Path) -> str:
-    model_dir = tiny_model_dir
+def server(tmp_path_factory, tiny_model_dir: Path, chromify_serve) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = (tmp_path_factory.mktemp("log") / "server.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "chromify.cli", "serve", "--model", str(model_dir),
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            env={**os.environ, "CHROMIFY_LOG_LEVEL": "warning"}, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.seek(0) or log.read()
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.3)
+    args = ["--model", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "CHROMIFY_LOG_LEVEL": "warning"}
+    with chromify_serve(args, env, port, tmp_path_factory.mktemp("log") / "server.log") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -45,9 +45,9 @@ class Scored:
 
 def model_id_of(model_dir: str | Path) -> str:
     """A model's identity is the hash of its weights: two names for one model compare equal."""
-    import hashlib
+    from chromify.io import file_sha256
 
-    return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()[:16]
+    return file_sha256(Path(model_dir) / "model.safetensors")[:16]
 
 
 def _to_rgb(lab: np.ndarray) -> np.ndarray:

@@ -17,7 +17,17 @@ from PIL import Image
 from torch import nn
 
 from chromify.errors import ConfigError
-from chromify.lab import rgb_to_lab
+from chromify.lab import (
+    _LAB_EPS,
+    _LAB_F_EPS,
+    _LAB_KAPPA,
+    _LAB_OFFSET,
+    _XYZ_FROM_RGB,
+    _linear_to_srgb,
+    _srgb_to_linear,
+    rgb_to_lab,
+)
+from chromify.lab import _WHITE_D65_2DEG as _WHITE_D65
 from chromify.train.checkpoint import load_model
 
 # 256 rows of a 4000 px wide photo: 4 MB per float32 (rows, W) plane, about ten alive at once per worker.
@@ -53,18 +63,6 @@ def bilinear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 # The per-pixel part of the merge runs on planar float32 with table lookups at both uint8 ends: about 4× faster
 # than chromify.lab's general (..., 3) float conversions. Same constants (skimage's, sRGB / D65);
 # tests/test_inference.py checks that the two agree to one 8-bit level.
-def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
-    return np.where(v > 0.04045, ((np.maximum(v, 0.04045) + 0.055) / 1.055) ** 2.4, v / 12.92)
-
-
-def _linear_to_srgb(v: np.ndarray) -> np.ndarray:
-    return np.where(v > 0.0031308, 1.055 * np.maximum(v, 0.0031308) ** (1 / 2.4) - 0.055, 12.92 * v)
-
-
-_XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
-                          [0.212671, 0.715160, 0.072169],
-                          [0.019334, 0.119193, 0.950227]])
-_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
 # Y (relative luminance, Yn = 1) is a sum of one table lookup per uint8 channel.
 _Y_FROM_U8 = (_srgb_to_linear(np.arange(256) / 255.0)[:, None] * _XYZ_FROM_RGB[1][None, :]).T.astype(np.float32)
 _RGB_FROM_TXYZ = (np.linalg.inv(_XYZ_FROM_RGB) * _WHITE_D65[None, :]).astype(np.float32)
@@ -72,7 +70,6 @@ _RGB_FROM_TXYZ = (np.linalg.inv(_XYZ_FROM_RGB) * _WHITE_D65[None, :]).astype(np.
 _SRGB_BINS = 65535
 _U8_FROM_LINEAR = np.clip(_linear_to_srgb(np.arange(_SRGB_BINS + 1) / _SRGB_BINS) * 255.0 + 0.5, 0, 255).astype(
     np.uint8)
-_LAB_EPS, _LAB_KAPPA, _LAB_OFFSET, _LAB_F_EPS = 0.008856, 7.787, 16.0 / 116.0, 0.2068966
 # f(Y) through 2^16 bins too (np.cbrt is scalar code, the slowest step by far): the error in L is below 0.01.
 _Y_BINS = 65535
 _Y_GRID = np.arange(_Y_BINS + 1) / _Y_BINS

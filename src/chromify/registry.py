@@ -15,7 +15,6 @@ champion went v1 → v2 → v3, a rollback gives v2 and a second one v1 (never b
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from chromify.errors import RegistryError
-from chromify.io import atomic_write_json
+from chromify.io import atomic_write_json, file_sha256
 
 CHAMPION = "champion"
 MODEL_FILES = ("model.safetensors", "config.json")
@@ -49,14 +48,6 @@ def check_alias(alias: str) -> str:
         raise RegistryError(f"alias {alias!r}: use 1-63 lower-case letters, digits and '-', starting with a "
                             "letter and not ending with '-'")
     return alias
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _now() -> str:
@@ -133,7 +124,7 @@ class LocalRegistry:
         recorded = self.record(version).get("files", {})
         folder = self.version_dir(version)
         return [name for name, sha in sorted(recorded.items())
-                if not (folder / name).exists() or _sha256(folder / name) != sha]
+                if not (folder / name).exists() or file_sha256(folder / name) != sha]
 
     def alias_history(self, alias: str | None = None) -> list[dict[str, Any]]:
         """Every alias move, oldest first: {alias, version, previous, action, at}; one alias's if given."""
@@ -161,7 +152,7 @@ class LocalRegistry:
                 files = {}
                 for f in MODEL_FILES:
                     shutil.copyfile(model_dir / f, staging / f)
-                    files[f] = _sha256(staging / f)
+                    files[f] = file_sha256(staging / f)
                 full = {**record, "name": self.name, "version": version, "registered_at": _now(), "files": files}
                 atomic_write_json(staging / RECORD, full)
                 for f in (*MODEL_FILES, RECORD):

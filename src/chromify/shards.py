@@ -12,7 +12,6 @@ finished file is hashed, fsynced and renamed into place, so a kill at any moment
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -25,7 +24,7 @@ from PIL import Image
 
 from chromify.decode import DECODER_PIL, read_bytes, square_image
 from chromify.errors import DataError, InputImageError
-from chromify.io import atomic_write_json
+from chromify.io import atomic_write_json, file_sha256
 from chromify.lab import AB_OFFSET, L_SCALE
 
 SPLITS = ("train", "val", "test")
@@ -143,14 +142,6 @@ def image_to_lab8(img: Image.Image) -> np.ndarray:
 def lab_sample(path: str, name: str, size: int, decoder: str = DECODER_PIL, orientation: int = 1) -> np.ndarray:
     """One photo → (3, size, size) uint8 Lab in the shard encoding."""
     return image_to_lab8(square_image(read_bytes(path), name, size, decoder, orientation))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def plan_shards(rows: list[dict], size: int, shard_mb: float, partition: Partition) -> dict[str, list[list[dict]]]:

@@ -101,7 +101,8 @@ def run_evaluate(params: Params, data_dir: str | Path, candidate_dir: str | Path
     from chromify.evaluate import evaluate, model_id_of
 
     champ = champion_dir(params)
-    if champ is not None and model_id_of(champ) == model_id_of(candidate_dir):
+    candidate_id = model_id_of(candidate_dir)
+    if champ is not None and model_id_of(champ) == candidate_id:
         raise GateError(f"{candidate_dir}: the candidate has the same weights as the champion ({champ}); "
                         "comparing a model with itself decides nothing — retrain or change params first")
     summary, decision = evaluate(data_dir, candidate_dir, champ, params.gate, reports_dir,
@@ -109,7 +110,7 @@ def run_evaluate(params: Params, data_dir: str | Path, candidate_dir: str | Path
     from chromify.figures import write_figures
 
     write_figures(reports_dir)
-    return summary, {**decision.to_dict(), "candidate_id": model_id_of(candidate_dir)}
+    return summary, {**decision.to_dict(), "candidate_id": candidate_id}
 
 
 def registration_record(params: Params, candidate_dir: str | Path, gate: dict[str, Any], metrics: dict[str, Any],
