@@ -13,10 +13,11 @@ from skimage import data as skdata
 
 from chromify import evaluate as ev
 from chromify.config import GateParams
+from chromify.io import file_sha256
 from chromify.lab import dequantise_lab, quantise_lab, rgb_to_lab
 from chromify.metrics import PSNR_CAP_DB, colourfulness, psnr
 from chromify.models import get_model
-from chromify.shards import FORMAT, file_sha256
+from chromify.shards import FORMAT
 from chromify.train.checkpoint import export_model
 
 SIZE = 32

@@ -174,17 +174,22 @@ def _jpeg_square(data: bytes, size: int, orientation: int) -> Image.Image:
     # libjpeg-turbo picks the smallest scale M/8 whose output is at least min_height x min_width: asking for
     # ceil(side / factor) gives exactly 1/factor. fastdct: the integer IDCT, a few % faster; its error (< 1
     # level) is far below the 8-bit Lab step.
-    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, min_height=-(-h // factor),
-                                 min_width=-(-w // factor))
+    dh, dw = -(-h // factor), -(-w // factor)
+    # One spare row, so that the last row of the crop below has a whole stride of bytes after its start.
+    flat = np.empty((dh + 1) * dw * 3, dtype=np.uint8)
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, min_height=dh, min_width=dw, buffer=flat)
     h, w = rgb.shape[:2]
     s = min(h, w)
-    # Crop before handing the pixels to PIL (copying the discarded sides costs as much as resizing), keeping
-    # a margin as wide as the filter's reach so the square's edge pixels are filtered as in the PIL path.
+    # Crop while handing the pixels to PIL (copying the discarded sides costs as much as resizing): PIL's raw
+    # decoder reads rows `stride` apart, so it takes the crop straight from the decoded buffer. A margin as wide
+    # as the filter's reach keeps the square's edge pixels filtered as in the PIL path.
     margin = -(-s // size) + 1
     top, left = (h - s) / 2, (w - s) / 2
     y0, x0 = max(0, int(top) - margin), max(0, int(left) - margin)
     y1, x1 = min(h, int(top + s) + margin + 1), min(w, int(left + s) + margin + 1)
-    square = Image.fromarray(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+    start = (y0 * w + x0) * 3
+    square = Image.frombuffer("RGB", (x1 - x0, y1 - y0), flat[start : start + (y1 - y0) * w * 3], "raw", "RGB",
+                              w * 3, 1)
     box = (left - x0, top - y0, left - x0 + s, top - y0 + s)
     out = square.resize((size, size), _filter(s, size), box=box, reducing_gap=None)
     # A centre square crop commutes with the eight EXIF orientations, so orienting the small result is enough.

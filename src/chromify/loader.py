@@ -77,16 +77,24 @@ class ShardSet:
             yield b, order[b * batch_size : (b + 1) * batch_size]
 
     def gather(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """(B,) global indices → (B, 3, S, S) uint8 (into `out` if given), reading each shard once, in order."""
+        """(B,) global indices → (B, 3, S, S) uint8 (into `out` if given).
+
+        One copy per sample, straight from the memory map into its row of `out`: each run of indices that fall
+        in one shard (a batch of `order` spans one or two) is a single `np.take`.
+        """
         indices = np.asarray(indices, dtype=np.int64)
         if out is None:
             out = np.empty((len(indices), *self.index["shape"]), dtype=np.uint8)
+        if len(indices) == 0:
+            return out
+        if indices.min() < 0 or indices.max() >= len(self):
+            raise IndexError(f"sample index out of range 0..{len(self) - 1}")
         shard_of = np.searchsorted(self.offsets, indices, side="right") - 1
-        for s in np.unique(shard_of):
-            sel = np.nonzero(shard_of == s)[0]
-            local = indices[sel] - self.offsets[s]
-            sort = np.argsort(local)
-            out[sel[sort]] = self.arrays[s][local[sort]]
+        cuts = [0, *(np.flatnonzero(np.diff(shard_of)) + 1).tolist(), len(indices)]
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=False):
+            s = shard_of[lo]
+            # mode="clip": the range is checked above, and "raise" would copy through a temporary.
+            np.take(self.arrays[s], indices[lo:hi] - self.offsets[s], axis=0, out=out[lo:hi], mode="clip")
         return out
 
     def batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
@@ -99,17 +107,20 @@ class ShardSet:
         return self.gather(np.arange(len(self)))
 
 
-def to_model_tensors(batch, device: str = "cpu"):
+def to_model_tensors(batch, device: str = "cpu", out=None):
     """(B, 3, S, S) uint8 (numpy or torch) → L/255 in [0, 1] as (B, 1, S, S) and ab/128 in [-1, 1) as
-    (B, 2, S, S), float32 on `device`. Converting after the transfer moves a quarter of the bytes."""
+    (B, 2, S, S), float32 on `device` (views of `out`, a (B, 3, S, S) float32 tensor, if given). Converting
+    after the transfer moves a quarter of the bytes."""
     import torch
 
     t = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
-    t = t.to(device, non_blocking=True).float()
+    t = t.to(device, non_blocking=True)
+    out = t.float() if out is None else out.copy_(t)
     # In place on the one float copy: a 64 x 256² batch is 50 MB, and every extra temporary costs as much.
-    t[:, :1].div_(255.0)
-    t[:, 1:].sub_(128.0).div_(128.0)
-    return t[:, :1], t[:, 1:]
+    lum, ab = out[:, :1], out[:, 1:]
+    lum.div_(255.0)
+    ab.sub_(128.0).div_(128.0)
+    return lum, ab
 
 
 def random_crop_flip(batch, crop: int, gen):
@@ -184,16 +195,27 @@ def _shard_batches_class():
             worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
             shards = self._set()
             epoch, start = int(self._position[0]), int(self._position[1])
+            shape = tuple(shards.index["shape"])
+            scratch = None
             for _, idx in shards.batch_orders(self.batch_size, self.seed, epoch, self.rank, self.world,
                                               worker, workers, start, self.drop_last):
-                if info is not None and self.raw:
-                    # Gathered straight into shared memory: the DataLoader then hands the batch over without
-                    # copying its 12.5 MB (at 64 x 256²) a second time.
-                    batch = torch.empty((len(idx), *shards.index["shape"]), dtype=torch.uint8).share_memory_()
+                if self.raw:
+                    # In a worker, gathered straight into shared memory: the DataLoader then hands the batch
+                    # over without copying its 12.5 MB (at 64 x 256²) a second time.
+                    batch = torch.empty((len(idx), *shape), dtype=torch.uint8)
+                    if info is not None:
+                        batch.share_memory_()
                     shards.gather(idx, out=batch.numpy())
-                else:
-                    batch = torch.from_numpy(shards.gather(idx))
-                yield batch if self.raw else to_model_tensors(batch)
+                    yield batch
+                    continue
+                # Float batches: the uint8 gather reuses one buffer, and the floats are written once, into
+                # shared memory in a worker (the DataLoader would otherwise copy their 50 MB there).
+                if scratch is None or len(scratch) != len(idx):
+                    scratch = np.empty((len(idx), *shape), dtype=np.uint8)
+                out = torch.empty((len(idx), *shape), dtype=torch.float32)
+                if info is not None:
+                    out.share_memory_()
+                yield to_model_tensors(shards.gather(idx, out=scratch), out=out)
 
     ShardBatches.__module__, ShardBatches.__qualname__ = __name__, "ShardBatches"
     return ShardBatches

@@ -6,13 +6,15 @@ them (L·255/100 and ab+128, rounded): a quarter of float32's bytes, with a quan
 shape, sha256 of the file) written last: a shard without one is unfinished and is redone, a shard whose
 sidecar and checksum agree is skipped on re-runs. Each split's `index.json` lists the shards.
 
-Workers write their images straight into the shard's file (a memory map of a hidden `.partial` file), and the
+Workers write their images straight into their rows of the shard's file (a hidden `.partial` file), and the
 finished file is hashed, fsynced and renamed into place, so a kill at any moment leaves only whole shards.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -24,7 +26,7 @@ from PIL import Image
 
 from chromify.decode import DECODER_PIL, read_bytes, square_image
 from chromify.errors import DataError, InputImageError
-from chromify.io import atomic_write_json, file_sha256
+from chromify.io import atomic_write_json
 from chromify.lab import AB_OFFSET, L_SCALE
 
 SPLITS = ("train", "val", "test")
@@ -117,11 +119,17 @@ def lab8_table() -> np.ndarray:
     return table
 
 
-def _lab8_from_keys(keys: np.ndarray) -> np.ndarray:
-    """(H, W) keys r | g<<8 | b<<16 → (3, H, W) uint8 shard encoding."""
+def _lab8_from_keys(keys: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) keys r | g<<8 | b<<16 → (3, H, W) uint8 shard encoding, into `out` if given."""
     h, w = keys.shape
-    packed = np.take(lab8_table(), keys)  # take: 30% faster than fancy indexing for this gather
-    return np.ascontiguousarray(packed.view(np.uint8).reshape(h, w, 4)[..., :3].transpose(2, 0, 1))
+    # take: 30% faster than fancy indexing for this gather; mode="clip" (a no-op: keys < 2^24) spares the
+    # temporary that the default mode allocates.
+    packed = np.take(lab8_table(), keys, mode="clip")
+    planes = packed.view(np.uint8).reshape(h, w, 4)[..., :3].transpose(2, 0, 1)
+    if out is None:
+        return np.ascontiguousarray(planes)
+    np.copyto(out, planes)
+    return out
 
 
 def rgb_to_lab8(rgb: np.ndarray) -> np.ndarray:
@@ -132,16 +140,17 @@ def rgb_to_lab8(rgb: np.ndarray) -> np.ndarray:
     return _lab8_from_keys(keys)
 
 
-def image_to_lab8(img: Image.Image) -> np.ndarray:
+def image_to_lab8(img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
     """RGB PIL image → (3, H, W) uint8 shard encoding; PIL's RGBX bytes are the table's keys, nearly for free."""
     w, h = img.size
     keys = np.frombuffer(img.tobytes("raw", "RGBX"), dtype="<u4").reshape(h, w) & 0xFFFFFF
-    return _lab8_from_keys(keys)
+    return _lab8_from_keys(keys, out)
 
 
-def lab_sample(path: str, name: str, size: int, decoder: str = DECODER_PIL, orientation: int = 1) -> np.ndarray:
-    """One photo → (3, size, size) uint8 Lab in the shard encoding."""
-    return image_to_lab8(square_image(read_bytes(path), name, size, decoder, orientation))
+def lab_sample(path: str, name: str, size: int, decoder: str = DECODER_PIL, orientation: int = 1,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """One photo → (3, size, size) uint8 Lab in the shard encoding (into `out` if given)."""
+    return image_to_lab8(square_image(read_bytes(path), name, size, decoder, orientation), out)
 
 
 def plan_shards(rows: list[dict], size: int, shard_mb: float, partition: Partition) -> dict[str, list[list[dict]]]:
@@ -178,7 +187,7 @@ def _shard_ok(job: ShardJob) -> bool:
     if any(meta.get(k) != v for k, v in job.meta.items()):
         return False
     try:
-        return meta.get("sha256") == file_sha256(job.npy)
+        return meta.get("sha256") == _shard_sha256(job.npy)
     except OSError:
         return False
 
@@ -187,21 +196,40 @@ def _init_worker() -> None:
     lab8_table()  # a no-op after fork (inherited); spawned workers build their own
 
 
-def _fill(partial: str, start: int, tasks: list[tuple[str, str, str, int]], size: int) -> int:
-    """Decode `tasks` into rows start.. of the partial shard file; returns the number written."""
-    out = np.load(partial, mmap_mode="r+")
-    for k, (path, name, decoder, orientation) in enumerate(tasks):
-        try:
-            out[start + k] = lab_sample(path, name, size, decoder, orientation)
-        except InputImageError as exc:
-            raise DataError(f"{name}: accepted by ingest but unreadable now ({exc.reason}); re-run ingest") from None
-    del out  # no msync: _finish's fsync writes the mapped pages back, and readers share the page cache
+def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str, int]], size: int) -> int:
+    """Decode `tasks` into rows start.. of the partial shard file, whose pixels begin at byte `offset`.
+
+    pwrite from one reused buffer: a memory map would take a page fault (and a block allocation) for every
+    4 KiB it first touches, which cost more than the copy into the page cache.
+    """
+    sample = np.empty((3, size, size), dtype=np.uint8)
+    fd = os.open(partial, os.O_WRONLY)
+    try:
+        for k, (path, name, decoder, orientation) in enumerate(tasks):
+            try:
+                lab_sample(path, name, size, decoder, orientation, out=sample)
+            except InputImageError as exc:
+                raise DataError(f"{name}: accepted by ingest but unreadable now ({exc.reason}); "
+                                "re-run ingest") from None
+            if os.pwrite(fd, sample, offset + (start + k) * sample.nbytes) != sample.nbytes:
+                raise OSError(f"{partial}: short write")
+    finally:
+        os.close(fd)  # no fsync here: _finish's fsync writes the pages back
     return len(tasks)
+
+
+def _shard_sha256(path: Path) -> str:
+    """sha256 of a shard through a memory map of the page cache: no read copies (30% faster than reading)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return hashlib.sha256().hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return hashlib.sha256(m).hexdigest()  # hashlib releases the GIL: verifying threads run in parallel
 
 
 def _finish(job: ShardJob) -> str:
     """Checksum, fsync and rename the partial file, then write the sidecar: the shard now exists."""
-    sha = file_sha256(job.partial)
+    sha = _shard_sha256(job.partial)
     fd = os.open(job.partial, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -284,19 +312,21 @@ def _run_jobs(todo: list[tuple[ShardJob, list[dict]]], raw_dir: Path, size: int,
     chunks_left: dict[Path, int] = {}
     for job, group in todo:
         job.npy.parent.mkdir(parents=True, exist_ok=True)
-        del_me = np.lib.format.open_memmap(job.partial, mode="w+", dtype=np.uint8, shape=tuple(job.meta["shape"]))
+        shape = tuple(job.meta["shape"])
+        del_me = np.lib.format.open_memmap(job.partial, mode="w+", dtype=np.uint8, shape=shape)
         del del_me  # a sparse file of the final size, header included; the workers fill it in place
+        offset = job.partial.stat().st_size - int(np.prod(shape))
         tasks = [(str(raw_dir / r["path"]), r["uri"], r.get("decoder") or DECODER_PIL, int(r.get("orientation") or 1))
                  for r in group]
         chunks = [(k, tasks[k : k + CHUNK]) for k in range(0, len(tasks), CHUNK)]
         chunks_left[job.npy] = len(chunks)
         for start, chunk in chunks:
             if pool is None:
-                _fill(str(job.partial), start, chunk, size)
+                _fill(str(job.partial), offset, start, chunk, size)
                 if bar:
                     bar.update(len(chunk))
             else:
-                pending[pool.submit(_fill, str(job.partial), start, chunk, size)] = ("fill", job, len(chunk))
+                pending[pool.submit(_fill, str(job.partial), offset, start, chunk, size)] = ("fill", job, len(chunk))
         if pool is None:
             _finish(job)
     while pending:
@@ -382,5 +412,5 @@ def verify_shards(split_dir: str | Path) -> None:
         path = split_dir / s["file"]
         if not path.exists():
             raise DataError(f"{path}: missing shard listed in the index")
-        if file_sha256(path) != s["sha256"]:
+        if _shard_sha256(path) != s["sha256"]:
             raise DataError(f"{path}: checksum mismatch (corrupt or partial shard)")
