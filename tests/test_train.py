@@ -22,10 +22,10 @@ from skimage import data
 
 from chromify import shards
 from chromify.config import ModelParams, Params, TrainParams
-from chromify.loader import ShardSet
+from chromify.loader import ShardSet, to_model_tensors
 from chromify.models import get_model
 from chromify.train.checkpoint import CHECKPOINT, load_checkpoint, load_model
-from chromify.train.loop import augment, lr_factor, prefetch, train, validate
+from chromify.train.loop import at_resolution, augment, lr_factor, prefetch, scaled_crops, train, validate
 from chromify.train.report import DVCLiveLogger, TrainReport, png_bytes
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "colorwheel",  # train
@@ -134,6 +134,47 @@ def test_augment_is_a_function_of_its_seed() -> None:
     np.testing.assert_array_equal(a, b)
     full = augment(batch, 16, np.random.default_rng(3))
     assert all(np.array_equal(f, x) or np.array_equal(f, x[..., ::-1]) for f, x in zip(full, batch, strict=True))
+
+
+def test_scaled_crops_shrink_like_area_averaging_and_vary_the_scale() -> None:
+    lum, ab = torch.rand(6, 1, 32, 32), torch.rand(6, 2, 32, 32) * 2 - 1
+    # The whole sample to 8 px: each output pixel is the mean of its 4×4 block, mirrored or not.
+    sl, sab = scaled_crops(lum, ab, 8, 32, 1.0, np.random.default_rng(0))
+    area = torch.nn.functional.interpolate(torch.cat([lum, ab], 1), size=(8, 8), mode="area")
+    got = torch.cat([sl, sab], 1)
+    for g, a in zip(got, area, strict=True):
+        assert torch.allclose(g, a, atol=1e-5) or torch.allclose(g, a.flip(-1), atol=1e-5)
+    assert not torch.allclose(got, area, atol=1e-5) and not torch.allclose(got, area.flip(-1), atol=1e-5)
+    # With scale jitter the same seed gives the same crops, and different samples get different framings.
+    a = scaled_crops(lum, ab, 8, 32, 0.3, np.random.default_rng([1, 0, 5]))
+    b = scaled_crops(lum, ab, 8, 32, 0.3, np.random.default_rng([1, 0, 5]))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].shape == (6, 2, 8, 8)
+    assert not torch.allclose(a[0], sl, atol=1e-3)
+
+
+def test_the_bins_head_and_scale_jitter_train_and_export_a_model_that_colours(shard_dir, tmp_path) -> None:
+    from chromify.ab_bins import smoothed_distribution, soft_cross_entropy
+    from chromify.train.loop import bin_histogram_of
+
+    mp = replace(MODEL, head="bins", temperature=0.38)
+    p = replace(BASE, regression_weight=0.0, rebalance=1.0, scale_min=0.5, resolution=32, max_steps=60,
+                val_every_steps=1000)
+    result = train(shard_dir, tmp_path, mp, p, SEED)
+    assert result["step"] == 60
+    model, config = load_model(tmp_path)
+    assert config["model"]["head"] == "bins" and config["size"] == 32
+    # On training photos the model beats the best L-blind guess, the training set's colour distribution itself.
+    train_set = ShardSet(shard_dir / "train")
+    lum, ab_truth = to_model_tensors(train_set.gather(np.arange(len(train_set))))
+    lum, ab_truth = at_resolution(lum, ab_truth, 32)
+    index, weight = model.bins.soft_encode(ab_truth * 128.0)
+    prior = torch.from_numpy(smoothed_distribution(bin_histogram_of(train_set, mp.bin_grid))).log()
+    with torch.no_grad():
+        ab, logits = model(lum, with_logits=True)
+    blind = soft_cross_entropy(prior[None, :, None, None].expand_as(logits), index, weight).item()
+    assert soft_cross_entropy(logits, index, weight).item() < blind - 0.1
+    assert ab.shape == (len(train_set), 2, 32, 32) and ab.abs().max() < 1.0
+    assert ab.abs().mean() > 0.01  # not gray: the annealed mean commits to colours
 
 
 def test_prefetch_keeps_order_and_reraises_the_producers_error() -> None:

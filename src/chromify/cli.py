@@ -151,6 +151,12 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
                  "--html", help="Also write a self-contained HTML contact sheet (original | colorized).")] = None,
              batch_size: Annotated[int, typer.Option(min=0, help="Photos per forward pass; 0: 8 on a GPU, 1 on CPU.")
                                    ] = 0,
+             temperature: Annotated[float | None, typer.Option(
+                 help="Bins-head models only: annealed-mean temperature, 1 = safe and dull, lower = bolder "
+                      "(default: the model's).")] = None,
+             prior_correction: Annotated[float | None, typer.Option(
+                 help="Bins-head models only: divide by the training colours' prior to this power; > 0 is more "
+                      "colourful (default: the model's).")] = None,
              params: ParamsOpt = Path("params.yaml")) -> None:
     """Colorize photos at their full resolution; bad files are skipped with their reason."""
     from chromify.colorize import colorize_paths, output_format
@@ -158,7 +164,8 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
     output_format(fmt)  # an unknown format fails before the model loads
     outcome = colorize_paths(inputs, out, resolve_model(model, params), render_size=render_size, fmt=fmt,
                              side_by_side_output=side_by_side, html_path=html, batch_size=batch_size,
-                             progress=sys.stderr.isatty())
+                             progress=sys.stderr.isatty(), temperature=temperature,
+                             prior_correction=prior_correction)
     for path, reason in outcome.failed:
         typer.echo(f"skipped {path}: {reason}", err=True)
     done = len(outcome.written)

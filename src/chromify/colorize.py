@@ -140,7 +140,8 @@ class ColorizeOutcome:
 def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | Path, *,
                    render_size: int | None = None, fmt: str = "png", side_by_side_output: bool = False,
                    html_path: str | Path | None = None, batch_size: int = 0, device: str | None = None,
-                   progress: bool = False) -> ColorizeOutcome:
+                   progress: bool = False, temperature: float | None = None,
+                   prior_correction: float | None = None) -> ColorizeOutcome:
     """Colorize into `out_dir` keeping relative paths, each photo at its own size; bad files land in `failed`.
 
     `batch_size` 0 picks 8 on a GPU and 1 on the CPU (where batching buys nothing and costs memory).
@@ -153,7 +154,8 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
     files = expand_inputs(inputs, exclude=out_dir)
     outcome = ColorizeOutcome(failed=[(i, "no such file, folder or matching glob") for i in inputs
                                       if not Path(i).exists() and not glob.glob(i, recursive=True)])
-    col = Colorizer(model_dir, device=device, render_size=render_size)
+    col = Colorizer(model_dir, device=device, render_size=render_size, temperature=temperature,
+                    prior_correction=prior_correction)
     batch_size = batch_size or (8 if col.device.startswith("cuda") else 1)
     sheet: list[tuple[str, str, str]] = []
     targets: set[Path] = set()

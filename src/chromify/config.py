@@ -42,6 +42,11 @@ class ModelParams:
     norm: str = "batch"
     upsample: str = "bilinear"
     pretrained: bool = False
+    head: str = "regression"
+    bin_grid: int = 10
+    bin_stride: int = 1
+    temperature: float = 0.38
+    prior_correction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,15 @@ class TrainParams:
     batch_size: int = 16
     crop: int = 96
     resolution: int = 0
+    scale_min: float = 1.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
     grad_clip: float = 1.0
     ema_decay: float = 0.0
     loss: str = "l1"
+    regression_weight: float = 1.0
+    rebalance: float = 0.5
     colourfulness_weight: float = 0.0
     perceptual_weight: float = 0.0
     gan_weight: float = 0.0

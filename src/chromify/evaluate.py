@@ -65,7 +65,8 @@ def score(name: str, lab_truth: np.ndarray, ab_pred: np.ndarray | None, model_id
     return Scored(name, model_id, rows, pred_rgb)
 
 
-def predict_split(model_dir: str | Path, data: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_split(model_dir: str | Path, data: np.ndarray, batch_size: int,
+                  temperature: float | None = None, prior_correction: float | None = None) -> np.ndarray:
     """(N, 3, S, S) uint8 shard samples → (N, S, S, 2) predicted ab.
 
     The model runs at the size it was trained at (its config's `size`) and its ab is upsampled to S, as
@@ -76,7 +77,7 @@ def predict_split(model_dir: str | Path, data: np.ndarray, batch_size: int) -> n
 
     from chromify.inference import Colorizer
 
-    col = Colorizer(model_dir)
+    col = Colorizer(model_dir, temperature=temperature, prior_correction=prior_correction)
     side = data.shape[-1]
     work = min(int(col.config.get("size", side)), side)
     out = []

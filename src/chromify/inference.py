@@ -141,9 +141,18 @@ class Colorizer:
     """A loaded model plus how to run it; load once, call many times."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None, render_size: int | None = None,
-                 merge_workers: int | None = None):
+                 merge_workers: int | None = None, temperature: float | None = None,
+                 prior_correction: float | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, self.config = load_model(model_dir, self.device)
+        # How bold a bins-head model's decode is; the values it was exported with otherwise.
+        if temperature is not None or prior_correction is not None:
+            if not hasattr(model, "temperature"):
+                raise ConfigError(f"{model_dir}: temperature and prior correction apply only to the bins head")
+            if temperature is not None and not temperature > 0:
+                raise ConfigError(f"temperature must be positive, got {temperature}")
+            model.temperature = model.temperature if temperature is None else temperature
+            model.prior_correction = model.prior_correction if prior_correction is None else prior_correction
         self.model = fuse_conv_bn(model).to(memory_format=torch.channels_last)
         self.model_dir = Path(model_dir)
         self.multiple = getattr(model, "multiple", None) or 2 ** int(self.config["model"].get("depth", 4))

@@ -29,13 +29,28 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_model(name: str, **kwargs: Any):
-    """Build a registered architecture; keyword arguments override its defaults (unknown ones are ignored)."""
+HEADS = ("regression", "bins")
+
+
+def get_model(name: str, head: str = "regression", bin_grid: int = 10, temperature: float = 0.38, bin_stride: int = 1,
+              prior_correction: float = 0.0, **kwargs: Any):
+    """Build a registered architecture; keyword arguments override its defaults (unknown ones are ignored).
+
+    `head="bins"` makes it predict a distribution over quantised ab (models/binned.py) instead of ab itself.
+    """
     if name not in _REGISTRY:
         raise ConfigError(f"model.arch {name!r} is not one of: {', '.join(list_models())}")
+    if head not in HEADS:
+        raise ConfigError(f"model.head {head!r} is not one of: {', '.join(HEADS)}")
     try:
-        return _REGISTRY[name](**kwargs)
-    except ValueError as exc:  # a bad norm / upsample / depth in params.yaml
+        if head == "regression":
+            return _REGISTRY[name](**kwargs)
+        from chromify.ab_bins import bin_centres
+        from chromify.models.binned import BinnedColour
+
+        net = _REGISTRY[name](**{**kwargs, "out_channels": len(bin_centres(bin_grid))})
+        return BinnedColour(net, bin_grid, temperature, bin_stride, prior_correction)
+    except ValueError as exc:  # a bad norm / upsample / depth / grid / temperature in params.yaml
         raise ConfigError(f"model {name!r}: {exc}") from None
 
 

@@ -10,5 +10,6 @@ from chromify.models.unet import UNet
 
 
 @register_model("encdec_s")
-def encdec_s(base_width: int = 16, depth: int = 4, norm: str = "batch", upsample: str = "bilinear", **_) -> UNet:
-    return UNet(base_width, depth, norm, upsample, skips=False)
+def encdec_s(base_width: int = 16, depth: int = 4, norm: str = "batch", upsample: str = "bilinear",
+             out_channels: int = 2, **_) -> UNet:
+    return UNet(base_width, depth, norm, upsample, skips=False, out_channels=out_channels)

@@ -26,7 +26,7 @@ class ResNetUNet(nn.Module):
     """L/100 (B, 1, H, W) → ab/128 (B, 2, H, W) in (-1, 1); `depth` (1–5) = ResNet stages used, H, W ÷ 2^depth."""
 
     def __init__(self, base_width: int = 16, depth: int = 4, norm: str = "batch", upsample: str = "bilinear",
-                 pretrained: bool = False):
+                 pretrained: bool = False, out_channels: int = 2):
         super().__init__()
         if not 1 <= depth <= len(RESNET18_WIDTHS):
             raise ValueError(f"depth must be 1..{len(RESNET18_WIDTHS)} for a ResNet-18 encoder, got {depth}")
@@ -59,7 +59,8 @@ class ResNetUNet(nn.Module):
         self.decs = nn.ModuleList(
             ConvBlock(dec_widths[i] + skip_widths[i], dec_widths[i], norm) for i in reversed(range(depth))
         )
-        self.head = nn.Conv2d(dec_widths[0], 2, 1)
+        self.head = nn.Conv2d(dec_widths[0], out_channels, 1)
+        self.bounded = out_channels == 2  # otherwise logits for the ab-bins head
 
     def forward(self, lum: torch.Tensor) -> torch.Tensor:
         h, w = lum.shape[-2:]
@@ -73,10 +74,11 @@ class ResNetUNet(nn.Module):
         for up, dec in zip(self.ups, self.decs, strict=True):
             x = up(x)  # (B, dec_width_i, H / 2^i, W / 2^i)
             x = dec(torch.cat([x, skips.pop()], dim=1))  # (B, dec_width_i, H / 2^i, W / 2^i)
-        return torch.tanh(self.head(x))  # (B, 2, H, W)
+        out = self.head(x)  # (B, out_channels, H, W)
+        return torch.tanh(out) if self.bounded else out
 
 
 @register_model("resnet18_unet")
 def resnet18_unet(base_width: int = 16, depth: int = 4, norm: str = "batch", upsample: str = "bilinear",
-                  pretrained: bool = False, **_) -> ResNetUNet:
-    return ResNetUNet(base_width, depth, norm, upsample, pretrained)
+                  pretrained: bool = False, out_channels: int = 2, **_) -> ResNetUNet:
+    return ResNetUNet(base_width, depth, norm, upsample, pretrained, out_channels)

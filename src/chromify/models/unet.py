@@ -51,10 +51,13 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    """L/100 (B, 1, H, W) → ab/128 (B, 2, H, W) in (-1, 1); `skips=False` is the plain encoder-decoder."""
+    """L/100 (B, 1, H, W) → ab/128 (B, 2, H, W) in (-1, 1); `skips=False` is the plain encoder-decoder.
+
+    `out_channels` other than 2 gives unbounded per-pixel logits instead (the ab-bins head, models/binned.py).
+    """
 
     def __init__(self, base_width: int = 16, depth: int = 4, norm: str = "batch", upsample: str = "bilinear",
-                 skips: bool = True):
+                 skips: bool = True, out_channels: int = 2):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
@@ -70,7 +73,8 @@ class UNet(nn.Module):
         self.decs = nn.ModuleList(
             ConvBlock(widths[i] * (2 if skips else 1), widths[i], norm) for i in reversed(range(depth))
         )
-        self.head = nn.Conv2d(widths[0], 2, 1)
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+        self.bounded = out_channels == 2
 
     def forward(self, lum: torch.Tensor) -> torch.Tensor:
         h, w = lum.shape[-2:]
@@ -85,14 +89,17 @@ class UNet(nn.Module):
             x = up(x)  # (B, w_i, H / 2^i, W / 2^i)
             skip = stack.pop()
             x = dec(torch.cat([x, skip], dim=1) if self.skips else x)  # (B, w_i, H / 2^i, W / 2^i)
-        return torch.tanh(self.head(x))  # (B, 2, H, W)
+        out = self.head(x)  # (B, out_channels, H, W)
+        return torch.tanh(out) if self.bounded else out
 
 
 @register_model("unet_s")
-def unet_s(base_width: int = 16, depth: int = 4, norm: str = "batch", upsample: str = "bilinear", **_) -> UNet:
-    return UNet(base_width, depth, norm, upsample)
+def unet_s(base_width: int = 16, depth: int = 4, norm: str = "batch", upsample: str = "bilinear",
+           out_channels: int = 2, **_) -> UNet:
+    return UNet(base_width, depth, norm, upsample, out_channels=out_channels)
 
 
 @register_model("unet_b")
-def unet_b(base_width: int = 32, depth: int = 4, norm: str = "batch", upsample: str = "bilinear", **_) -> UNet:
-    return UNet(base_width, depth, norm, upsample)
+def unet_b(base_width: int = 32, depth: int = 4, norm: str = "batch", upsample: str = "bilinear",
+           out_channels: int = 2, **_) -> UNet:
+    return UNet(base_width, depth, norm, upsample, out_channels=out_channels)

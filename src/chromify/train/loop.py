@@ -66,6 +66,26 @@ def augment(batch: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarra
     return out
 
 
+def scaled_crops(lum: torch.Tensor, ab: torch.Tensor, out: int, crop: int, scale_min: float,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random-resized crops, batched on the tensors' device: per sample a square of side crop × U(scale_min, 1)
+    at a random place, resampled to out × out, half of them mirrored.
+
+    roi_align with an adaptive sampling ratio averages every source pixel under an output pixel, so shrinking
+    is area-like. With a few hundred photos the model sees each one at many scales, not only one framing.
+    """
+    from torchvision.ops import roi_align
+
+    b, _, s, _ = lum.shape
+    sides = crop * rng.uniform(scale_min, 1.0, b)
+    x0, y0 = rng.uniform(0.0, 1.0, b) * (s - sides), rng.uniform(0.0, 1.0, b) * (s - sides)
+    flips = torch.from_numpy(rng.random(b) < 0.5).to(lum.device)
+    boxes = torch.from_numpy(np.stack([np.arange(b), x0, y0, x0 + sides, y0 + sides], 1).astype(np.float32))
+    both = roi_align(torch.cat([lum, ab], 1), boxes.to(lum.device), (out, out), sampling_ratio=-1, aligned=True)
+    both = torch.where(flips[:, None, None, None], both.flip(-1), both)
+    return both[:, :1], both[:, 1:]
+
+
 def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
     """Produce `items` on a background thread, `depth` ahead, so shard reads and crops overlap the step."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -100,10 +120,12 @@ def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
 
 
 def epoch_batches(data: ShardSet, batch_size: int, crop: int, seed: int, epoch: int, start: int, first_step: int,
-                  env: distributed.DistEnv) -> Iterator[np.ndarray]:
-    """This rank's augmented batches of one epoch from batch `start`; batch k's randomness is (seed, rank, step)."""
+                  env: distributed.DistEnv, whole: bool = False) -> Iterator[tuple[np.ndarray, np.random.Generator]]:
+    """This rank's batches of one epoch from batch `start`, cropped and flipped unless `whole`, each with the
+    generator for its further augmentation; batch k's randomness is (seed, rank, step)."""
     for k, batch in enumerate(data.batches(batch_size, seed, epoch, env.rank, env.world, start=start)):
-        yield augment(batch, crop, np.random.default_rng([seed, env.rank, first_step + k]))
+        rng = np.random.default_rng([seed, env.rank, first_step + k])
+        yield (batch if whole else augment(batch, crop, rng)), rng
 
 
 def at_resolution(lum: torch.Tensor, ab: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,6 +176,18 @@ def preview(model: torch.nn.Module, data: ShardSet, device: str, n: int = 4,
     return {"lab_truth": truth, "ab_pred": ab.cpu().numpy()}  # (n, 3, S, S) uint8, (n, 2, S, S) float ab
 
 
+def bin_histogram_of(data: ShardSet, grid: int, max_images: int = 512) -> np.ndarray:
+    """Pixel counts per ab bin over (up to `max_images` evenly spaced) training photos, every other pixel.
+
+    Deterministic in the data alone, so every DDP rank derives the same numbers without talking to the others.
+    """
+    from chromify.ab_bins import bin_histogram
+
+    picks = np.unique(np.linspace(0, len(data) - 1, min(max_images, len(data))).astype(np.int64))
+    return sum(bin_histogram(data.gather(picks[i : i + 64])[:, 1:, ::2, ::2].transpose(0, 2, 3, 1)
+                             .astype(np.float32) - 128.0, grid) for i in range(0, len(picks), 64))
+
+
 def note(message: str) -> None:
     print(f"chromify: {message}", file=sys.stderr, flush=True)
 
@@ -185,6 +219,9 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         steps_per_epoch = per_rank // batch_size
         total_steps = p.max_steps or p.epochs * steps_per_epoch
         crop = p.crop if 0 < p.crop < train_set.size else train_set.size
+        if not 0.0 < p.scale_min <= 1.0:
+            raise ConfigError(f"train.scale_min {p.scale_min} must lie in (0, 1]")
+        rescale = p.scale_min < 1.0  # random-resized crops (batched, on the device) instead of fixed-size ones
 
         torch.manual_seed(seed)
         model = get_model(mp.arch, **asdict(mp)).to(env.device).to(memory_format=torch.channels_last)
@@ -198,7 +235,15 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(p.ema_decay),
         ) if p.ema_decay and env.is_main else None  # only rank 0 validates and exports, so only it keeps one
-        criterion = GeneratorLoss(p).to(env.device)
+        binned = mp.head == "bins"
+        bin_weights = None
+        if binned:
+            from chromify.ab_bins import rebalance_weights
+
+            hist = bin_histogram_of(train_set, mp.bin_grid)
+            bin_weights = torch.from_numpy(rebalance_weights(hist, p.rebalance, grid=mp.bin_grid))
+            model.start_at_prior(hist)  # overwritten below when resuming
+        criterion = GeneratorLoss(p, *((model.bins, bin_weights) if binned else ())).to(env.device)
         disc = opt_d = None
         if p.gan_weight:
             disc = PatchDiscriminator().to(env.device).to(memory_format=torch.channels_last)
@@ -265,8 +310,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         model.train()
         try:
             while epoch < p.epochs:
-                for batch in prefetch(epoch_batches(train_set, batch_size, crop, seed, epoch, batch_in_epoch, step,
-                                                    env)):
+                for batch, rng in prefetch(epoch_batches(train_set, batch_size, crop, seed, epoch, batch_in_epoch,
+                                                         step, env, whole=rescale)):
                     # Every rank must take the same decisions, so the flags and the clock are agreed first.
                     signalled, elapsed = distributed.agree_max(
                         env, [float(stop["signal"]), elapsed_before + time.monotonic() - t0])
@@ -280,13 +325,18 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                         group["lr"] = lr
                     gan_on = disc is not None and progress >= p.gan_start_fraction
 
-                    lum, ab = at_resolution(*to_model_tensors(batch, env.device), p.resolution)
+                    if rescale:
+                        lum, ab = scaled_crops(*to_model_tensors(batch, env.device), p.resolution or crop, crop,
+                                               p.scale_min, rng)
+                    else:
+                        lum, ab = at_resolution(*to_model_tensors(batch, env.device), p.resolution)
                     lum = lum.contiguous(memory_format=torch.channels_last)
                     if disc is not None:
                         disc.requires_grad_(False)  # the generator's step must not train D
                     with autocast:
-                        pred = forward(lum)  # (B, 2, crop, crop) ab/128
-                        terms = criterion(lum, pred, ab, disc if gan_on else None)
+                        # (B, 2, crop, crop) ab/128, and with the bins head the (B, Q, crop, crop) logits
+                        pred, logits = forward(lum, with_logits=True) if binned else (forward(lum), None)
+                        terms = criterion(lum, pred, ab, disc if gan_on else None, logits)
                     opt.zero_grad(set_to_none=True)
                     terms["total"].backward()
                     if p.grad_clip:

@@ -2,6 +2,9 @@
 
 - regression (L1 or Huber on ab/128): gets the layout of colour right, but alone it drifts to the per-pixel
   median/mean of all plausible colours, which for most objects is a desaturated brown: the sepia look;
+- bins (with `model.head: bins`): cross-entropy between the predicted distribution over quantised ab and the
+  soft-encoded truth, each pixel weighted by its colour's rarity (chromify.ab_bins); the regression term then
+  applies to the annealed-mean decode, with `train.regression_weight` (0: classification alone, as Zhang et al.);
 - colourfulness: penalises the gap between each image's mean chroma and the truth's, against that drift;
 - perceptual (VGG-16 features of the RGB rendering): compares textures and object-level colour, not pixels;
   only when the VGG-16 weights are already in the local torch hub cache;
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chromify.ab_bins import ABBins, soft_cross_entropy
 from chromify.config import TrainParams
 from chromify.errors import ConfigError
 from chromify.models.weights import load_cached
@@ -185,27 +189,41 @@ def generator_adversarial_loss(disc: nn.Module, lum: torch.Tensor, fake_ab: torc
 class GeneratorLoss(nn.Module):
     """The weighted sum of the terms `TrainParams` switches on; returns each term too, for the curves."""
 
-    def __init__(self, p: TrainParams):
+    def __init__(self, p: TrainParams, bins: ABBins | None = None, bin_weights: torch.Tensor | None = None):
         super().__init__()
         regression_loss(torch.zeros(1), torch.zeros(1), p.loss)  # fail at start-up on a bad train.loss, not later
+        if bins is None and not p.regression_weight > 0:
+            raise ConfigError("train.regression_weight must be positive unless model.head is bins")
         self.kind = p.loss
+        self.regression_w = p.regression_weight
+        self.bins = bins
+        self.register_buffer("bin_weights", bin_weights, persistent=False)
         self.colour_w = p.colourfulness_weight
         self.perceptual_w = p.perceptual_weight
         self.gan_w = p.gan_weight
         self.vgg = load_vgg_features() if p.perceptual_weight else None
 
     def forward(self, lum: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
-                disc: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """Terms and their weighted `total`; pass `disc` once the adversarial phase has begun."""
+                disc: nn.Module | None = None, logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Terms and their weighted `total`; pass `disc` once the adversarial phase has begun, and the bin
+        `logits` (B, Q, H, W) when the model has the ab-bins head."""
         pred = pred.float()
-        terms = {"regression": regression_loss(pred, target, self.kind)}
+        terms = {}
+        if self.regression_w:
+            terms["regression"] = regression_loss(pred, target, self.kind)
+        if logits is not None and self.bins is not None:
+            small = target if logits.shape[-2:] == target.shape[-2:] else \
+                F.interpolate(target, size=logits.shape[-2:], mode="area")  # a bins head with a stride
+            index, weight = self.bins.soft_encode(small * 128.0)
+            rarity = None if self.bin_weights is None else self.bin_weights[self.bins.nearest(small * 128.0)]
+            terms["bins"] = soft_cross_entropy(logits, index, weight, rarity)
         if self.colour_w:
             terms["colourfulness"] = colourfulness_loss(pred, target)
         if self.perceptual_w and self.vgg is not None:
             terms["perceptual"] = perceptual_loss(self.vgg, lum, pred, target)
         if self.gan_w and disc is not None:
             terms["adversarial"] = generator_adversarial_loss(disc, lum, pred)
-        weights = {"regression": 1.0, "colourfulness": self.colour_w, "perceptual": self.perceptual_w,
-                   "adversarial": self.gan_w}
+        weights = {"regression": self.regression_w, "bins": 1.0, "colourfulness": self.colour_w,
+                   "perceptual": self.perceptual_w, "adversarial": self.gan_w}
         terms["total"] = sum(weights[k] * v for k, v in terms.items())
         return terms
