@@ -25,14 +25,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Each method is a set of params.yaml overrides; "unet_l1" is params.yaml as it is.
+# Each method is a set of params.yaml overrides; "unet_bins" is params.yaml as it is (the bins head).
+REGRESSION = {"model": {"head": "regression"}, "train": {"regression_weight": 1.0}}
 METHODS: dict[str, dict] = {
-    "unet_l1": {},
-    "unet_l2": {"train": {"loss": "l2"}},
-    "unet_cf": {"train": {"colourfulness_weight": 0.5}},
-    "encdec_l1": {"model": {"arch": "encdec_s"}},
-    "unet_gan": {"train": {"gan_weight": 0.05, "gan_start_fraction": 0.5}},
-    "unet_l1_r128": {"train": {"resolution": 128}},
+    "unet_bins": {},
+    "unet_bins_zhang": {"train": {"rebalance": 0.5}},  # Zhang et al.'s rebalancing strength
+    "unet_l1": REGRESSION,
+    "unet_l2": {**REGRESSION, "train": {"regression_weight": 1.0, "loss": "l2"}},
+    "unet_cf": {**REGRESSION, "train": {"regression_weight": 1.0, "colourfulness_weight": 0.5}},
+    "encdec_l1": {"model": {"head": "regression", "arch": "encdec_s"}, "train": {"regression_weight": 1.0}},
+    "unet_gan": {**REGRESSION, "train": {"regression_weight": 1.0, "gan_weight": 0.05, "gan_start_fraction": 0.5}},
+    "unet_l1_r128": {**REGRESSION, "train": {"regression_weight": 1.0, "resolution": 128}},
 }
 
 
@@ -84,12 +87,38 @@ def run_method(name: str, photos: str, minutes: float, work: Path) -> dict:
             "wall_s": time.monotonic() - t0, "gallery": str(repo / "reports/gallery.html")}
 
 
+def rescore(row: dict, decodes: list[tuple[float, float]]) -> list[dict]:
+    """A bins-head model's test scores with other decodes (temperature, prior correction): the same weights,
+    bolder or safer."""
+    from chromify.evaluate import predict_split, score
+    from chromify.lab import dequantise_lab
+    from chromify.loader import ShardSet
+
+    repo = Path(row["gallery"]).parents[1]
+    model_dir = repo / "models/candidate"
+    if json.loads((model_dir / "config.json").read_text())["model"].get("head") != "bins":
+        return []
+    data = ShardSet(repo / "data/processed/test").all()
+    lab_truth = dequantise_lab(data.transpose(0, 2, 3, 1))
+    rows = []
+    for t, beta in decodes:
+        ab = predict_split(model_dir, data, 16, temperature=t, prior_correction=beta)
+        c = score("candidate", lab_truth, ab, None).summary
+        rows.append({**row, "method": f"{row['method']} @T={t:g},β={beta:g}", "psnr": c["psnr"],
+                     "psnr_gain_db": c["psnr"] - row["gray_psnr"], "ssim": c["ssim"],
+                     "delta_e2000": c["delta_e2000"], "cf": c["colourfulness"], "delta_cf": c["delta_cf"]})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", default=str(ROOT.parent / "shared/data/photos"))
     ap.add_argument("--minutes", type=float, default=10.0, help="train.max_minutes for every method")
-    ap.add_argument("--methods", default="unet_l1,encdec_l1,unet_gan")
+    ap.add_argument("--methods", default="unet_bins,unet_bins_zhang,unet_l1,encdec_l1,unet_gan")
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir)")
+    ap.add_argument("--decodes", default="1:0,0.38:0.5,0.38:1",
+                    help="bins-head methods: also score the trained model with these T:β decodes (annealed-mean "
+                         "temperature : prior correction)")
     args = ap.parse_args()
     photos = str(Path(args.photos).resolve())
     if not Path(photos).is_dir():
@@ -100,6 +129,10 @@ def main() -> None:
     for name in args.methods.split(","):
         rows.append(run_method(name, photos, args.minutes, work))
         print(json.dumps(rows[-1]), flush=True)
+        extra = rescore(rows[-1], [tuple(map(float, d.split(":"))) for d in args.decodes.split(",") if d])
+        for r in extra:
+            print(json.dumps(r), flush=True)
+        rows += extra
 
     r0 = rows[0]
     print(f"\n{args.minutes:g} min of training per method (train.max_minutes), {os.cpu_count()} cores; "
