@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REGRESSION = {"model": {"head": "regression"}, "train": {"regression_weight": 1.0}}
 METHODS: dict[str, dict] = {
     "unet_bins": {},
-    "unet_bins_zhang": {"train": {"rebalance": 0.5}},  # Zhang et al.'s rebalancing strength
+    "unet_bins_zhang": {"model": {"prior_correction": 0.0}, "train": {"rebalance": 0.5}},  # Zhang et al.'s λ
     "unet_l1": REGRESSION,
     "unet_l2": {**REGRESSION, "train": {"regression_weight": 1.0, "loss": "l2"}},
     "unet_cf": {**REGRESSION, "train": {"regression_weight": 1.0, "colourfulness_weight": 0.5}},
