@@ -177,6 +177,25 @@ def test_the_bins_head_and_scale_jitter_train_and_export_a_model_that_colours(sh
     assert ab.abs().mean() > 0.01  # not gray: the annealed mean commits to colours
 
 
+def test_keep_best_exports_the_weights_of_the_best_validation(shard_dir, tmp_path) -> None:
+    # A high learning rate makes the validation score swing, so that the last step is not the best one; which lr
+    # does that first is a matter of floating point, so a few are tried.
+    for lr in (0.1, 0.2, 0.05):
+        out = tmp_path / f"lr{lr}"
+        result = train(shard_dir, out, MODEL, replace(BASE, keep_best=True, lr=lr, warmup_steps=0, max_steps=36,
+                                                      val_every_steps=3), SEED)
+        if result["exported_step"] != 36:
+            break
+    scores = [h["val_psnr_ab"] for h in result["history"]]
+    assert result["exported_step"] < 36 and result["val_psnr_ab"] == pytest.approx(max(scores), abs=1e-6)
+    model, _ = load_model(out)
+    assert validate(model, ShardSet(shard_dir / "val"), "cpu")["val_psnr_ab"] == pytest.approx(max(scores), abs=1e-4)
+    # The resumable checkpoint keeps the last weights (and the best ones beside them), not the exported ones.
+    state = load_checkpoint(out)
+    assert state["best"]["val_psnr_ab"] == pytest.approx(max(scores))
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in state["model"].items() if v.is_floating_point())
+
+
 def test_prefetch_keeps_order_and_reraises_the_producers_error() -> None:
     assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
 

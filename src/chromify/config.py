@@ -63,6 +63,7 @@ class TrainParams:
     warmup_steps: int = 50
     grad_clip: float = 1.0
     ema_decay: float = 0.0
+    keep_best: bool = False
     loss: str = "l1"
     regression_weight: float = 1.0
     rebalance: float = 0.5

@@ -253,6 +253,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         index_sha = hashlib.sha256((Path(data_dir) / "train" / "index.json").read_bytes()).hexdigest()
         fingerprint = params_fingerprint(mp, p, seed, env.world, index_sha)
         step, epoch, batch_in_epoch, elapsed_before, history = 0, 0, 0, 0.0, []
+        best: dict[str, Any] | None = None  # the weights of the best validation so far (train.keep_best)
         state = load_checkpoint(out_dir)
         if state is not None and state.get("fingerprint") != fingerprint:
             if env.is_main:
@@ -269,6 +270,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             step, elapsed_before = state["schedule"]["step"], state["schedule"]["elapsed_s"]
             epoch, batch_in_epoch = state["loader"]["epoch"], state["loader"]["batch_in_epoch"]
             history = state["history"]
+            best = state.get("best")
             restore_rng_state(state["rng"])
         if env.is_main:
             remove_stale_temp_files(out_dir)
@@ -294,7 +296,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                     "optimizer_d": opt_d.state_dict() if opt_d is not None else None,
                     "schedule": {"step": step, "elapsed_s": elapsed_before + time.monotonic() - t0},
                     "loader": {"epoch": epoch, "batch_in_epoch": batch_in_epoch},
-                    "rng": rng_state(), "history": history,
+                    "rng": rng_state(), "history": history, "best": best,
                 })
 
         stop = {"signal": False}
@@ -369,6 +371,9 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                     row = {"epoch": epoch, "step": step, "train_loss": terms["total"].item() if terms else math.nan,
                            **validate(shown, val_set, env.device, resolution=p.resolution)}
                     history.append(row)
+                    if p.keep_best and (best is None or row["val_psnr_ab"] > best["val_psnr_ab"]):
+                        best = {"val_psnr_ab": row["val_psnr_ab"], "step": step,
+                                "model": {k: v.detach().to("cpu", copy=True) for k, v in shown.state_dict().items()}}
                     emit("epoch", {**row, "samples": preview(shown, val_set, env.device, resolution=p.resolution)})
         finally:
             if on_main_thread:
@@ -382,14 +387,21 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         final = {"step": step, "epochs": epoch, "train_seconds": elapsed_before + time.monotonic() - t0}
         if env.is_main:
             save()
-            best = ema.module if ema is not None else model
-            final.update(validate(best, val_set, env.device, resolution=p.resolution))
-            export_model(out_dir, best, {
+            kept = ema.module if ema is not None else model
+            final.update(validate(kept, val_set, env.device, resolution=p.resolution), exported_step=step)
+            if best is not None and best["val_psnr_ab"] > final["val_psnr_ab"]:
+                # Early stopping after the fact: on a few hundred photos the validation score can peak long
+                # before the budget ends, and the last weights are then only the most over-fitted ones.
+                kept.load_state_dict(best["model"])
+                final.update(validate(kept, val_set, env.device, resolution=p.resolution), exported_step=best["step"])
+                note(f"exported the weights of step {best['step']}, the best validation (val_psnr_ab "
+                     f"{best['val_psnr_ab']:.2f} dB); the last step's were worse")
+            export_model(out_dir, kept, {
                 "format": "chromify-model-v1", "arch": mp.arch, "model": asdict(mp),
                 "size": p.resolution or train_set.size,
                 "multiple": model.multiple,
                 "input": "L/100 in [0, 1], (B, 1, H, W)", "output": "ab/128 in (-1, 1), (B, 2, H, W)",
             })
-            samples = preview(best, val_set, env.device, resolution=p.resolution)
+            samples = preview(kept, val_set, env.device, resolution=p.resolution)
             emit("end", {**final, "history": history, "samples": samples})
         return {**final, "history": history}
