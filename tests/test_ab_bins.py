@@ -73,7 +73,7 @@ def test_annealed_mean_is_the_mean_at_t1_and_moves_to_the_mode_as_t_falls() -> N
 
 
 def test_rebalancing_weights_favour_rare_colours_and_average_to_one() -> None:
-    hist = ab_bins.bin_histogram(photo_ab("coffee").permute(0, 2, 3, 1).numpy())
+    hist = ab_bins.bin_histogram(photo_ab("coffee").numpy())
     assert hist.sum() == photo_ab("coffee")[0, 0].numel()
     w = ab_bins.rebalance_weights(hist, lam=0.5)
     p = hist / hist.sum()
@@ -135,7 +135,7 @@ def test_a_bins_model_exports_and_loads_with_its_temperature(tmp_path) -> None:
     mp = ModelParams(base_width=4, depth=2, head="bins", temperature=0.25, bin_stride=2)
     torch.manual_seed(0)
     model = get_model(mp.arch, **asdict(mp)).eval()
-    model.start_at_prior(ab_bins.bin_histogram(photo_ab("coffee").permute(0, 2, 3, 1).numpy()))
+    model.start_at_prior(ab_bins.bin_histogram(photo_ab("coffee").numpy()))
     export_model(tmp_path, model, {"arch": mp.arch, "model": asdict(mp), "size": 32})
     loaded, config = load_model(tmp_path)
     assert loaded.temperature == 0.25 and config["model"]["head"] == "bins"
@@ -159,7 +159,7 @@ def test_a_bins_model_exports_and_loads_with_its_temperature(tmp_path) -> None:
 
 def test_prior_correction_divides_the_training_prior_out_of_the_decode() -> None:
     model = get_model("unet_s", base_width=4, depth=2, head="bins", bin_stride=2, temperature=1.0).eval()
-    hist = ab_bins.bin_histogram(photo_ab("coffee").permute(0, 2, 3, 1).numpy())
+    hist = ab_bins.bin_histogram(photo_ab("coffee").numpy())
     model.start_at_prior(hist)
     with torch.no_grad():
         model.net.head[-1].weight.zero_()  # logits = the bias = log p̃: the model predicts the prior everywhere

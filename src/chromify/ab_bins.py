@@ -20,6 +20,7 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from chromify.lab import rgb_to_lab
 
@@ -27,8 +28,8 @@ AB_LIMIT = 110  # lattice nodes span ±AB_LIMIT: the sRGB gamut lies within a �
 
 
 @functools.lru_cache(maxsize=4)
-def _lattice(grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centres (Q, 2) float32 ab, node → nearest bin lookup (n·n,) int64, in-gamut node mask (n, n))."""
+def _lattice(grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centres (Q, 2) float32 ab, node → nearest bin lookup (n·n,) int64)."""
     if grid < 2 or AB_LIMIT % grid:
         raise ValueError(f"bin grid {grid} must divide {AB_LIMIT} and be at least 2")
     n = 2 * AB_LIMIT // grid + 1
@@ -48,7 +49,7 @@ def _lattice(grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ga, gb = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     all_nodes = np.stack([ga.ravel(), gb.ravel()], axis=1) * grid - AB_LIMIT
     lookup = np.argmin(((all_nodes[:, None, :] - centres[None]) ** 2).sum(-1), axis=1).astype(np.int64)
-    return centres, lookup, inside
+    return centres, lookup
 
 
 def bin_centres(grid: int = 10) -> np.ndarray:
@@ -56,15 +57,20 @@ def bin_centres(grid: int = 10) -> np.ndarray:
     return _lattice(grid)[0].copy()
 
 
-class ABBins:
-    """The bin set of one lattice spacing, with its encode / decode on torch tensors of ab in ab units."""
+class ABBins(nn.Module):
+    """The bin set of one lattice spacing, with its encode / decode on torch tensors of ab in ab units.
+
+    A module so that its tables move with the model (`.to(device)`): no host-to-device copy per step.
+    `centres` is saved with a model's weights, so one loaded with another grid fails instead of mis-decoding.
+    """
 
     def __init__(self, grid: int = 10):
-        centres, lookup, _ = _lattice(grid)
+        super().__init__()
+        centres, lookup = _lattice(grid)
         self.grid = grid
         self.n = 2 * AB_LIMIT // grid + 1  # lattice nodes per axis
-        self.centres = torch.from_numpy(centres.copy())  # (Q, 2)
-        self.lookup = torch.from_numpy(lookup.copy())  # (n·n,) node → bin
+        self.register_buffer("centres", torch.from_numpy(centres.copy()))  # (Q, 2)
+        self.register_buffer("lookup", torch.from_numpy(lookup.copy()), persistent=False)  # (n·n,) node → bin
 
     def __len__(self) -> int:
         return len(self.centres)
@@ -80,26 +86,25 @@ class ABBins:
         f = u - i0
         i0 = i0.long()
         ia, ib, fa, fb = i0[:, 0], i0[:, 1], f[:, 0], f[:, 1]
-        lookup = self.lookup.to(ab.device)
         nodes = torch.stack([ia * self.n + ib, (ia + 1) * self.n + ib, ia * self.n + ib + 1,
                              (ia + 1) * self.n + ib + 1], dim=1)
         weights = torch.stack([(1 - fa) * (1 - fb), fa * (1 - fb), (1 - fa) * fb, fa * fb], dim=1)
-        return lookup[nodes], weights
+        return self.lookup[nodes], weights
 
     def nearest(self, ab: torch.Tensor) -> torch.Tensor:
         """ab (B, 2, H, W) → the index of the bin whose centre is nearest (B, H, W), for hard labels and weights."""
         node = torch.round(self._node_position(ab)).long()
-        return self.lookup.to(ab.device)[node[:, 0] * self.n + node[:, 1]]
+        return self.lookup[node[:, 0] * self.n + node[:, 1]]
 
     def decode(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Annealed mean: logits (B, Q, H, W) → ab (B, 2, H, W) = Σ softmax(logits / T) · centres."""
         probs = torch.softmax(logits.float() / temperature, dim=1)
-        return torch.einsum("bqhw,qc->bchw", probs, self.centres.to(logits.device))
+        return torch.einsum("bqhw,qc->bchw", probs, self.centres)
 
 
 def smoothed_distribution(hist: np.ndarray, sigma: float = 5.0, grid: int = 10) -> np.ndarray:
     """Per-bin pixel counts (Q,) → a probability distribution (Q,) blurred by a Gaussian of `sigma` ab units."""
-    centres = _lattice(grid)[0]
+    centres, _ = _lattice(grid)
     p = hist.astype(np.float64) / max(hist.sum(), 1)
     if sigma > 0:
         d2 = ((centres[:, None, :] - centres[None]) ** 2).sum(-1)
@@ -121,11 +126,10 @@ def rebalance_weights(hist: np.ndarray, lam: float = 0.5, sigma: float = 5.0, gr
 
 
 def bin_histogram(ab: np.ndarray, grid: int = 10) -> np.ndarray:
-    """Pixel counts per bin (Q,) of ab values (..., 2) in ab units (nearest bin)."""
-    centres, lookup, _ = _lattice(grid)
-    n = 2 * AB_LIMIT // grid + 1
-    node = np.clip(np.rint((ab.reshape(-1, 2).astype(np.float32) + AB_LIMIT) / grid), 0, n - 1).astype(np.int64)
-    return np.bincount(lookup[node[:, 0] * n + node[:, 1]], minlength=len(centres))
+    """Pixel counts per bin (Q,) of ab values (B, 2, H, W) in ab units (nearest bin, as `ABBins.nearest`)."""
+    bins = ABBins(grid)
+    return torch.bincount(bins.nearest(torch.from_numpy(np.asarray(ab, dtype=np.float32))).ravel(),
+                          minlength=len(bins)).numpy()
 
 
 def soft_cross_entropy(logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,

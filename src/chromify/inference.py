@@ -151,8 +151,10 @@ class Colorizer:
                 raise ConfigError(f"{model_dir}: temperature and prior correction apply only to the bins head")
             if temperature is not None and not temperature > 0:
                 raise ConfigError(f"temperature must be positive, got {temperature}")
-            model.temperature = model.temperature if temperature is None else temperature
-            model.prior_correction = model.prior_correction if prior_correction is None else prior_correction
+            if temperature is not None:
+                model.temperature = temperature
+            if prior_correction is not None:
+                model.prior_correction = prior_correction
         self.model = fuse_conv_bn(model).to(memory_format=torch.channels_last)
         self.model_dir = Path(model_dir)
         self.multiple = getattr(model, "multiple", None) or 2 ** int(self.config["model"].get("depth", 4))

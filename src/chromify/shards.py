@@ -12,9 +12,7 @@ finished file is hashed, fsynced and renamed into place, so a kill at any moment
 
 from __future__ import annotations
 
-import hashlib
 import json
-import mmap
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -26,7 +24,7 @@ from PIL import Image
 
 from chromify.decode import DECODER_PIL, read_bytes, square_image
 from chromify.errors import DataError, InputImageError
-from chromify.io import atomic_write_json
+from chromify.io import atomic_write_json, file_sha256
 from chromify.lab import AB_OFFSET, L_SCALE
 
 SPLITS = ("train", "val", "test")
@@ -187,7 +185,7 @@ def _shard_ok(job: ShardJob) -> bool:
     if any(meta.get(k) != v for k, v in job.meta.items()):
         return False
     try:
-        return meta.get("sha256") == _shard_sha256(job.npy)
+        return meta.get("sha256") == file_sha256(job.npy)
     except OSError:
         return False
 
@@ -218,18 +216,9 @@ def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str
     return len(tasks)
 
 
-def _shard_sha256(path: Path) -> str:
-    """sha256 of a shard through a memory map of the page cache: no read copies (30% faster than reading)."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return hashlib.sha256().hexdigest()
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return hashlib.sha256(m).hexdigest()  # hashlib releases the GIL: verifying threads run in parallel
-
-
 def _finish(job: ShardJob) -> str:
     """Checksum, fsync and rename the partial file, then write the sidecar: the shard now exists."""
-    sha = _shard_sha256(job.partial)
+    sha = file_sha256(job.partial)
     fd = os.open(job.partial, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -412,5 +401,5 @@ def verify_shards(split_dir: str | Path) -> None:
         path = split_dir / s["file"]
         if not path.exists():
             raise DataError(f"{path}: missing shard listed in the index")
-        if _shard_sha256(path) != s["sha256"]:
+        if file_sha256(path) != s["sha256"]:
             raise DataError(f"{path}: checksum mismatch (corrupt or partial shard)")

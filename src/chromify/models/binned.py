@@ -37,8 +37,6 @@ class BinnedColour(nn.Module):
         self.temperature = temperature
         self.multiple = net.multiple
         self.prior_correction = prior_correction
-        # Saved with the weights: a model loaded with another bin grid fails to load instead of mis-decoding.
-        self.register_buffer("centres", self.bins.centres.clone())
         # log p̃ of the training set's colours (start_at_prior), for the decode-time prior correction.
         self.register_buffer("log_prior", torch.zeros(len(self.bins)))
 
@@ -61,8 +59,7 @@ class BinnedColour(nn.Module):
         decoding = logits.float()
         if self.prior_correction:  # p(c | L) / p̃(c)^β: favour colours the training set's prior made look unlikely
             decoding = decoding - self.prior_correction * self.log_prior[None, :, None, None]
-        probs = torch.softmax(decoding / self.temperature, dim=1)
-        ab = torch.einsum("bqhw,qc->bchw", probs, self.centres) / 128.0
+        ab = self.bins.decode(decoding, self.temperature) / 128.0
         if self.stride > 1:
             ab = F.interpolate(ab, scale_factor=self.stride, mode="bilinear", align_corners=False)
         return (ab, logits) if with_logits else ab

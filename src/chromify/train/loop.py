@@ -184,8 +184,8 @@ def bin_histogram_of(data: ShardSet, grid: int, max_images: int = 512) -> np.nda
     from chromify.ab_bins import bin_histogram
 
     picks = np.unique(np.linspace(0, len(data) - 1, min(max_images, len(data))).astype(np.int64))
-    return sum(bin_histogram(data.gather(picks[i : i + 64])[:, 1:, ::2, ::2].transpose(0, 2, 3, 1)
-                             .astype(np.float32) - 128.0, grid) for i in range(0, len(picks), 64))
+    return sum(bin_histogram(data.gather(picks[i : i + 64])[:, 1:, ::2, ::2].astype(np.float32) - 128.0, grid)
+               for i in range(0, len(picks), 64))
 
 
 def note(message: str) -> None:
@@ -241,7 +241,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             from chromify.ab_bins import rebalance_weights
 
             hist = bin_histogram_of(train_set, mp.bin_grid)
-            bin_weights = torch.from_numpy(rebalance_weights(hist, p.rebalance, grid=mp.bin_grid))
+            if p.rebalance < 1.0:  # λ = 1 weighs every bin alike: no per-pixel lookup in the step at all
+                bin_weights = torch.from_numpy(rebalance_weights(hist, p.rebalance, grid=mp.bin_grid))
             model.start_at_prior(hist)  # overwritten below when resuming
         criterion = GeneratorLoss(p, *((model.bins, bin_weights) if binned else ())).to(env.device)
         disc = opt_d = None
