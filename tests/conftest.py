@@ -55,6 +55,44 @@ def bomb_png(side: int = 100_000) -> bytes:
     return png_bytes(side, side, 8, 2, b"\x00" * 16)
 
 
+# sRGB's colorants adapted to D50, the ICC connection space (IEC 61966-2-1 / ICC sRGB profile).
+SRGB_D50 = {"r": (0.4361, 0.2225, 0.0139), "g": (0.3851, 0.7169, 0.0971), "b": (0.1431, 0.0606, 0.7141)}
+
+
+def icc_rgb_profile(description: str, red, green, blue, gamma: float = 2.2) -> bytes:
+    """A version-2 matrix/TRC RGB display profile assembled tag by tag (XYZ colorants at D50, one gamma)."""
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(v) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(s15(c) for c in v)
+
+    text = description.encode("ascii") + b"\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0\0\0" + b"\0" * 67
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(red)), (b"gXYZ", xyz(green)),
+            (b"bXYZ", xyz(blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
+            (b"cprt", b"text\0\0\0\0" + b"none\0\0\0\0")]
+    table, body = b"", b""
+    offset = 128 + 4 + 12 * len(tags)
+    for sig, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (struct.pack(">I", size) + b"\0" * 4 + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ " + b"\0" * 12
+              + b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+@pytest.fixture(scope="session")
+def swapped_profile() -> bytes:
+    """A profile whose red and green primaries are sRGB's green and red: converting it to sRGB swaps R and G."""
+    return icc_rgb_profile("Chromify test: red-green swapped", SRGB_D50["g"], SRGB_D50["r"], SRGB_D50["b"])
+
+
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)

@@ -17,7 +17,16 @@ import pytest
 from PIL import Image
 
 from chromify.config import IngestParams
-from chromify.decode import DECODER_JPEG, decode_rgb, load_square
+from chromify.decode import (
+    DECODER_JPEG,
+    DECODER_JPEG_ICC,
+    DECODER_PIL,
+    decode_rgb,
+    decoder_for,
+    load_square,
+    open_checked,
+    resize_square,
+)
 from chromify.errors import ConfigError
 from chromify.ingest import ingest as run_ingest
 from chromify.ingest import inspect_bytes, list_source, read_manifest, split_for
@@ -79,6 +88,39 @@ def test_exif_orientation_reaches_the_pixels_preprocess_stores(bad_folder):
         assert np.abs(rotated.astype(int) - upright).mean() < 8, decoder  # two JPEG encodings, two decoders
     wrong = load_square((root / "rotated_exif.jpg").read_bytes(), "rotated", 64, DECODER_JPEG, 8)
     assert np.abs(wrong.astype(int) - upright).mean() > 20
+
+
+def test_embedded_profile_reaches_the_pixels_on_both_decoders(photos, swapped_profile):
+    from conftest import encode
+
+    chelsea = photos["chelsea"]
+    tagged = encode(Image.fromarray(chelsea), "JPEG", quality=95, icc_profile=swapped_profile)
+    plain = encode(Image.fromarray(chelsea), "JPEG", quality=95)
+    assert decoder_for(open_checked(tagged, "tagged.jpg", 10**8)) == DECODER_JPEG_ICC
+    assert decoder_for(open_checked(plain, "plain.jpg", 10**8)) == DECODER_JPEG
+
+    full = np.asarray(decode_rgb(tagged, "tagged.jpg", 10**8), dtype=int)
+    assert np.abs(full - chelsea[..., [1, 0, 2]]).mean() < 3  # the profile says: red and green are swapped
+    swapped = load_square(plain, "plain.jpg", 128, DECODER_JPEG)[..., [1, 0, 2]].astype(int)
+    after_resize = load_square(tagged, "tagged.jpg", 128, DECODER_JPEG_ICC).astype(int)
+    before_resize = load_square(tagged, "tagged.jpg", 128, DECODER_PIL).astype(int)
+    assert np.abs(after_resize - swapped).mean() < 3
+    assert np.abs(after_resize - before_resize).mean() < 1.5  # converting the small square instead of the photo
+    ignored = load_square(tagged, "tagged.jpg", 128, DECODER_JPEG).astype(int)
+    assert np.abs(ignored - after_resize).mean() > 10
+
+
+def test_resize_square_filters_like_pils_bilinear(photos):
+    for rgb in photos.values():
+        h, w = rgb.shape[:2]
+        s = min(h, w)
+        box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+        for size in (96, 256, 700):  # down by 5.3x and 2x, and up
+            ours = resize_square(rgb, size).astype(int)
+            pil = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR, box=box), dtype=int)
+            assert ours.shape == (size, size, 3)
+            assert np.abs(ours - pil).mean() < 0.6, (size, np.abs(ours - pil).mean())
+    assert np.array_equal(resize_square(photos["chelsea"][:64, :80], 64), photos["chelsea"][:64, 8:72])
 
 
 def test_bomb_is_refused_from_the_header_quickly(bad_folder, crafted_png):

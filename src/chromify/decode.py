@@ -1,8 +1,8 @@
 """Decode any photo a user may have into 8-bit sRGB, refusing bombs before decoding them.
 
 Two decoders: PIL for everything (it knows EXIF, ICC, palettes, CMYK, 16 bit) and libjpeg-turbo through
-simplejpeg for the plain RGB JPEGs that make up most datasets, because it decodes 1.5-2x faster and can
-downscale in the DCT domain. Ingest decides per photo which one preprocess may use (see `fast_jpeg_ok`).
+simplejpeg for the 3-channel JPEGs that make up most datasets, because it decodes 1.5-2x faster and can
+downscale in the DCT domain. Ingest decides per photo which one preprocess may use (see `decoder_for`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # JPEG includes MPO (multi-pic
 FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 EXIF_ORIENTATION = 0x0112
 DECODER_PIL, DECODER_JPEG = "pil", "jpeg-turbo"
+# libjpeg-turbo, then the embedded (non-sRGB) ICC profile applied to the small square instead of the full photo
+DECODER_JPEG_ICC = "jpeg-turbo-icc"
 
 _SRGB_PROFILE = None
 
@@ -40,6 +42,13 @@ def _srgb_profile() -> ImageCms.ImageCmsProfile:
 def _to_srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform:
     # Building a transform costs ~10 ms, applying it ~1 ms; a dataset's photos share a handful of profiles.
     return ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb_profile(), mode, "RGB")
+
+
+def _apply_profile(img: Image.Image, icc: bytes) -> Image.Image:
+    try:
+        return ImageCms.applyTransform(img, _to_srgb_transform(icc, img.mode))
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img  # a broken or mismatched profile: the pixels are taken as sRGB, as browsers do
 
 
 def open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
@@ -85,10 +94,13 @@ def _is_srgb_profile(icc: bytes) -> bool:
     return "srgb" in desc.lower()
 
 
-def fast_jpeg_ok(img: Image.Image) -> bool:
-    """True when libjpeg-turbo's RGB output equals PIL's normalised output: a 3-channel JPEG in sRGB."""
+def decoder_for(img: Image.Image) -> str:
+    """Which decoder preprocess may use: libjpeg-turbo for 3-channel JPEGs (with the profile applied after the
+    resize when it is not sRGB), PIL for every other mode and format."""
+    if img.format not in ("JPEG", "MPO") or img.mode != "RGB":
+        return DECODER_PIL
     icc = img.info.get("icc_profile")
-    return img.format in ("JPEG", "MPO") and img.mode == "RGB" and (not icc or _is_srgb_profile(icc))
+    return DECODER_JPEG_ICC if icc and not _is_srgb_profile(icc) else DECODER_JPEG
 
 
 def to_srgb(img: Image.Image, name: str, draft_size: int | None = None) -> Image.Image:
@@ -120,10 +132,7 @@ def to_srgb(img: Image.Image, name: str, draft_size: int | None = None) -> Image
             background.paste(rgba, mask=rgba.getchannel("A"))
             img = background
         if icc and img.mode in ("RGB", "CMYK"):
-            try:
-                img = ImageCms.applyTransform(img, _to_srgb_transform(icc, img.mode))
-            except (ImageCms.PyCMSError, OSError, ValueError):
-                pass  # a broken or mismatched profile: the pixels are taken as sRGB, as browsers do
+            img = _apply_profile(img, icc)
         if img.mode != "RGB":
             img = img.convert("RGB")
         return img
@@ -146,17 +155,37 @@ def read_bytes(path: str | Path) -> bytes:
         raise InputImageError(str(path), f"cannot read ({exc.strerror or exc})") from None
 
 
-def _filter(source_side: float, size: int) -> Image.Resampling:
-    # Downscaling: BOX (area averaging) antialiases as well as bilinear for these factors and costs 30% less.
-    return Image.BOX if source_side > size else Image.BILINEAR
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 → its centre square of the short side at size × size, uint8 (a new array).
+
+    One resampling pass, torch's bilinear with antialiasing (a triangle filter as wide as the scale factor, as
+    PIL's): its uint8 kernel is vectorised, 1.8x faster than PIL's BOX and 2.6x than PIL's BILINEAR on 256 px
+    squares. The square is cut on whole pixels (at most half a pixel from the exact centre).
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    h, w = rgb.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = rgb[top : top + s, left : left + s]
+    if s == size:
+        return np.array(square)
+    with warnings.catch_warnings():  # a read-only array (PIL's) is only read here
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.from_numpy(square).permute(2, 0, 1)[None]
+    # Channels-last and contiguous, the layout of the vectorised kernel: the output keeps it, so the HWC view
+    # below needs no copy (from a strided crop the result comes back planar, and transposing it costs 3x the resize).
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return y[0].permute(1, 2, 0).numpy()
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Centre square of the short side → size × size (area average down, bilinear up), in one resampling pass."""
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) / 2, (h - s) / 2
-    return img.resize((size, size), _filter(s, size), box=(left, top, left + s, top + s), reducing_gap=None)
+def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """EXIF orientation 2..8 applied to an array (as ImageOps.exif_transpose does)."""
+    if orientation not in _ORIENT:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).transpose(_ORIENT[orientation]))
 
 
 # EXIF orientation → the transpose that shows the stored pixels upright (as ImageOps.exif_transpose does).
@@ -164,7 +193,7 @@ _ORIENT = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTT
            6: Image.ROTATE_270, 7: Image.TRANSVERSE, 8: Image.ROTATE_90}
 
 
-def _jpeg_square(data: bytes, size: int, orientation: int) -> Image.Image:
+def _jpeg_square(data: bytes, size: int, orientation: int, with_profile: bool = False) -> np.ndarray:
     import simplejpeg
 
     h, w, _, _ = simplejpeg.decode_jpeg_header(data)
@@ -174,40 +203,25 @@ def _jpeg_square(data: bytes, size: int, orientation: int) -> Image.Image:
     # libjpeg-turbo picks the smallest scale M/8 whose output is at least min_height x min_width: asking for
     # ceil(side / factor) gives exactly 1/factor. fastdct: the integer IDCT, a few % faster; its error (< 1
     # level) is far below the 8-bit Lab step.
-    dh, dw = -(-h // factor), -(-w // factor)
-    # One spare row, so that the last row of the crop below has a whole stride of bytes after its start.
-    flat = np.empty((dh + 1) * dw * 3, dtype=np.uint8)
-    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, min_height=dh, min_width=dw, buffer=flat)
-    h, w = rgb.shape[:2]
-    s = min(h, w)
-    # Crop while handing the pixels to PIL (copying the discarded sides costs as much as resizing): PIL's raw
-    # decoder reads rows `stride` apart, so it takes the crop straight from the decoded buffer. A margin as wide
-    # as the filter's reach keeps the square's edge pixels filtered as in the PIL path.
-    margin = -(-s // size) + 1
-    top, left = (h - s) / 2, (w - s) / 2
-    y0, x0 = max(0, int(top) - margin), max(0, int(left) - margin)
-    y1, x1 = min(h, int(top + s) + margin + 1), min(w, int(left + s) + margin + 1)
-    start = (y0 * w + x0) * 3
-    square = Image.frombuffer("RGB", (x1 - x0, y1 - y0), flat[start : start + (y1 - y0) * w * 3], "raw", "RGB",
-                              w * 3, 1)
-    box = (left - x0, top - y0, left - x0 + s, top - y0 + s)
-    out = square.resize((size, size), _filter(s, size), box=box, reducing_gap=None)
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, min_height=-(-h // factor),
+                                 min_width=-(-w // factor))
     # A centre square crop commutes with the eight EXIF orientations, so orienting the small result is enough.
-    return out.transpose(_ORIENT[orientation]) if orientation in _ORIENT else out
-
-
-def square_image(data: bytes, name: str, size: int, decoder: str = DECODER_PIL, orientation: int = 1,
-                 max_pixels: int = 400_000_000) -> Image.Image:
-    """Bytes → size × size 8-bit sRGB centre square, upright; `decoder` and `orientation` as ingest recorded."""
-    if decoder == DECODER_JPEG:
-        try:
-            return _jpeg_square(data, size, orientation)
-        except (ValueError, OSError):
-            pass  # libjpeg-turbo refuses what PIL accepted (rare: odd markers, arithmetic coding): use PIL
-    return resize_center_crop(decode_rgb(data, name, max_pixels, draft_size=size), size)
+    out = _orient(resize_square(rgb, size), orientation)
+    if with_profile:
+        # Through the profile after the resize: ~25x fewer pixels for lcms than the full photo (10 ms → 0.4),
+        # at a cost of mean ΔE < 0.7 against converting first (both resample gamma-encoded values).
+        icc = Image.open(io.BytesIO(data)).info.get("icc_profile")
+        if icc:
+            out = np.asarray(_apply_profile(Image.fromarray(out), icc))
+    return out
 
 
 def load_square(data: bytes, name: str, size: int, decoder: str = DECODER_PIL, orientation: int = 1,
                 max_pixels: int = 400_000_000) -> np.ndarray:
-    """As `square_image`, as a (size, size, 3) uint8 array."""
-    return np.asarray(square_image(data, name, size, decoder, orientation, max_pixels))
+    """Bytes → (size, size, 3) uint8 sRGB centre square, upright; `decoder` and `orientation` as ingest recorded."""
+    if decoder in (DECODER_JPEG, DECODER_JPEG_ICC):
+        try:
+            return _jpeg_square(data, size, orientation, with_profile=decoder == DECODER_JPEG_ICC)
+        except (ValueError, OSError):
+            pass  # libjpeg-turbo refuses what PIL accepted (rare: odd markers, arithmetic coding): use PIL
+    return resize_square(np.asarray(decode_rgb(data, name, max_pixels, draft_size=size)), size)

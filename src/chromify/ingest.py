@@ -27,11 +27,10 @@ import numpy as np
 
 from chromify.config import IngestParams
 from chromify.decode import (
-    DECODER_JPEG,
     DECODER_PIL,
     FORMAT_SUFFIX,
     IMAGE_SUFFIXES,
-    fast_jpeg_ok,
+    decoder_for,
     open_checked,
     orientation_of,
     to_srgb,
@@ -233,7 +232,7 @@ def inspect_bytes(data: bytes, name: str, max_pixels: int) -> Facts:
         return Facts(sha, w, h, img.format or "", error="too_many_pixels",
                      detail=f"{w}x{h} > {max_pixels:,} pixels: refused before decoding")
     fmt, orientation = img.format or "", orientation_of(img)
-    decoder = DECODER_JPEG if fast_jpeg_ok(img) else DECODER_PIL
+    decoder = decoder_for(img)
     try:
         rgb = to_srgb(img, name)
     except InputImageError as exc:

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from chromify.decode import DECODER_PIL, read_bytes, square_image
+from chromify.decode import DECODER_PIL, load_square, read_bytes
 from chromify.errors import DataError, InputImageError
 from chromify.io import atomic_write_json, file_sha256
 from chromify.lab import AB_OFFSET, L_SCALE
@@ -31,7 +30,7 @@ SPLITS = ("train", "val", "test")
 FORMAT = "chromify-lab8-v1"  # the storage encoding, which readers check
 # What produced the pixels (decoders, crop, filter, Lab table): part of every sidecar, so a change of it redoes
 # the shards on the next run instead of mixing old and new samples. Bump it with any such change.
-PIXELS = "jpeg-turbo-dct2|pil-draft,centre-square,box-down|bilinear-up,lab8-table-v1"
+PIXELS = "jpeg-turbo-dct2|pil-draft,icc-after-resize,centre-square-whole-px,torch-bilinear-aa,lab8-table-v1"
 CHUNK = 32  # images per task: small enough for a live progress bar and balanced workers
 
 
@@ -130,25 +129,23 @@ def _lab8_from_keys(keys: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     return out
 
 
-def rgb_to_lab8(rgb: np.ndarray) -> np.ndarray:
+def rgb_to_lab8(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) uint8 sRGB → (3, H, W) uint8 shard encoding (as quantise_lab(rgb_to_lab(rgb)), see lab8_table)."""
-    keys = rgb[..., 0].astype(np.int32)
-    keys |= rgb[..., 1].astype(np.int32) << 8
-    keys |= rgb[..., 2].astype(np.int32) << 16
-    return _lab8_from_keys(keys)
-
-
-def image_to_lab8(img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
-    """RGB PIL image → (3, H, W) uint8 shard encoding; PIL's RGBX bytes are the table's keys, nearly for free."""
-    w, h = img.size
-    keys = np.frombuffer(img.tobytes("raw", "RGBX"), dtype="<u4").reshape(h, w) & 0xFFFFFF
-    return _lab8_from_keys(keys, out)
+    h, w = rgb.shape[:2]
+    flat = np.ascontiguousarray(rgb).reshape(-1)
+    keys = np.empty(h * w, dtype="<u4")
+    # Each pixel's three bytes and the next pixel's first, read as one little-endian uint32 (an unaligned view,
+    # no copy) and masked: the key in one pass. The last pixel has no next byte and is done alone.
+    quads = np.ndarray((h * w - 1,), dtype="<u4", buffer=flat, strides=(3,))
+    np.bitwise_and(quads, 0xFFFFFF, out=keys[:-1])
+    keys[-1] = int(flat[-3]) | int(flat[-2]) << 8 | int(flat[-1]) << 16
+    return _lab8_from_keys(keys.reshape(h, w), out)
 
 
 def lab_sample(path: str, name: str, size: int, decoder: str = DECODER_PIL, orientation: int = 1,
                out: np.ndarray | None = None) -> np.ndarray:
     """One photo → (3, size, size) uint8 Lab in the shard encoding (into `out` if given)."""
-    return image_to_lab8(square_image(read_bytes(path), name, size, decoder, orientation), out)
+    return rgb_to_lab8(load_square(read_bytes(path), name, size, decoder, orientation), out)
 
 
 def plan_shards(rows: list[dict], size: int, shard_mb: float, partition: Partition) -> dict[str, list[list[dict]]]:
@@ -200,7 +197,11 @@ def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str
     pwrite from one reused buffer: a memory map would take a page fault (and a block allocation) for every
     4 KiB it first touches, which cost more than the copy into the page cache.
     """
+    import torch
+
     sample = np.empty((3, size, size), dtype=np.uint8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the resize of one photo is too small to share; the pool's processes are the parallelism
     fd = os.open(partial, os.O_WRONLY)
     try:
         for k, (path, name, decoder, orientation) in enumerate(tasks):
@@ -213,6 +214,7 @@ def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str
                 raise OSError(f"{partial}: short write")
     finally:
         os.close(fd)  # no fsync here: _finish's fsync writes the pages back
+        torch.set_num_threads(threads)
     return len(tasks)
 
 
@@ -274,6 +276,7 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
     pool = bar = None
     if todo and workers > 1:
         lab8_table()  # built once here and shared by the forked workers
+        import torch  # noqa: F401 - imported once here too, not once per worker (the resize uses it)
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
         pool.submit(int).result()  # forks every worker now, before tqdm starts its monitor thread
