@@ -6,8 +6,10 @@
 Shards are made from the folder by `preprocess` (every photo in the train split), then read back, from the page
 cache, by: ShardSet.batches in this process (uint8 batches), the same plus `to_model_tensors` (float L, ab),
 and a DataLoader over `ShardBatches` with `--workers` processes, yielding float (L, ab) or raw uint8 batches;
-and the batched crop + flip on the CPU, for its cost. The GPU side is an estimate, with its basis printed:
-unet_s's training FLOPs and activation bytes per image (counted here) against an H100's peak rates.
+and the training loop's host-side crop + flip (what a CPU trainer does; a GPU trainer cuts on the device and its
+host only runs the first row). The GPU side is an estimate, with its basis printed: unet_s's training FLOPs and
+activation bytes per image (counted here) against an H100's peak rates, at the model's input size: the 224 px
+crop when `train.resolution` is 0, and 64 px, the CPU default of `train.resolution`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 H100_BF16_FLOPS = 989e12  # dense bf16, H100 SXM datasheet
@@ -85,7 +89,8 @@ def main() -> None:
     from chromify import shards
     from chromify.config import IngestParams
     from chromify.ingest import ingest, read_manifest
-    from chromify.loader import ShardBatches, ShardSet, random_crop_flip, to_model_tensors
+    from chromify.loader import ShardBatches, ShardSet, to_model_tensors
+    from chromify.train.loop import augment
 
     work = Path(tempfile.mkdtemp(prefix="chromify-loader-"))
     try:
@@ -113,7 +118,7 @@ def main() -> None:
                 return dl
             return endless(make)
 
-        gen = torch.Generator().manual_seed(0)
+        rng = np.random.default_rng(0)
         results = [
             ("ShardSet.batches, uint8, this process", rate(endless(numpy_batches), args.seconds, args.batch)),
             ("+ to_model_tensors (float L, ab), this process",
@@ -122,21 +127,21 @@ def main() -> None:
              rate(loader(raw=False), args.seconds, args.batch)),
             (f"DataLoader(ShardBatches, raw=True), {args.workers} workers, uint8",
              rate(loader(raw=True), args.seconds, args.batch)),
-            ("random_crop_flip of uint8 batches on the CPU (crop 224)",
-             rate((random_crop_flip(torch.from_numpy(b), 224, gen) for b in endless(numpy_batches)), args.seconds,
-                  args.batch)),
+            ("ShardSet.batches + augment (crop 224 + flip on the host: a CPU trainer's path)",
+             rate((augment(b, 224, rng) for b in endless(numpy_batches)), args.seconds, args.batch)),
         ]
-        flops, traffic, low, high = gpu_estimate(args.size)
-        need = (low + high) / 2
-        print("| loader | samples/s | ÷ H100 need |")
-        print("|---|---:|---:|")
+        needs = {side: gpu_estimate(side) for side in (224, 64)}
+        print("| loader | samples/s | ÷ H100 need, model at 224² | ÷ H100 need, model at 64² |")
+        print("|---|---:|---:|---:|")
         for name, r in results:
-            print(f"| {name} | {r:.0f} | {r / need:.2f} |")
-        print(f"\nH100 need, estimated: {low:.0f}-{high:.0f} images/s (taken as {need:.0f}) for unet_s at "
-              f"{args.size}²: {flops / 1e9:.1f} GFLOP and {traffic / 1e6:.0f} MB of activation traffic per image "
-              f"per training step; memory-bound (peak {H100_HBM_BYTES / 1e12:.2f} TB/s → "
-              f"{H100_HBM_BYTES / traffic:.0f}/s, compute peak would allow {H100_BF16_FLOPS / flops:.0f}/s), at "
-              f"{EFFICIENCY[0]:.0%}-{EFFICIENCY[1]:.0%} of peak bandwidth as eager PyTorch reaches on such layers.")
+            print(f"| {name} | {r:.0f} | " + " | ".join(f"{2 * r / (lo + hi):.1f}" for _, _, lo, hi in needs.values())
+                  + " |")
+        for side, (flops, traffic, low, high) in needs.items():
+            print(f"\nH100 need, estimated, unet_s at {side}²: {low:.0f}-{high:.0f} images/s (taken as "
+                  f"{(low + high) / 2:.0f}): {flops / 1e9:.2f} GFLOP and {traffic / 1e6:.0f} MB of activation traffic "
+                  f"per image per training step; memory-bound (peak {H100_HBM_BYTES / 1e12:.2f} TB/s → "
+                  f"{H100_HBM_BYTES / traffic:.0f}/s, compute peak would allow {H100_BF16_FLOPS / flops:.0f}/s), at "
+                  f"{EFFICIENCY[0]:.0%}-{EFFICIENCY[1]:.0%} of peak bandwidth as eager PyTorch reaches on such layers.")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -89,6 +89,22 @@ def test_dataloader_stream_is_the_same_for_any_number_of_workers(small_shards):
     assert 0 <= lum.min() and lum.max() <= 1 and -1 <= ab.min() and ab.max() < 1
 
 
+def test_device_crops_equal_host_crops_for_the_same_draws(train):
+    import torch
+
+    from chromify.loader import crop_flip, crop_flip_draws
+
+    batch = train.gather(np.arange(16))
+    draws = crop_flip_draws(16, 32, 20, np.random.default_rng([42, 0, 7]))
+    host = crop_flip(batch, 20, *draws)  # numpy: what a CPU trainer does
+    device = crop_flip(torch.from_numpy(batch), 20, *draws)  # one gather: what a GPU trainer does on the GPU
+    assert host.shape == (16, 3, 20, 20) and 0 < draws[2].sum() < 16 and len(set(draws[0])) > 3
+    np.testing.assert_array_equal(device.numpy(), host)
+    i = int(np.argmax(draws[2]))  # a flipped sample, cut where the draws say
+    y, x = draws[0][i], draws[1][i]
+    np.testing.assert_array_equal(host[i], batch[i, :, y : y + 20, x : x + 20][..., ::-1])
+
+
 def test_batched_crop_and_flip_match_a_per_sample_loop(train):
     import torch
 

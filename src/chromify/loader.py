@@ -123,27 +123,50 @@ def to_model_tensors(batch, device: str = "cpu", out=None):
     return lum, ab
 
 
-def random_crop_flip(batch, crop: int, gen):
-    """Per-sample random crop and horizontal flip of a (B, C, H, W) tensor on its own device, in one gather.
+def crop_flip_draws(b: int, size: int, crop: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Per-sample crop corners (ys, xs) and flips for `crop_flip`, drawn from `rng` (the host's, so that the
+    result does not depend on the device that applies them)."""
+    ys, xs = rng.integers(0, size - crop + 1, b), rng.integers(0, size - crop + 1, b)
+    return ys, xs, rng.random(b) < 0.5
 
-    The GPU counterpart of the training loop's per-sample crop: random numbers come from the CPU generator
-    `gen` (so results do not depend on the device), the pixels never leave the device. crop 0: flip only.
+
+def crop_flip(batch, crop: int, ys, xs, flips):
+    """(B, C, S, S) → (B, C, crop, crop): sample i cut at (ys[i], xs[i]), mirrored where flips[i].
+
+    A numpy batch is cut on the host, sample by sample (slices are copies at memory speed there); a torch tensor
+    in one gather on its own device, so a GPU trainer's host only reads shards.
     """
+    if isinstance(batch, np.ndarray):
+        b, c = batch.shape[:2]
+        out = np.empty((b, c, crop, crop), dtype=batch.dtype)
+        for i in range(b):
+            patch = batch[i, :, ys[i] : ys[i] + crop, xs[i] : xs[i] + crop]
+            out[i] = patch[..., ::-1] if flips[i] else patch
+        return out
     import torch
 
-    b, _, h, w = batch.shape
-    ch, cw = (crop, crop) if crop and crop < min(h, w) else (h, w)
-    ys = torch.randint(0, h - ch + 1, (b,), generator=gen)
-    xs = torch.randint(0, w - cw + 1, (b,), generator=gen)
-    flip = torch.rand(b, generator=gen) < 0.5
-    ar = torch.arange(cw)
-    rows = (ys[:, None] + torch.arange(ch))[:, :, None]  # (B, h', 1)
-    cols = (xs[:, None] + torch.where(flip[:, None], cw - 1 - ar, ar))[:, None, :]  # (B, 1, w')
+    b = batch.shape[0]
+    ys, xs, flips = (torch.as_tensor(np.asarray(v)) for v in (ys, xs, flips))
+    ar = torch.arange(crop)
+    rows = (ys[:, None] + ar)[:, :, None]  # (B, crop, 1)
+    cols = (xs[:, None] + torch.where(flips[:, None], crop - 1 - ar, ar))[:, None, :]  # (B, 1, crop)
     dev = batch.device
     bi = torch.arange(b)[:, None, None]
-    # Advanced indices around a slice put the gathered dims first: (B, h', w', C) → (B, C, h', w').
+    # Advanced indices around a slice put the gathered dims first: (B, crop, crop, C) → (B, C, crop, crop).
     out = batch[bi.to(dev), :, rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_crop_flip(batch, crop: int, gen):
+    """Per-sample random crop and horizontal flip of a (B, C, S, S) tensor on its own device, in one gather,
+    with random numbers from the torch CPU generator `gen` (for DataLoader users). crop 0: flip only."""
+    import torch
+
+    b, s = batch.shape[0], batch.shape[-1]
+    crop = crop if 0 < crop < s else s
+    ys = torch.randint(0, s - crop + 1, (b,), generator=gen)
+    xs = torch.randint(0, s - crop + 1, (b,), generator=gen)
+    return crop_flip(batch, crop, ys.numpy(), xs.numpy(), (torch.rand(b, generator=gen) < 0.5).numpy())
 
 
 def _shard_batches_class():

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from chromify.config import ModelParams, TrainParams
 from chromify.errors import ConfigError, DataError
-from chromify.loader import ShardSet, to_model_tensors
+from chromify.loader import ShardSet, crop_flip, crop_flip_draws, to_model_tensors
 from chromify.models import get_model
 from chromify.train import distributed
 from chromify.train.checkpoint import (
@@ -52,18 +52,12 @@ def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
 
 
 def augment(batch: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """Per-sample random crop and horizontal flip: (B, 3, S, S) uint8 → (B, 3, crop, crop) uint8.
+    """Per-sample random crop and horizontal flip on the host: (B, 3, S, S) uint8 → (B, 3, crop, crop) uint8.
 
-    Done on the uint8 batch before the host-to-device copy: fewer bytes cross the bus, no per-sample kernels.
+    On a CPU trainer this is cheapest before the float conversion; a GPU trainer draws the same numbers and cuts
+    on the device instead (see the loop), so its host only reads shards.
     """
-    b, c, s, _ = batch.shape
-    ys, xs = rng.integers(0, s - crop + 1, b), rng.integers(0, s - crop + 1, b)
-    flips = rng.random(b) < 0.5
-    out = np.empty((b, c, crop, crop), dtype=np.uint8)
-    for i in range(b):
-        patch = batch[i, :, ys[i] : ys[i] + crop, xs[i] : xs[i] + crop]
-        out[i] = patch[..., ::-1] if flips[i] else patch
-    return out
+    return crop_flip(batch, crop, *crop_flip_draws(len(batch), batch.shape[-1], crop, rng))
 
 
 def scaled_crops(lum: torch.Tensor, ab: torch.Tensor, out: int, crop: int, scale_min: float,
@@ -222,6 +216,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         if not 0.0 < p.scale_min <= 1.0:
             raise ConfigError(f"train.scale_min {p.scale_min} must lie in (0, 1]")
         rescale = p.scale_min < 1.0  # random-resized crops (batched, on the device) instead of fixed-size ones
+        crops_on_device = env.device.startswith("cuda") and not rescale  # the host only reads shards then
 
         torch.manual_seed(seed)
         model = get_model(mp.arch, **asdict(mp)).to(env.device).to(memory_format=torch.channels_last)
@@ -314,7 +309,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         try:
             while epoch < p.epochs:
                 for batch, rng in prefetch(epoch_batches(train_set, batch_size, crop, seed, epoch, batch_in_epoch,
-                                                         step, env, whole=rescale)):
+                                                         step, env, whole=rescale or crops_on_device)):
                     # Every rank must take the same decisions, so the flags and the clock are agreed first.
                     signalled, elapsed = distributed.agree_max(
                         env, [float(stop["signal"]), elapsed_before + time.monotonic() - t0])
@@ -332,6 +327,9 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                         lum, ab = scaled_crops(*to_model_tensors(batch, env.device), p.resolution or crop, crop,
                                                p.scale_min, rng)
                     else:
+                        if crops_on_device:  # the same draws as `augment`, so results do not depend on the device
+                            whole = torch.from_numpy(batch).to(env.device, non_blocking=True)
+                            batch = crop_flip(whole, crop, *crop_flip_draws(len(batch), batch.shape[-1], crop, rng))
                         lum, ab = at_resolution(*to_model_tensors(batch, env.device), p.resolution)
                     lum = lum.contiguous(memory_format=torch.channels_last)
                     if disc is not None:
