@@ -118,7 +118,7 @@ def main() -> None:
                 return dl
             return endless(make)
 
-        rng = np.random.default_rng(0)
+        rng, crop = np.random.default_rng(0), args.size * 7 // 8  # 224 at 256, as params.yaml's train.crop
         results = [
             ("ShardSet.batches, uint8, this process", rate(endless(numpy_batches), args.seconds, args.batch)),
             ("+ to_model_tensors (float L, ab), this process",
@@ -127,8 +127,8 @@ def main() -> None:
              rate(loader(raw=False), args.seconds, args.batch)),
             (f"DataLoader(ShardBatches, raw=True), {args.workers} workers, uint8",
              rate(loader(raw=True), args.seconds, args.batch)),
-            ("ShardSet.batches + augment (crop 224 + flip on the host: a CPU trainer's path)",
-             rate((augment(b, 224, rng) for b in endless(numpy_batches)), args.seconds, args.batch)),
+            (f"ShardSet.batches + augment (crop {crop} + flip on the host: a CPU trainer's path)",
+             rate((augment(b, crop, rng) for b in endless(numpy_batches)), args.seconds, args.batch)),
         ]
         needs = {side: gpu_estimate(side) for side in (224, 64)}
         print("| loader | samples/s | ÷ H100 need, model at 224² | ÷ H100 need, model at 64² |")
