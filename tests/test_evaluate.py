@@ -129,6 +129,7 @@ def test_evaluate_reports_three_models_and_skips_fid_lpips_without_weights(data_
 
     gallery = (reports / "gallery.html").read_text()
     assert "<th>gray (ab = 0)</th><th>candidate</th><th>champion</th><th>truth</th>" in gallery
+    assert "Chromify: gray (ab = 0) | candidate | champion | truth" in gallery
     assert "worst ΔE2000" in gallery and "best ΔE2000" in gallery
     with open(reports / "eval_per_image.csv") as f:
         per_image = list(csv.DictReader(f))
@@ -141,6 +142,8 @@ def test_evaluate_reports_three_models_and_skips_fid_lpips_without_weights(data_
     first_rows = [line for line in (tmp_path / "first/metrics.md").read_text().splitlines()
                   if line.startswith("| ") and not line.startswith("| model")]
     assert len(first_rows) == 2
+    first_gallery = (tmp_path / "first/gallery.html").read_text()
+    assert "Chromify: gray (ab = 0) | candidate | truth" in first_gallery and "champion" not in first_gallery
 
 
 def test_frechet_distance_matches_the_closed_form():

@@ -402,7 +402,7 @@ def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str 
             writer.writerow([i, c.name, *(f"{r[k]:.6g}" for k in GATE_METRICS[:-1])])
     atomic_write_text(reports / "eval_per_image.csv", per_image.getvalue())
     write_gallery(reports / "gallery.html", truth_rgb, ordered, gallery_rows(candidate, gallery_size, seed),
-                  "Chromify: gray input | candidate | champion | truth")
+                  "Chromify: " + " | ".join([*(c.name for c in ordered), "truth"]))
     atomic_write_text(reports / "metrics.md", markdown_table(ordered, candidate.summary["colourfulness_truth"],
                                                              {"LPIPS": lpips, "FID": fid}, notes))
     return summary, decision
