@@ -30,6 +30,8 @@ REGRESSION = {"model": {"head": "regression"}, "train": {"regression_weight": 1.
 METHODS: dict[str, dict] = {
     "unet_bins": {},
     "unet_bins_zhang": {"model": {"prior_correction": 0.0}, "train": {"rebalance": 0.5}},  # Zhang et al.'s λ
+    # against over-fitting 519 photos: random-resized crops (half to full side) and EMA weights (~100-step horizon)
+    "unet_bins_aug": {"train": {"scale_min": 0.5, "ema_decay": 0.99}},
     "unet_l1": REGRESSION,
     "unet_l2": {**REGRESSION, "train": {"regression_weight": 1.0, "loss": "l2"}},
     "unet_cf": {**REGRESSION, "train": {"regression_weight": 1.0, "colourfulness_weight": 0.5}},
