@@ -26,18 +26,24 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each method is a set of params.yaml overrides; "unet_bins" is params.yaml as it is (the bins head).
-REGRESSION = {"model": {"head": "regression"}, "train": {"regression_weight": 1.0}}
+
+
+def regression(model: dict | None = None, **train) -> dict:
+    """Overrides for the regression head (ab itself, L1 unless `loss` says otherwise), plus any others."""
+    return {"model": {"head": "regression", **(model or {})}, "train": {"regression_weight": 1.0, **train}}
+
+
 METHODS: dict[str, dict] = {
     "unet_bins": {},
     "unet_bins_zhang": {"model": {"prior_correction": 0.0}, "train": {"rebalance": 0.5}},  # Zhang et al.'s λ
     # against over-fitting 519 photos: random-resized crops (half to full side) and EMA weights (~100-step horizon)
     "unet_bins_aug": {"train": {"scale_min": 0.5, "ema_decay": 0.99}},
-    "unet_l1": REGRESSION,
-    "unet_l2": {**REGRESSION, "train": {"regression_weight": 1.0, "loss": "l2"}},
-    "unet_cf": {**REGRESSION, "train": {"regression_weight": 1.0, "colourfulness_weight": 0.5}},
-    "encdec_l1": {"model": {"head": "regression", "arch": "encdec_s"}, "train": {"regression_weight": 1.0}},
-    "unet_gan": {**REGRESSION, "train": {"regression_weight": 1.0, "gan_weight": 0.05, "gan_start_fraction": 0.5}},
-    "unet_l1_r128": {**REGRESSION, "train": {"regression_weight": 1.0, "resolution": 128}},
+    "unet_l1": regression(),
+    "unet_l2": regression(loss="l2"),
+    "unet_cf": regression(colourfulness_weight=0.5),
+    "encdec_l1": regression({"arch": "encdec_s"}),
+    "unet_gan": regression(gan_weight=0.05, gan_start_fraction=0.5),
+    "unet_l1_r128": regression(resolution=128),
 }
 
 
@@ -62,6 +68,12 @@ def with_overrides(base: dict, *overrides: dict) -> dict:
     return out
 
 
+def columns(summary: dict, gray_psnr: float) -> dict:
+    """The table's score columns from an evaluation summary (chromify.metrics.summarise)."""
+    return {"psnr_gain_db": summary["psnr"] - gray_psnr, "psnr": summary["psnr"], "ssim": summary["ssim"],
+            "delta_e2000": summary["delta_e2000"], "cf": summary["colourfulness"], "delta_cf": summary["delta_cf"]}
+
+
 def run_method(name: str, photos: str, minutes: float, work: Path) -> dict:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     params = with_overrides(base, METHODS[name], {"ingest": {"source": photos, "val_fraction": 0.1,
@@ -81,9 +93,8 @@ def run_method(name: str, photos: str, minutes: float, work: Path) -> dict:
     steps = json.loads((repo / "reports/train_history.json").read_text())["steps"]
     rates = [s["images_per_s"] for s in steps[1:]] or [float("nan")]  # the first interval includes warm-up
     c, g = metrics["candidate"], metrics["gray"]
-    return {"method": name, "psnr_gain_db": c["psnr"] - g["psnr"], "psnr": c["psnr"], "ssim": c["ssim"],
-            "delta_e2000": c["delta_e2000"], "cf": c["colourfulness"], "cf_truth": c["colourfulness_truth"],
-            "delta_cf": c["delta_cf"], "train_images_per_s": sum(rates) / len(rates),
+    return {"method": name, **columns(c, g["psnr"]), "cf_truth": c["colourfulness_truth"],
+            "train_images_per_s": sum(rates) / len(rates),
             "steps": steps[-1]["step"] if steps else 0, "gray_psnr": g["psnr"], "gray_ssim": g["ssim"],
             "test_images": metrics["images"], "split": {k: ingest[f"split_{k}"] for k in ("train", "val", "test")},
             "wall_s": time.monotonic() - t0, "gallery": str(repo / "reports/gallery.html")}
@@ -105,10 +116,8 @@ def rescore(row: dict, decodes: list[tuple[float, float]]) -> list[dict]:
     rows = []
     for t, beta in decodes:
         ab = predict_split(model_dir, data, 16, temperature=t, prior_correction=beta)
-        c = score("candidate", lab_truth, ab, None).summary
-        rows.append({**row, "method": f"{row['method']} @T={t:g},β={beta:g}", "psnr": c["psnr"],
-                     "psnr_gain_db": c["psnr"] - row["gray_psnr"], "ssim": c["ssim"],
-                     "delta_e2000": c["delta_e2000"], "cf": c["colourfulness"], "delta_cf": c["delta_cf"]})
+        rows.append({**row, "method": f"{row['method']} @T={t:g},β={beta:g}",
+                     **columns(score("candidate", lab_truth, ab, None).summary, row["gray_psnr"])})
     return rows
 
 

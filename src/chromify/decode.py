@@ -182,7 +182,7 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
-    """EXIF orientation 2..8 applied to an array (as ImageOps.exif_transpose does)."""
+    """EXIF orientation 2..8 applied to an array (1 and unknown values: unchanged)."""
     if orientation not in _ORIENT:
         return rgb
     return np.asarray(Image.fromarray(rgb).transpose(_ORIENT[orientation]))

@@ -188,7 +188,10 @@ def _shard_ok(job: ShardJob) -> bool:
 
 
 def _init_worker() -> None:
+    import torch
+
     lab8_table()  # a no-op after fork (inherited); spawned workers build their own
+    torch.set_num_threads(1)  # the resize of one photo is too small to share: the processes are the parallelism
 
 
 def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str, int]], size: int) -> int:
@@ -197,11 +200,7 @@ def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str
     pwrite from one reused buffer: a memory map would take a page fault (and a block allocation) for every
     4 KiB it first touches, which cost more than the copy into the page cache.
     """
-    import torch
-
     sample = np.empty((3, size, size), dtype=np.uint8)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the resize of one photo is too small to share; the pool's processes are the parallelism
     fd = os.open(partial, os.O_WRONLY)
     try:
         for k, (path, name, decoder, orientation) in enumerate(tasks):
@@ -214,7 +213,6 @@ def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str
                 raise OSError(f"{partial}: short write")
     finally:
         os.close(fd)  # no fsync here: _finish's fsync writes the pages back
-        torch.set_num_threads(threads)
     return len(tasks)
 
 
@@ -273,10 +271,12 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
     changed |= {j.npy.parent.name for j, _ in todo}
     for split in changed:
         (out_dir / split / "index.json").unlink(missing_ok=True)  # stale from here on; write_index redoes it
+    import torch  # the resize's: imported before the workers fork, so they inherit it
+
     pool = bar = None
+    threads = torch.get_num_threads()
     if todo and workers > 1:
         lab8_table()  # built once here and shared by the forked workers
-        import torch  # noqa: F401 - imported once here too, not once per worker (the resize uses it)
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
         pool.submit(int).result()  # forks every worker now, before tqdm starts its monitor thread
@@ -286,9 +286,12 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
         bar = tqdm(total=total, initial=total - sum(len(g) for _, g in todo), desc=f"preprocess {partition.tag}",
                    unit="img")
     try:
+        if pool is None:
+            torch.set_num_threads(1)  # in this process, as in each worker (_init_worker)
         _run_jobs(todo, raw_dir, size, pool, bar)
         counts["shards_written"] = len(todo)
     finally:
+        torch.set_num_threads(threads)
         if pool:
             pool.shutdown(cancel_futures=True)
         if bar:

@@ -51,12 +51,10 @@ def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def augment(batch: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """Per-sample random crop and horizontal flip on the host: (B, 3, S, S) uint8 → (B, 3, crop, crop) uint8.
-
-    On a CPU trainer this is cheapest before the float conversion; a GPU trainer draws the same numbers and cuts
-    on the device instead (see the loop), so its host only reads shards.
-    """
+def augment(batch, crop: int, rng: np.random.Generator):
+    """Per-sample random crop and horizontal flip: (B, 3, S, S) uint8 → (B, 3, crop, crop) uint8, on the host
+    for a numpy batch (a CPU trainer), on its device for a tensor (a GPU trainer, whose host then only reads
+    shards); the draws come from `rng` either way, so the result does not depend on the device."""
     return crop_flip(batch, crop, *crop_flip_draws(len(batch), batch.shape[-1], crop, rng))
 
 
@@ -327,9 +325,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                         lum, ab = scaled_crops(*to_model_tensors(batch, env.device), p.resolution or crop, crop,
                                                p.scale_min, rng)
                     else:
-                        if crops_on_device:  # the same draws as `augment`, so results do not depend on the device
-                            whole = torch.from_numpy(batch).to(env.device, non_blocking=True)
-                            batch = crop_flip(whole, crop, *crop_flip_draws(len(batch), batch.shape[-1], crop, rng))
+                        if crops_on_device:
+                            batch = augment(torch.from_numpy(batch).to(env.device, non_blocking=True), crop, rng)
                         lum, ab = at_resolution(*to_model_tensors(batch, env.device), p.resolution)
                     lum = lum.contiguous(memory_format=torch.channels_last)
                     if disc is not None:

@@ -214,8 +214,9 @@ class GeneratorLoss(nn.Module):
         if logits is not None and self.bins is not None:
             small = target if logits.shape[-2:] == target.shape[-2:] else \
                 F.interpolate(target, size=logits.shape[-2:], mode="area")  # a bins head with a stride
-            index, weight = self.bins.soft_encode(small * 128.0)
-            rarity = None if self.bin_weights is None else self.bin_weights[self.bins.nearest(small * 128.0)]
+            ab = small * 128.0
+            index, weight = self.bins.soft_encode(ab)
+            rarity = None if self.bin_weights is None else self.bin_weights[self.bins.nearest(ab)]
             terms["bins"] = soft_cross_entropy(logits, index, weight, rarity)
         if self.colour_w:
             terms["colourfulness"] = colourfulness_loss(pred, target)
