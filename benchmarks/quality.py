@@ -34,7 +34,7 @@ def regression(model: dict | None = None, **train) -> dict:
 
 
 METHODS: dict[str, dict] = {
-    "unet_bins": {},
+    "unet_bins": {},  # the decode chosen on validation (train.decode_search)
     "unet_bins_zhang": {"model": {"prior_correction": 0.0}, "train": {"rebalance": 0.5}},  # Zhang et al.'s λ
     # against over-fitting 519 photos: random-resized crops (half to full side) and EMA weights (~100-step horizon)
     "unet_bins_aug": {"train": {"scale_min": 0.5, "ema_decay": 0.99}},
@@ -93,6 +93,11 @@ def run_method(name: str, photos: str, minutes: float, work: Path) -> dict:
     steps = json.loads((repo / "reports/train_history.json").read_text())["steps"]
     rates = [s["images_per_s"] for s in steps[1:]] or [float("nan")]  # the first interval includes warm-up
     c, g = metrics["candidate"], metrics["gray"]
+    searched = json.loads((repo / "reports/decode_search.json").read_text())
+    if searched.get("chosen"):
+        d = searched["chosen"]
+        bold = f"T={d['temperature']:g},β={d['prior_correction']:g}," if d["temperature"] is not None else ""
+        name = f"{name} (val-chosen {bold}g={d['chroma_gain']:g})"
     return {"method": name, **columns(c, g["psnr"]), "cf_truth": c["colourfulness_truth"],
             "train_images_per_s": sum(rates) / len(rates),
             "steps": steps[-1]["step"] if steps else 0, "gray_psnr": g["psnr"], "gray_ssim": g["ssim"],
@@ -100,23 +105,36 @@ def run_method(name: str, photos: str, minutes: float, work: Path) -> dict:
             "wall_s": time.monotonic() - t0, "gallery": str(repo / "reports/gallery.html")}
 
 
-def rescore(row: dict, decodes: list[tuple[float, float]]) -> list[dict]:
-    """A bins-head model's test scores with other decodes (temperature, prior correction): the same weights,
-    bolder or safer."""
+def rescore(row: dict, decodes: list[tuple[float, ...]], floors: list[float]) -> list[dict]:
+    """The same weights' test scores with other decodes: bolder or safer.
+
+    `decodes`: (T, β[, gain]) for a bins-head model. `floors`: the decode the training's validation search
+    (reports/decode_search.json) would have chosen with that train.decode_min_psnr_gain_db, so the trade-off can
+    be read off the test split without choosing anything on it.
+    """
+    from chromify.decode_search import choose
     from chromify.evaluate import predict_split, score
     from chromify.lab import dequantise_lab
     from chromify.loader import ShardSet
 
     repo = Path(row["gallery"]).parents[1]
     model_dir = repo / "models/candidate"
-    if json.loads((model_dir / "config.json").read_text())["model"].get("head") != "bins":
-        return []
+    bins = json.loads((model_dir / "config.json").read_text())["model"].get("head") == "bins"
+    tried = json.loads((repo / "reports/decode_search.json").read_text()).get("rows") or []
+    todo = []
+    for floor in floors:
+        if tried:
+            d = choose(tried, floor)
+            todo.append((f"floor {floor:+g} dB: ", d["temperature"], d["prior_correction"], d["chroma_gain"]))
+    if bins:
+        todo += [("", d[0], d[1], d[2] if len(d) > 2 else 1.0) for d in decodes]
     data = ShardSet(repo / "data/processed/test").all()
     lab_truth = dequantise_lab(data.transpose(0, 2, 3, 1))
     rows = []
-    for t, beta in decodes:
-        ab = predict_split(model_dir, data, 16, temperature=t, prior_correction=beta)
-        rows.append({**row, "method": f"{row['method']} @T={t:g},β={beta:g}",
+    for label, t, beta, gain in todo:
+        ab = predict_split(model_dir, data, 16, temperature=t, prior_correction=beta, chroma_gain=gain)
+        bold = f"T={t:g},β={beta:g}," if t is not None else ""
+        rows.append({**row, "method": f"  same weights, {label}{bold}g={gain:g}",
                      **columns(score("candidate", lab_truth, ab, None).summary, row["gray_psnr"])})
     return rows
 
@@ -127,9 +145,11 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="train.max_minutes for every method")
     ap.add_argument("--methods", default="unet_bins,unet_bins_zhang,unet_l1,encdec_l1,unet_gan")
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir)")
-    ap.add_argument("--decodes", default="1:0,0.38:0.5,0.38:1",
-                    help="bins-head methods: also score the trained model with these T:β decodes (annealed-mean "
-                         "temperature : prior correction)")
+    ap.add_argument("--decodes", default="0.38:0.5,0.38:0",
+                    help="bins-head methods: also score the trained model with these T:β[:gain] decodes "
+                         "(annealed-mean temperature : prior correction : chroma gain)")
+    ap.add_argument("--floors", default="-0.5,0,1",
+                    help="also score the decodes the validation search picks with these PSNR floors (dB)")
     args = ap.parse_args()
     photos = str(Path(args.photos).resolve())
     if not Path(photos).is_dir():
@@ -140,7 +160,8 @@ def main() -> None:
     for name in args.methods.split(","):
         rows.append(run_method(name, photos, args.minutes, work))
         print(json.dumps(rows[-1]), flush=True)
-        extra = rescore(rows[-1], [tuple(map(float, d.split(":"))) for d in args.decodes.split(",") if d])
+        extra = rescore(rows[-1], [tuple(map(float, d.split(":"))) for d in args.decodes.split(",") if d],
+                        [float(f) for f in args.floors.split(",") if f])
         for r in extra:
             print(json.dumps(r), flush=True)
         rows += extra

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -228,4 +229,7 @@ def test_train_component_runs_torchrun_ranks_and_reports_rank_0s_metrics(tmp_pat
                                model=model, metrics=metrics, nproc=2)
     assert metrics.metadata["processes"] == 2 and metrics.metadata["step"] == 4
     assert val_l1 == metrics.metadata["val_l1"] and 0 < val_l1 < 1  # only rank 0 validates: its result was read
-    assert (tmp_path / "model" / "config.json").exists()
+    # params.yaml's decode_search ran on rank 0: the decode it chose is the exported one and the UI shows it.
+    exported = json.loads((tmp_path / "model" / "config.json").read_text())["model"]
+    assert model.metadata["decode"] == {k: exported[k] for k in ("temperature", "prior_correction", "chroma_gain")}
+    assert metrics.metadata["val_decode_delta_cf"] >= 0 and np.isfinite(metrics.metadata["val_decode_psnr_gain_db"])

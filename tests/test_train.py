@@ -177,6 +177,54 @@ def test_the_bins_head_and_scale_jitter_train_and_export_a_model_that_colours(sh
     assert ab.abs().mean() > 0.01  # not gray: the annealed mean commits to colours
 
 
+def test_the_decode_chosen_on_validation_is_exported_and_scores_as_evaluation_does(shard_dir, tmp_path) -> None:
+    from chromify.decode_search import candidates
+    from chromify.evaluate import predict_split, score
+    from chromify.lab import dequantise_lab
+
+    mp = replace(MODEL, head="bins", temperature=0.38, prior_correction=0.5)
+    p = replace(BASE, regression_weight=0.0, rebalance=1.0, resolution=32, max_steps=40, val_every_steps=1000,
+                decode_search=True, decode_min_psnr_gain_db=-3.0)
+    result = train(shard_dir, tmp_path / "model", mp, p, SEED, callbacks=(TrainReport(tmp_path / "reports"),))
+    found = json.loads((tmp_path / "reports" / "decode_search.json").read_text())
+    rows, chosen = found["rows"], found["chosen"]
+    assert found["images"] == 4 and len(rows) == len(candidates(bins_head=True))
+    # The rule (tests/test_decode_search.py): nearest the truth's colourfulness above the floor, else best PSNR.
+    above = [r for r in rows if r["psnr_gain_db"] >= p.decode_min_psnr_gain_db]
+    if above:
+        assert chosen in above and chosen["delta_cf"] == min(r["delta_cf"] for r in above)
+    else:
+        assert chosen["psnr_gain_db"] == max(r["psnr_gain_db"] for r in rows)
+    assert len({(r["psnr_gain_db"], r["delta_cf"]) for r in rows}) > len(rows) // 2  # the decodes do differ
+    config = json.loads((tmp_path / "model" / "config.json").read_text())["model"]
+    assert {k: config[k] for k in ("temperature", "prior_correction", "chroma_gain")} == {
+        k: chosen[k] for k in ("temperature", "prior_correction", "chroma_gain")}
+    assert result["decode"]["delta_cf"] == chosen["delta_cf"]
+    # The evaluate stage, loading the exported model, scores the validation photos as the search did.
+    data = ShardSet(shard_dir / "val").all()
+    lab = dequantise_lab(data.transpose(0, 2, 3, 1))
+    model = score("m", lab, predict_split(tmp_path / "model", data, 4), None).summary
+    gray = score("gray", lab, None, None).summary
+    assert model["psnr"] - gray["psnr"] == pytest.approx(chosen["psnr_gain_db"], abs=0.02)
+    assert model["delta_cf"] == pytest.approx(chosen["delta_cf"], abs=0.05)
+
+
+def test_the_decode_search_without_bins_scales_chroma_and_keeps_the_params_decode(shard_dir, tmp_path) -> None:
+    from chromify.inference import Colorizer
+
+    p = replace(BASE, max_steps=12, val_every_steps=1000, decode_search=True, decode_min_psnr_gain_db=-50.0)
+    result = train(shard_dir, tmp_path, MODEL, p, SEED)
+    config = json.loads((tmp_path / "config.json").read_text())["model"]
+    assert config["temperature"] == MODEL.temperature and result["decode"]["temperature"] is None
+    assert config["chroma_gain"] == result["decode"]["chroma_gain"] >= 1.0
+    lum = torch.rand(2, 1, 32, 32)
+    plain = Colorizer(tmp_path, device="cpu", chroma_gain=1.0).predict_ab(lum)
+    bold = Colorizer(tmp_path, device="cpu", chroma_gain=3.0).predict_ab(lum)
+    assert plain.abs().max() > 1.0  # ab units: something to scale
+    assert torch.allclose(bold, (plain * 3.0).clamp(-128.0, 128.0), atol=1e-3)
+    assert torch.allclose(Colorizer(tmp_path, device="cpu").predict_ab(lum), plain * config["chroma_gain"], atol=1e-3)
+
+
 def test_keep_best_exports_the_weights_of_the_best_validation(shard_dir, tmp_path) -> None:
     # A high learning rate makes the validation score swing, so that the last step is not the best one; which lr
     # does that first is a matter of floating point, so a few are tried.
@@ -351,5 +399,5 @@ def test_two_process_ddp_on_cpu_trains_and_writes_exactly_one_model(shard_dir, t
     assert model(torch.rand(1, 1, SIZE, SIZE)).abs().max() < 1
     assert load_checkpoint(out)["fingerprint"] != ""
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
-        "train_curves.png", "train_grid.png", "train_history.json"]
+        "decode_search.json", "train_curves.png", "train_grid.png", "train_history.json"]
     assert json.loads((tmp_path / "dvclive" / "metrics.json").read_text())["step"] == 5

@@ -157,6 +157,9 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
              prior_correction: Annotated[float | None, typer.Option(
                  help="Bins-head models only: divide by the training colours' prior to this power; > 0 is more "
                       "colourful (default: the model's).")] = None,
+             chroma_gain: Annotated[float | None, typer.Option(
+                 help="Scale the predicted colour about gray; > 1 is more vivid (default: the model's, chosen on "
+                      "validation when it was trained).")] = None,
              params: ParamsOpt = Path("params.yaml")) -> None:
     """Colorize photos at their full resolution; bad files are skipped with their reason."""
     from chromify.colorize import colorize_paths, output_format
@@ -165,7 +168,7 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
     outcome = colorize_paths(inputs, out, resolve_model(model, params), render_size=render_size, fmt=fmt,
                              side_by_side_output=side_by_side, html_path=html, batch_size=batch_size,
                              progress=sys.stderr.isatty(), temperature=temperature,
-                             prior_correction=prior_correction)
+                             prior_correction=prior_correction, chroma_gain=chroma_gain)
     for path, reason in outcome.failed:
         typer.echo(f"skipped {path}: {reason}", err=True)
     done = len(outcome.written)

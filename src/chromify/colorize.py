@@ -141,7 +141,7 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
                    render_size: int | None = None, fmt: str = "png", side_by_side_output: bool = False,
                    html_path: str | Path | None = None, batch_size: int = 0, device: str | None = None,
                    progress: bool = False, temperature: float | None = None,
-                   prior_correction: float | None = None) -> ColorizeOutcome:
+                   prior_correction: float | None = None, chroma_gain: float | None = None) -> ColorizeOutcome:
     """Colorize into `out_dir` keeping relative paths, each photo at its own size; bad files land in `failed`.
 
     `batch_size` 0 picks 8 on a GPU and 1 on the CPU (where batching buys nothing and costs memory).
@@ -155,7 +155,7 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
     outcome = ColorizeOutcome(failed=[(i, "no such file, folder or matching glob") for i in inputs
                                       if not Path(i).exists() and not glob.glob(i, recursive=True)])
     col = Colorizer(model_dir, device=device, render_size=render_size, temperature=temperature,
-                    prior_correction=prior_correction)
+                    prior_correction=prior_correction, chroma_gain=chroma_gain)
     batch_size = batch_size or (8 if col.device.startswith("cuda") else 1)
     sheet: list[tuple[str, str, str]] = []
     targets: set[Path] = set()

@@ -47,6 +47,7 @@ class ModelParams:
     bin_stride: int = 1
     temperature: float = 0.38
     prior_correction: float = 0.0
+    chroma_gain: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class TrainParams:
     grad_clip: float = 1.0
     ema_decay: float = 0.0
     keep_best: bool = False
+    decode_search: bool = False
+    decode_min_psnr_gain_db: float = 1.0
     loss: str = "l1"
     regression_weight: float = 1.0
     rebalance: float = 0.5

@@ -66,7 +66,8 @@ def score(name: str, lab_truth: np.ndarray, ab_pred: np.ndarray | None, model_id
 
 
 def predict_split(model_dir: str | Path, data: np.ndarray, batch_size: int,
-                  temperature: float | None = None, prior_correction: float | None = None) -> np.ndarray:
+                  temperature: float | None = None, prior_correction: float | None = None,
+                  chroma_gain: float | None = None) -> np.ndarray:
     """(N, 3, S, S) uint8 shard samples → (N, S, S, 2) predicted ab.
 
     The model runs at the size it was trained at (its config's `size`) and its ab is upsampled to S, as
@@ -77,7 +78,7 @@ def predict_split(model_dir: str | Path, data: np.ndarray, batch_size: int,
 
     from chromify.inference import Colorizer
 
-    col = Colorizer(model_dir, temperature=temperature, prior_correction=prior_correction)
+    col = Colorizer(model_dir, temperature=temperature, prior_correction=prior_correction, chroma_gain=chroma_gain)
     side = data.shape[-1]
     work = min(int(col.config.get("size", side)), side)
     out = []

@@ -142,9 +142,13 @@ class Colorizer:
 
     def __init__(self, model_dir: str | Path, device: str | None = None, render_size: int | None = None,
                  merge_workers: int | None = None, temperature: float | None = None,
-                 prior_correction: float | None = None):
+                 prior_correction: float | None = None, chroma_gain: float | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, self.config = load_model(model_dir, self.device)
+        # ab × this about gray: the last knob of the decode, for either head (chromify.decode_search picks it).
+        self.chroma_gain = float(self.config["model"].get("chroma_gain", 1.0) if chroma_gain is None else chroma_gain)
+        if not self.chroma_gain > 0:
+            raise ConfigError(f"chroma gain must be positive, got {self.chroma_gain}")
         # How bold a bins-head model's decode is; the values it was exported with otherwise.
         if temperature is not None or prior_correction is not None:
             if not hasattr(model, "temperature"):
@@ -169,7 +173,7 @@ class Colorizer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda")
         with autocast:
             out = self.model(lum.to(self.device).contiguous(memory_format=torch.channels_last))
-        return out.float() * 128.0
+        return (out.float() * (128.0 * self.chroma_gain)).clamp_(-128.0, 128.0)
 
     def render_shape(self, width: int, height: int) -> tuple[int, int]:
         """Short side to the render size (long side capped), both rounded to the model's multiple; (w, h)."""

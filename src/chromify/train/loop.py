@@ -155,14 +155,14 @@ def validate(model: torch.nn.Module, data: ShardSet, device: str, batch_size: in
 
 @torch.no_grad()
 def preview(model: torch.nn.Module, data: ShardSet, device: str, n: int = 4,
-            resolution: int = 0) -> dict[str, np.ndarray]:
+            resolution: int = 0, chroma_gain: float = 1.0) -> dict[str, np.ndarray]:
     """The first `n` samples of a split with the model's ab: for the before/after grid in reports/."""
     was_training = model.training
     model.eval()
     truth = data.gather(np.arange(min(n, len(data))))
     lum, ab_truth = to_model_tensors(truth, device)
     small, _ = at_resolution(lum, ab_truth, resolution)
-    ab = model(small.contiguous(memory_format=torch.channels_last)).float() * 128.0
+    ab = model(small.contiguous(memory_format=torch.channels_last)).float() * (128.0 * chroma_gain)
     ab = F.interpolate(ab, size=lum.shape[-2:], mode="bilinear", align_corners=False)
     model.train(was_training)
     return {"lab_truth": truth, "ab_pred": ab.cpu().numpy()}  # (n, 3, S, S) uint8, (n, 2, S, S) float ab
@@ -180,8 +180,30 @@ def bin_histogram_of(data: ShardSet, grid: int, max_images: int = 512) -> np.nda
                for i in range(0, len(picks), 64))
 
 
+# Enough photos to rank decodes a few tenths of a dB apart; more only slows the end of training.
+DECODE_SEARCH_IMAGES = 256
+
+
 def note(message: str) -> None:
     print(f"chromify: {message}", file=sys.stderr, flush=True)
+
+
+def search_decode(model: torch.nn.Module, val_set: ShardSet, mp: ModelParams, p: TrainParams,
+                  device: str) -> dict[str, Any]:
+    """Pick the exported decode on (up to DECODE_SEARCH_IMAGES of) the validation split; sets it on the model."""
+    from chromify.decode_search import candidates, choose, score_decodes
+
+    samples = val_set.gather(np.arange(min(len(val_set), DECODE_SEARCH_IMAGES)))
+    bins = mp.head == "bins"
+    rows, info = score_decodes(model, samples, candidates(bins), p.resolution, device)
+    chosen = choose(rows, p.decode_min_psnr_gain_db)
+    if bins:
+        model.temperature, model.prior_correction = chosen["temperature"], chosen["prior_correction"]
+    bold = f"T {chosen['temperature']}, β {chosen['prior_correction']}, " if bins else ""
+    note(f"decode chosen on {info['images']} validation photos: {bold}chroma gain {chosen['chroma_gain']} "
+         f"(PSNR {chosen['psnr_gain_db']:+.2f} dB over gray, ΔCF {chosen['delta_cf']:.1f}; floor "
+         f"{p.decode_min_psnr_gain_db:+.2f} dB)")
+    return {**info, "min_psnr_gain_db": p.decode_min_psnr_gain_db, "chosen": chosen, "rows": rows}
 
 
 def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainParams, seed: int,
@@ -392,12 +414,20 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                 final.update(validate(kept, val_set, env.device, resolution=p.resolution), exported_step=best["step"])
                 note(f"exported the weights of step {best['step']}, the best validation (val_psnr_ab "
                      f"{best['val_psnr_ab']:.2f} dB); the last step's were worse")
+            exported = asdict(mp)
+            searched = None
+            if p.decode_search and len(val_set):
+                searched = search_decode(kept, val_set, mp, p, env.device)
+                exported.update({k: v for k, v in searched["chosen"].items() if k in exported and v is not None})
+                final["decode"] = {k: searched["chosen"][k] for k in ("temperature", "prior_correction",
+                                                                       "chroma_gain", "psnr_gain_db", "delta_cf")}
             export_model(out_dir, kept, {
-                "format": "chromify-model-v1", "arch": mp.arch, "model": asdict(mp),
+                "format": "chromify-model-v1", "arch": mp.arch, "model": exported,
                 "size": p.resolution or train_set.size,
                 "multiple": model.multiple,
                 "input": "L/100 in [0, 1], (B, 1, H, W)", "output": "ab/128 in (-1, 1), (B, 2, H, W)",
             })
-            samples = preview(kept, val_set, env.device, resolution=p.resolution)
-            emit("end", {**final, "history": history, "samples": samples})
+            samples = preview(kept, val_set, env.device, resolution=p.resolution,
+                              chroma_gain=exported.get("chroma_gain", 1.0))
+            emit("end", {**final, "history": history, "samples": samples, "decode_search": searched})
         return {**final, "history": history}

@@ -53,7 +53,8 @@ def before_after_grid(lab_truth: np.ndarray, ab_pred: np.ndarray, gap: int = 2) 
 
 
 class TrainReport:
-    """Prints progress; writes reports/train_history.json, train_curves.png, train_grid.png; feeds DVCLive.
+    """Prints progress; writes reports/train_history.json, train_curves.png, train_grid.png and
+    decode_search.json (the decodes tried on validation, if any); feeds DVCLive.
 
     DVCLive writes to `dvclive_dir`, by default `dvclive/` beside the reports folder (the repo root for the CLI's
     `--reports reports`, where dvc.yaml can declare it); `live=False` or no reports folder turns it off.
@@ -89,6 +90,8 @@ class TrainReport:
             if self.reports is not None:
                 atomic_write_json(self.reports / "train_history.json",
                                   {"steps": self.steps, "epochs": data["history"]})
+                atomic_write_json(self.reports / "decode_search.json", data.get("decode_search") or {
+                    "chosen": None, "note": "train.decode_search is off: the model decodes as params.yaml says"})
                 self.plot(data["history"])
             self.write_grid(data["samples"])
 

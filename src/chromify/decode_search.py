@@ -1,0 +1,108 @@
+"""Choose, on the validation split, how boldly a trained model's colours are decoded.
+
+Fidelity (PSNR) and vividness (colourfulness near the truth's) pull against each other: where a model is unsure, a
+vivid colour is a bet that costs more squared error than a dull one. Which decode gives the best balance depends on
+the model and the data (how long it trained, how sure it became), so it is measured per model rather than fixed:
+the rule keeps a fidelity floor over the gray baseline and, above it, takes the decode whose colourfulness is
+closest to the truth's.
+
+A decode is the bins head's annealed-mean temperature T and prior correction β (models/binned.py) and, for both
+heads, a chroma gain g that scales the predicted ab about gray (applied by `inference.Colorizer`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from chromify.lab import dequantise_lab, lab_to_rgb
+from chromify.metrics import colourfulness, psnr
+
+TEMPERATURES = (0.2, 0.38, 0.6, 1.0)
+PRIOR_CORRECTIONS = (0.0, 0.15, 0.3, 0.45, 0.6)
+BINS_GAINS = (1.0, 1.2, 1.4)
+REGRESSION_GAINS = tuple(round(1.0 + 0.1 * i, 1) for i in range(11))
+
+
+@dataclass(frozen=True)
+class Decode:
+    temperature: float | None = None  # bins head only
+    prior_correction: float | None = None  # bins head only
+    chroma_gain: float = 1.0
+
+
+def candidates(bins_head: bool) -> list[Decode]:
+    if not bins_head:
+        return [Decode(chroma_gain=g) for g in REGRESSION_GAINS]
+    return [Decode(t, b, g) for t, b, g in itertools.product(TEMPERATURES, PRIOR_CORRECTIONS, BINS_GAINS)]
+
+
+def _rgb(lab: np.ndarray) -> np.ndarray:
+    """In 8-bit steps, as the evaluate stage scores its outputs."""
+    return np.floor(lab_to_rgb(lab) * 255.0 + 0.5) / np.float32(255.0)
+
+
+@torch.no_grad()
+def score_decodes(model: torch.nn.Module, samples: np.ndarray, decodes: list[Decode], resolution: int = 0,
+                  device: str = "cpu", batch_size: int = 32) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Per decode: mean PSNR gain over gray (dB), mean colourfulness and ΔCF on uint8 shard samples (N, 3, S, S).
+
+    Scored as evaluation scores a model: the model runs at `resolution`, its ab is upsampled under the full L.
+    The bins head's logits are computed once per batch and decoded every way from them.
+    """
+    was_training = model.training
+    model.eval()
+    bins = hasattr(model, "bins")
+    side = samples.shape[-1]
+    gain_sum = np.zeros(len(decodes))
+    cf_sum = np.zeros(len(decodes))
+    cf_truth = 0.0
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        lab = dequantise_lab(batch.transpose(0, 2, 3, 1))
+        truth = _rgb(lab)
+        gray_lab = lab.copy()
+        gray_lab[..., 1:] = 0.0
+        gray_psnr = np.array([psnr(p, t) for p, t in zip(_rgb(gray_lab), truth, strict=True)])
+        cf_truth += sum(colourfulness(t) for t in truth)
+        lum = torch.from_numpy(batch[:, :1].astype(np.float32) / 255.0).to(device)
+        if resolution and resolution != side:
+            lum = F.interpolate(lum, size=(resolution, resolution), mode="area")
+        lum = lum.contiguous(memory_format=torch.channels_last)
+        if bins:
+            _, logits = model(lum, with_logits=True)
+            logits = logits.float()
+        else:
+            raw = model(lum).float()
+        for i, d in enumerate(decodes):
+            if bins:
+                shifted = logits - d.prior_correction * model.log_prior[None, :, None, None]
+                ab = model.bins.decode(shifted, d.temperature) / 128.0
+            else:
+                ab = raw
+            ab = F.interpolate((ab * (128.0 * d.chroma_gain)).clamp(-128.0, 128.0), size=(side, side), mode="bilinear",
+                               align_corners=False)
+            pred = lab.copy()
+            pred[..., 1:] = ab.permute(0, 2, 3, 1).cpu().numpy()
+            rgb = _rgb(pred)
+            gain_sum[i] += sum(psnr(p, t) for p, t in zip(rgb, truth, strict=True)) - gray_psnr.sum()
+            cf_sum[i] += sum(colourfulness(p) for p in rgb)
+    model.train(was_training)
+    n = len(samples)
+    rows = [{**asdict(d), "psnr_gain_db": float(gain_sum[i] / n), "colourfulness": float(cf_sum[i] / n),
+             "delta_cf": float(abs(cf_sum[i] - cf_truth) / n)} for i, d in enumerate(decodes)]
+    return rows, {"images": n, "colourfulness_truth": float(cf_truth / n)}
+
+
+def choose(rows: list[dict[str, Any]], min_psnr_gain_db: float) -> dict[str, Any]:
+    """The most truthfully colourful decode (least ΔCF) that still beats gray by `min_psnr_gain_db`; when none
+    does, the one with the most PSNR gain."""
+    floor = [r for r in rows if r["psnr_gain_db"] >= min_psnr_gain_db]
+    if floor:
+        return min(floor, key=lambda r: (r["delta_cf"], -r["psnr_gain_db"]))
+    return max(rows, key=lambda r: r["psnr_gain_db"])
