@@ -221,7 +221,7 @@ def test_train_component_runs_torchrun_ranks_and_reports_rank_0s_metrics(tmp_pat
     p = load_params(params_file(tmp_path, preprocess={"size": 64, "workers": 1},
                                 model={"base_width": 8, "depth": 3},
                                 train={"max_steps": 4, "max_minutes": 0, "crop": 48, "batch_size": 2,
-                                       "checkpoint_every": 0, "warmup_steps": 2}))
+                                       "checkpoint_every": 0, "warmup_steps": 2, "decode_search_min_photos": 1}))
     run_ingest(p, tmp_path / "raw", tmp_path / "reports")
     run_preprocess(p, tmp_path / "raw", tmp_path / "shards")
     model, metrics = dsl.Model(uri=str(tmp_path / "model")), dsl.Metrics(uri=str(tmp_path / "metrics"))
@@ -229,7 +229,7 @@ def test_train_component_runs_torchrun_ranks_and_reports_rank_0s_metrics(tmp_pat
                                model=model, metrics=metrics, nproc=2)
     assert metrics.metadata["processes"] == 2 and metrics.metadata["step"] == 4
     assert val_l1 == metrics.metadata["val_l1"] and 0 < val_l1 < 1  # only rank 0 validates: its result was read
-    # params.yaml's decode_search ran on rank 0: the decode it chose is the exported one and the UI shows it.
+    # The decode search ran on rank 0 (on the sample's one validation photo): its choice is exported and shown.
     exported = json.loads((tmp_path / "model" / "config.json").read_text())["model"]
     assert model.metadata["decode"] == {k: exported[k] for k in ("temperature", "prior_correction", "chroma_gain")}
     assert metrics.metadata["val_decode_delta_cf"] >= 0 and np.isfinite(metrics.metadata["val_decode_psnr_gain_db"])

@@ -184,7 +184,7 @@ def test_the_decode_chosen_on_validation_is_exported_and_scores_as_evaluation_do
 
     mp = replace(MODEL, head="bins", temperature=0.38, prior_correction=0.5)
     p = replace(BASE, regression_weight=0.0, rebalance=1.0, resolution=32, max_steps=40, val_every_steps=1000,
-                decode_search=True, decode_min_psnr_gain_db=-3.0)
+                decode_search=True, decode_min_psnr_gain_db=-3.0, decode_search_min_photos=4)
     result = train(shard_dir, tmp_path / "model", mp, p, SEED, callbacks=(TrainReport(tmp_path / "reports"),))
     found = json.loads((tmp_path / "reports" / "decode_search.json").read_text())
     rows, chosen = found["rows"], found["chosen"]
@@ -212,7 +212,8 @@ def test_the_decode_chosen_on_validation_is_exported_and_scores_as_evaluation_do
 def test_the_decode_search_without_bins_scales_chroma_and_keeps_the_params_decode(shard_dir, tmp_path) -> None:
     from chromify.inference import Colorizer
 
-    p = replace(BASE, max_steps=12, val_every_steps=1000, decode_search=True, decode_min_psnr_gain_db=-50.0)
+    p = replace(BASE, max_steps=12, val_every_steps=1000, decode_search=True, decode_min_psnr_gain_db=-50.0,
+                decode_search_min_photos=1)
     result = train(shard_dir, tmp_path, MODEL, p, SEED)
     config = json.loads((tmp_path / "config.json").read_text())["model"]
     assert config["temperature"] == MODEL.temperature and result["decode"]["temperature"] is None
@@ -223,6 +224,17 @@ def test_the_decode_search_without_bins_scales_chroma_and_keeps_the_params_decod
     assert plain.abs().max() > 1.0  # ab units: something to scale
     assert torch.allclose(bold, (plain * 3.0).clamp(-128.0, 128.0), atol=1e-3)
     assert torch.allclose(Colorizer(tmp_path, device="cpu").predict_ab(lum), plain * config["chroma_gain"], atol=1e-3)
+
+
+def test_too_few_validation_photos_keep_the_params_decode(shard_dir, tmp_path) -> None:
+    mp = replace(MODEL, head="bins", temperature=0.6, prior_correction=0.3)
+    p = replace(BASE, max_steps=6, val_every_steps=1000, decode_search=True, decode_search_min_photos=5)
+    result = train(shard_dir, tmp_path / "model", mp, p, SEED, callbacks=(TrainReport(tmp_path / "reports"),))
+    found = json.loads((tmp_path / "reports" / "decode_search.json").read_text())
+    assert found["chosen"] is None and found["images"] == 4 and "fewer than" in found["note"]
+    config = json.loads((tmp_path / "model" / "config.json").read_text())["model"]
+    assert (config["temperature"], config["prior_correction"], config["chroma_gain"]) == (0.6, 0.3, 1.0)
+    assert "decode" not in result
 
 
 def test_keep_best_exports_the_weights_of_the_best_validation(shard_dir, tmp_path) -> None:

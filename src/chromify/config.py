@@ -67,6 +67,7 @@ class TrainParams:
     keep_best: bool = False
     decode_search: bool = False
     decode_min_psnr_gain_db: float = 1.0
+    decode_search_min_photos: int = 16
     loss: str = "l1"
     regression_weight: float = 1.0
     rebalance: float = 0.5

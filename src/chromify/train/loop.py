@@ -416,8 +416,15 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                      f"{best['val_psnr_ab']:.2f} dB); the last step's were worse")
             exported = asdict(mp)
             searched = None
-            if p.decode_search and len(val_set):
+            if p.decode_search and len(val_set) < p.decode_search_min_photos:
+                why = (f"decode search skipped: {len(val_set)} validation photo(s), fewer than "
+                       f"train.decode_search_min_photos ({p.decode_search_min_photos}); the model decodes as "
+                       "params.yaml says")
+                note(why)
+                searched = {"chosen": None, "images": len(val_set), "note": why}
+            elif p.decode_search:
                 searched = search_decode(kept, val_set, mp, p, env.device)
+            if searched is not None and searched["chosen"] is not None:
                 exported.update({k: v for k, v in searched["chosen"].items() if k in exported and v is not None})
                 final["decode"] = {k: searched["chosen"][k] for k in ("temperature", "prior_correction",
                                                                        "chroma_gain", "psnr_gain_db", "delta_cf")}
