@@ -35,9 +35,11 @@ def train(params_json: str, shards: Input[Dataset], model: Output[Model], metric
         metrics.log_metric(key, float(result[key]))
     metrics.log_metric("processes", nproc)
     model.metadata.update({"framework": "pytorch", "format": "safetensors", "processes": nproc})
+    from chromify.decode_search import DECODE_KEYS
+
     decode = result.get("decode")  # the decode chosen on validation (train.decode_search), shown in the run's UI
     if decode:
         metrics.log_metric("val_decode_psnr_gain_db", float(decode["psnr_gain_db"]))
         metrics.log_metric("val_decode_delta_cf", float(decode["delta_cf"]))
-        model.metadata["decode"] = {k: decode[k] for k in ("temperature", "prior_correction", "chroma_gain")}
+        model.metadata["decode"] = {k: decode[k] for k in DECODE_KEYS}
     return float(result["val_l1"])

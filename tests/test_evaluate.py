@@ -14,7 +14,7 @@ from skimage import data as skdata
 from chromify import evaluate as ev
 from chromify.config import GateParams
 from chromify.io import file_sha256
-from chromify.lab import dequantise_lab, quantise_lab, rgb_to_lab
+from chromify.lab import dequantise_lab, lab_to_rgb8, quantise_lab, rgb_to_lab
 from chromify.metrics import PSNR_CAP_DB, colourfulness, psnr
 from chromify.models import get_model
 from chromify.shards import FORMAT
@@ -98,7 +98,7 @@ def test_the_gallery_leads_with_the_worst_and_the_best_image(lab_truth, tmp_path
     assert ev.gallery_rows(candidate, 1, seed=0) == {3: rows[3]}
 
     page = tmp_path / "gallery.html"
-    ev.write_gallery(page, ev._to_rgb(lab_truth), [gray, candidate], rows, "t")
+    ev.write_gallery(page, lab_to_rgb8(lab_truth), [gray, candidate], rows, "t")
     text = page.read_text()
     assert "image 3: worst ΔE2000 of the candidate" in text and "image 1: best ΔE2000 of the candidate" in text
     assert text.index("image 3: worst") < text.index("image 1: best")

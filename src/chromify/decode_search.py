@@ -13,14 +13,14 @@ heads, a chroma gain g that scales the predicted ab about gray (applied by `infe
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chromify.lab import dequantise_lab, lab_to_rgb
+from chromify.lab import dequantise_lab, lab_to_rgb8
 from chromify.metrics import colourfulness, psnr
 
 TEMPERATURES = (0.2, 0.38, 0.6, 1.0)
@@ -36,15 +36,18 @@ class Decode:
     chroma_gain: float = 1.0
 
 
+DECODE_KEYS = tuple(f.name for f in fields(Decode))  # as they appear in an exported config's "model"
+
+
+def ab_units(out: torch.Tensor, chroma_gain: float = 1.0) -> torch.Tensor:
+    """A model's ab/128 → ab × the chroma gain, kept inside the ab range: every consumer scales the same way."""
+    return (out.float() * (128.0 * chroma_gain)).clamp_(-128.0, 128.0)
+
+
 def candidates(bins_head: bool) -> list[Decode]:
     if not bins_head:
         return [Decode(chroma_gain=g) for g in REGRESSION_GAINS]
     return [Decode(t, b, g) for t, b, g in itertools.product(TEMPERATURES, PRIOR_CORRECTIONS, BINS_GAINS)]
-
-
-def _rgb(lab: np.ndarray) -> np.ndarray:
-    """In 8-bit steps, as the evaluate stage scores its outputs."""
-    return np.floor(lab_to_rgb(lab) * 255.0 + 0.5) / np.float32(255.0)
 
 
 @torch.no_grad()
@@ -65,10 +68,10 @@ def score_decodes(model: torch.nn.Module, samples: np.ndarray, decodes: list[Dec
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
         lab = dequantise_lab(batch.transpose(0, 2, 3, 1))
-        truth = _rgb(lab)
+        truth = lab_to_rgb8(lab)  # in 8-bit steps, as the evaluate stage scores its outputs
         gray_lab = lab.copy()
         gray_lab[..., 1:] = 0.0
-        gray_psnr = np.array([psnr(p, t) for p, t in zip(_rgb(gray_lab), truth, strict=True)])
+        gray_psnr = np.array([psnr(p, t) for p, t in zip(lab_to_rgb8(gray_lab), truth, strict=True)])
         cf_truth += sum(colourfulness(t) for t in truth)
         lum = torch.from_numpy(batch[:, :1].astype(np.float32) / 255.0).to(device)
         if resolution and resolution != side:
@@ -76,20 +79,14 @@ def score_decodes(model: torch.nn.Module, samples: np.ndarray, decodes: list[Dec
         lum = lum.contiguous(memory_format=torch.channels_last)
         if bins:
             _, logits = model(lum, with_logits=True)
-            logits = logits.float()
         else:
             raw = model(lum).float()
         for i, d in enumerate(decodes):
-            if bins:
-                shifted = logits - d.prior_correction * model.log_prior[None, :, None, None]
-                ab = model.bins.decode(shifted, d.temperature) / 128.0
-            else:
-                ab = raw
-            ab = F.interpolate((ab * (128.0 * d.chroma_gain)).clamp(-128.0, 128.0), size=(side, side), mode="bilinear",
-                               align_corners=False)
+            ab = model.decode_logits(logits, d.temperature, d.prior_correction) if bins else raw
+            ab = F.interpolate(ab_units(ab, d.chroma_gain), size=(side, side), mode="bilinear", align_corners=False)
             pred = lab.copy()
             pred[..., 1:] = ab.permute(0, 2, 3, 1).cpu().numpy()
-            rgb = _rgb(pred)
+            rgb = lab_to_rgb8(pred)
             gain_sum[i] += sum(psnr(p, t) for p, t in zip(rgb, truth, strict=True)) - gray_psnr.sum()
             cf_sum[i] += sum(colourfulness(p) for p in rgb)
     model.train(was_training)

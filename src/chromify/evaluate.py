@@ -24,7 +24,7 @@ from chromify.config import GateParams
 from chromify.errors import DataError
 from chromify.gate import GateDecision, GateThresholds, ModelScore, decide
 from chromify.io import atomic_write_json, atomic_write_text
-from chromify.lab import dequantise_lab, lab_to_rgb
+from chromify.lab import dequantise_lab, lab_to_rgb8
 from chromify.loader import ShardSet
 from chromify.metrics import image_metrics, summarise
 
@@ -50,16 +50,12 @@ def model_id_of(model_dir: str | Path) -> str:
     return file_sha256(Path(model_dir) / "model.safetensors")[:16]
 
 
-def _to_rgb(lab: np.ndarray) -> np.ndarray:
-    return (lab_to_rgb(lab) * 255.0 + 0.5).astype(np.uint8)
-
-
 def score(name: str, lab_truth: np.ndarray, ab_pred: np.ndarray | None, model_id: str | None) -> Scored:
     """lab_truth (N, S, S, 3) float; ab_pred (N, S, S, 2) or None for the gray baseline."""
-    truth_rgb = _to_rgb(lab_truth)
+    truth_rgb = lab_to_rgb8(lab_truth)
     pred_lab = lab_truth.copy()
     pred_lab[..., 1:] = 0.0 if ab_pred is None else ab_pred
-    pred_rgb = _to_rgb(pred_lab)
+    pred_rgb = lab_to_rgb8(pred_lab)
     rows = [image_metrics(p.astype(np.float32) / 255.0, t.astype(np.float32) / 255.0)
             for p, t in zip(pred_rgb, truth_rgb, strict=True)]
     return Scored(name, model_id, rows, pred_rgb)
@@ -378,7 +374,7 @@ def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str 
         ModelScore(champion.model_id, champion.summary) if champion else None,
         GateThresholds(**vars(gate)),
     )
-    truth_rgb = _to_rgb(lab_truth)
+    truth_rgb = lab_to_rgb8(lab_truth)
     ordered = [gray, candidate] + ([champion] if champion else [])
     fid, lpips, notes = perceptual_metrics(truth_rgb, ordered)
     summary: dict[str, Any] = {

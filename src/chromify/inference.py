@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from chromify.decode_search import ab_units
 from chromify.errors import ConfigError
 from chromify.lab import (
     _LAB_EPS,
@@ -173,7 +174,7 @@ class Colorizer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda")
         with autocast:
             out = self.model(lum.to(self.device).contiguous(memory_format=torch.channels_last))
-        return (out.float() * (128.0 * self.chroma_gain)).clamp_(-128.0, 128.0)
+        return ab_units(out, self.chroma_gain)
 
     def render_shape(self, width: int, height: int) -> tuple[int, int]:
         """Short side to the render size (long side capped), both rounded to the model's multiple; (w, h)."""

@@ -70,6 +70,11 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(_linear_to_srgb(t @ _RGB_FROM_XYZN), 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def lab_to_rgb8(lab: np.ndarray) -> np.ndarray:
+    """CIE Lab (..., 3) → 8-bit sRGB (rounded): what a user sees, and what evaluation scores."""
+    return (lab_to_rgb(lab) * 255.0 + 0.5).astype(np.uint8)
+
+
 def quantise_lab(lab: np.ndarray) -> np.ndarray:
     """(..., 3) float Lab → (..., 3) uint8 in the shard encoding."""
     out = np.empty(lab.shape, dtype=np.uint8)

@@ -54,12 +54,21 @@ class BinnedColour(nn.Module):
         self.log_prior.copy_(prior.clamp_min(1e-6).log())
         head.bias.copy_(self.log_prior)
 
-    def forward(self, lum: torch.Tensor, with_logits: bool = False):
-        logits = self.net(lum)
+    def decode_logits(self, logits: torch.Tensor, temperature: float | None = None,
+                      prior_correction: float | None = None) -> torch.Tensor:
+        """Bin logits → ab/128 at the input's resolution, by the model's decode or the one given (for trying
+        several on the same logits: chromify.decode_search)."""
+        temperature = self.temperature if temperature is None else temperature
+        beta = self.prior_correction if prior_correction is None else prior_correction
         decoding = logits.float()
-        if self.prior_correction:  # p(c | L) / p̃(c)^β: favour colours the training set's prior made look unlikely
-            decoding = decoding - self.prior_correction * self.log_prior[None, :, None, None]
-        ab = self.bins.decode(decoding, self.temperature) / 128.0
+        if beta:  # p(c | L) / p̃(c)^β: favour colours the training set's prior made look unlikely
+            decoding = decoding - beta * self.log_prior[None, :, None, None]
+        ab = self.bins.decode(decoding, temperature) / 128.0
         if self.stride > 1:
             ab = F.interpolate(ab, scale_factor=self.stride, mode="bilinear", align_corners=False)
+        return ab
+
+    def forward(self, lum: torch.Tensor, with_logits: bool = False):
+        logits = self.net(lum)
+        ab = self.decode_logits(logits)
         return (ab, logits) if with_logits else ab

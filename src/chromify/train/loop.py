@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from chromify.config import ModelParams, TrainParams
+from chromify.decode_search import DECODE_KEYS, ab_units
 from chromify.errors import ConfigError, DataError
 from chromify.loader import ShardSet, crop_flip, crop_flip_draws, to_model_tensors
 from chromify.models import get_model
@@ -162,7 +163,7 @@ def preview(model: torch.nn.Module, data: ShardSet, device: str, n: int = 4,
     truth = data.gather(np.arange(min(n, len(data))))
     lum, ab_truth = to_model_tensors(truth, device)
     small, _ = at_resolution(lum, ab_truth, resolution)
-    ab = model(small.contiguous(memory_format=torch.channels_last)).float() * (128.0 * chroma_gain)
+    ab = ab_units(model(small.contiguous(memory_format=torch.channels_last)), chroma_gain)
     ab = F.interpolate(ab, size=lum.shape[-2:], mode="bilinear", align_corners=False)
     model.train(was_training)
     return {"lab_truth": truth, "ab_pred": ab.cpu().numpy()}  # (n, 3, S, S) uint8, (n, 2, S, S) float ab
@@ -190,9 +191,18 @@ def note(message: str) -> None:
 
 def search_decode(model: torch.nn.Module, val_set: ShardSet, mp: ModelParams, p: TrainParams,
                   device: str) -> dict[str, Any]:
-    """Pick the exported decode on (up to DECODE_SEARCH_IMAGES of) the validation split; sets it on the model."""
+    """Pick the exported decode on (up to DECODE_SEARCH_IMAGES of) the validation split; sets it on the model.
+
+    With fewer photos than `train.decode_search_min_photos` the ranking would be noise: `chosen` is None then,
+    and the model keeps params.yaml's decode.
+    """
     from chromify.decode_search import candidates, choose, score_decodes
 
+    if len(val_set) < p.decode_search_min_photos:
+        why = (f"decode search skipped: {len(val_set)} validation photo(s), fewer than "
+               f"train.decode_search_min_photos ({p.decode_search_min_photos}); the model decodes as params.yaml says")
+        note(why)
+        return {"chosen": None, "images": len(val_set), "note": why}
     samples = val_set.gather(np.arange(min(len(val_set), DECODE_SEARCH_IMAGES)))
     bins = mp.head == "bins"
     rows, info = score_decodes(model, samples, candidates(bins), p.resolution, device)
@@ -415,26 +425,16 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                 note(f"exported the weights of step {best['step']}, the best validation (val_psnr_ab "
                      f"{best['val_psnr_ab']:.2f} dB); the last step's were worse")
             exported = asdict(mp)
-            searched = None
-            if p.decode_search and len(val_set) < p.decode_search_min_photos:
-                why = (f"decode search skipped: {len(val_set)} validation photo(s), fewer than "
-                       f"train.decode_search_min_photos ({p.decode_search_min_photos}); the model decodes as "
-                       "params.yaml says")
-                note(why)
-                searched = {"chosen": None, "images": len(val_set), "note": why}
-            elif p.decode_search:
-                searched = search_decode(kept, val_set, mp, p, env.device)
+            searched = search_decode(kept, val_set, mp, p, env.device) if p.decode_search else None
             if searched is not None and searched["chosen"] is not None:
-                exported.update({k: v for k, v in searched["chosen"].items() if k in exported and v is not None})
-                final["decode"] = {k: searched["chosen"][k] for k in ("temperature", "prior_correction",
-                                                                       "chroma_gain", "psnr_gain_db", "delta_cf")}
+                final["decode"] = chosen = searched["chosen"]
+                exported.update({k: chosen[k] for k in DECODE_KEYS if chosen[k] is not None})
             export_model(out_dir, kept, {
                 "format": "chromify-model-v1", "arch": mp.arch, "model": exported,
                 "size": p.resolution or train_set.size,
                 "multiple": model.multiple,
                 "input": "L/100 in [0, 1], (B, 1, H, W)", "output": "ab/128 in (-1, 1), (B, 2, H, W)",
             })
-            samples = preview(kept, val_set, env.device, resolution=p.resolution,
-                              chroma_gain=exported.get("chroma_gain", 1.0))
+            samples = preview(kept, val_set, env.device, resolution=p.resolution, chroma_gain=exported["chroma_gain"])
             emit("end", {**final, "history": history, "samples": samples, "decode_search": searched})
         return {**final, "history": history}
