@@ -38,6 +38,8 @@ METHODS: dict[str, dict] = {
     "unet_bins_zhang": {"model": {"prior_correction": 0.0}, "train": {"rebalance": 0.5}},  # Zhang et al.'s λ
     # against over-fitting 519 photos: random-resized crops (half to full side) and EMA weights (~100-step horizon)
     "unet_bins_aug": {"train": {"scale_min": 0.5, "ema_decay": 0.99}},
+    "unet_bins_r128": {"train": {"resolution": 128, "val_every_steps": 100}},  # 4.5× the cost a step
+    "unet_bins_wd": {"train": {"weight_decay": 0.05, "val_every_steps": 100}},  # AdamW's decay, 500× the default
     "unet_l1": regression(),
     "unet_l2": regression(loss="l2"),
     "unet_cf": regression(colourfulness_weight=0.5),

@@ -1,0 +1,115 @@
+"""Learning curve: the same training budget on nested subsets of the training photos, scored on the test split.
+
+Tells whether more photos would move colour quality before anyone collects them. Each fraction trains from
+scratch for `--minutes` (params.yaml otherwise) on a seeded subset of the training split (a quarter ⊂ a half ⊂ all),
+with the same validation and test splits. Per fraction it prints, on the test split:
+- the sharp mean (T 0.38, β 0, gain 1): how much the model knows, whatever the decode;
+- the decode the validation search picks at params.yaml's floor (as a real run exports);
+- the best decode *chosen on the test split* with ΔCF ≤ 5: an upper bound on any decode of the grid, not a result.
+
+    python benchmarks/data_scaling.py --data data/processed                # after `dvc repro` on a real folder
+    python benchmarks/data_scaling.py --data DIR --fractions 0.25,0.5,1 --minutes 10 --workdir /tmp/curve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_subset(data: Path, dest: Path, fraction: float, seed: int) -> int:
+    """A processed directory whose train split holds a seeded `fraction` of `data`'s (nested across fractions);
+    val and test are links to `data`'s own."""
+    from chromify.io import file_sha256
+    from chromify.loader import ShardSet
+    from chromify.shards import read_index
+
+    train = ShardSet(data / "train")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(train))[: max(1, round(fraction * len(train)))])
+    (dest / "train").mkdir(parents=True, exist_ok=True)
+    for split in ("val", "test"):
+        link = dest / split
+        if not link.exists():
+            link.symlink_to((data / split).resolve(), target_is_directory=True)
+    shard = dest / "train" / "subset-00000.npy"
+    np.save(shard, train.gather(keep))
+    index = read_index(data / "train")
+    index.update(count=len(keep), shards=[{"file": shard.name, "count": len(keep), "sha256": file_sha256(shard)}])
+    (dest / "train" / "index.json").write_text(json.dumps(index, indent=2))
+    return len(keep)
+
+
+def key(row: dict) -> tuple:
+    return row["temperature"], row["prior_correction"], row["chroma_gain"]
+
+
+def sharp_mean(rows: list[dict]) -> dict:
+    """The bins head's annealed mean at T 0.38 without prior correction or gain; the regression head at gain 1."""
+    return next(r for r in rows if key(r) in ((0.38, 0.0, 1.0), (None, None, 1.0)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT / "data/processed"), help="a processed directory (train/val/test)")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--fractions", default="0.25,0.5,1")
+    ap.add_argument("--minutes", type=float, default=10.0, help="train.max_minutes for every fraction")
+    ap.add_argument("--max-steps", type=int, default=0, help="a step budget instead of minutes (smoke runs)")
+    ap.add_argument("--workdir", default=None, help="keep the subsets and models here (default: a temp dir)")
+    args = ap.parse_args()
+
+    from chromify.config import load_params
+    from chromify.decode_search import candidates, choose, score_decodes
+    from chromify.loader import ShardSet
+    from chromify.train.checkpoint import load_model
+    from chromify.train.loop import train
+
+    params = load_params(args.params)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="chromify-curve-"))
+    data = Path(args.data)
+    val, test = ShardSet(data / "val").all(), ShardSet(data / "test").all()
+    bins = params.model.head == "bins"
+    grid = candidates(bins)
+    print(f"data {data}: {len(ShardSet(data / 'train'))} train, {len(val)} val, {len(test)} test photos; "
+          f"{args.minutes:g} min a fraction; work in {work}", flush=True)
+    lines = []
+    for fraction in (float(f) for f in args.fractions.split(",")):
+        tag = f"f{fraction:g}"
+        photos = write_subset(data, work / tag / "data", fraction, params.base.seed)
+        tp = replace(params.train, max_minutes=0.0 if args.max_steps else args.minutes, max_steps=args.max_steps,
+                     decode_search=False, out_dir=str(work / tag / "model"))
+        t0 = time.time()
+        result = train(work / tag / "data", work / tag / "model", params.model, tp, seed=params.base.seed)
+        seconds = time.time() - t0
+        model, config = load_model(work / tag / "model", "cpu")
+        size = int(config.get("size", 0))
+        val_rows, _ = score_decodes(model, val, grid, size)
+        test_rows, info = score_decodes(model, test, grid, size)
+        chosen = choose(val_rows, params.train.decode_min_psnr_gain_db)
+        on_test = next(r for r in test_rows if key(r) == key(chosen))
+        mean = sharp_mean(test_rows)
+        vivid = [r for r in test_rows if r["delta_cf"] <= 5]
+        bound = max(vivid, key=lambda r: r["psnr_gain_db"]) if vivid else None
+        cell = lambda r: f"{r['psnr_gain_db']:+.2f} / {r['delta_cf']:.1f}"  # noqa: E731
+        name = " ".join(f"{k} {v:g}" for k, v in zip("Tβg", key(chosen), strict=True) if v is not None)
+        lines.append(f"| {fraction:g} | {photos} | {result['step']} ({seconds / 60:.1f} min) | {cell(mean)} "
+                     f"| {name}: {cell(on_test)} | {cell(bound) if bound else 'none'} |")
+        print(lines[-1], flush=True)
+    print(f"\ntest split: {len(test)} photos, truth colourfulness {info['colourfulness_truth']:.1f}; "
+          "cells are PSNR gain over gray (dB) / ΔCF\n")
+    print("| fraction | train photos | steps | sharp mean (T 0.38, β 0) | val-chosen decode on test "
+          "| best on test with ΔCF ≤ 5 (upper bound) |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
