@@ -14,7 +14,7 @@ with the same validation and test splits. Per fraction it prints, on the test sp
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_subset(data: Path, dest: Path, fraction: float, seed: int) -> int:
     """A processed directory whose train split holds a seeded `fraction` of `data`'s (nested across fractions);
     val and test are links to `data`'s own."""
-    from chromify.io import file_sha256
+    from chromify.io import atomic_write_json, file_sha256
     from chromify.loader import ShardSet
     from chromify.shards import read_index
 
@@ -43,7 +43,7 @@ def write_subset(data: Path, dest: Path, fraction: float, seed: int) -> int:
     np.save(shard, train.gather(keep))
     index = read_index(data / "train")
     index.update(count=len(keep), shards=[{"file": shard.name, "count": len(keep), "sha256": file_sha256(shard)}])
-    (dest / "train" / "index.json").write_text(json.dumps(index, indent=2))
+    atomic_write_json(dest / "train" / "index.json", index)  # last: a half-written subset has no index
     return len(keep)
 
 
@@ -86,6 +86,7 @@ def main() -> None:
         photos = write_subset(data, work / tag / "data", fraction, params.base.seed)
         tp = replace(params.train, max_minutes=0.0 if args.max_steps else args.minutes, max_steps=args.max_steps,
                      decode_search=False, out_dir=str(work / tag / "model"))
+        shutil.rmtree(work / tag / "model", ignore_errors=True)  # train() would resume an earlier run's
         t0 = time.time()
         result = train(work / tag / "data", work / tag / "model", params.model, tp, seed=params.base.seed)
         seconds = time.time() - t0
