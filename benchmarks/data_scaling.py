@@ -25,14 +25,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_subset(data: Path, dest: Path, fraction: float, seed: int) -> int:
-    """A processed directory whose train split holds a seeded `fraction` of `data`'s (nested across fractions);
-    val and test are links to `data`'s own."""
+def write_subset(data: Path, train, dest: Path, fraction: float, seed: int) -> int:
+    """A processed directory whose train split holds a seeded `fraction` of `train` (`data`'s, a ShardSet;
+    nested across fractions); val and test are links to `data`'s own."""
     from chromify.io import atomic_write_json, file_sha256
-    from chromify.loader import ShardSet
-    from chromify.shards import read_index
 
-    train = ShardSet(data / "train")
     keep = np.sort(np.random.default_rng(seed).permutation(len(train))[: max(1, round(fraction * len(train)))])
     (dest / "train").mkdir(parents=True, exist_ok=True)
     for split in ("val", "test"):
@@ -41,14 +38,16 @@ def write_subset(data: Path, dest: Path, fraction: float, seed: int) -> int:
             link.symlink_to((data / split).resolve(), target_is_directory=True)
     shard = dest / "train" / "subset-00000.npy"
     np.save(shard, train.gather(keep))
-    index = read_index(data / "train")
+    index = dict(train.index)
     index.update(count=len(keep), shards=[{"file": shard.name, "count": len(keep), "sha256": file_sha256(shard)}])
     atomic_write_json(dest / "train" / "index.json", index)  # last: a half-written subset has no index
     return len(keep)
 
 
 def key(row: dict) -> tuple:
-    return row["temperature"], row["prior_correction"], row["chroma_gain"]
+    from chromify.decode_search import DECODE_KEYS
+
+    return tuple(row[k] for k in DECODE_KEYS)
 
 
 def sharp_mean(rows: list[dict]) -> dict:
@@ -67,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from chromify.config import load_params
-    from chromify.decode_search import candidates, choose, score_decodes
+    from chromify.decode_search import candidates, choose, describe, score_decodes
     from chromify.loader import ShardSet
     from chromify.train.checkpoint import load_model
     from chromify.train.loop import train
@@ -75,15 +74,15 @@ def main() -> None:
     params = load_params(args.params)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="chromify-curve-"))
     data = Path(args.data)
-    val, test = ShardSet(data / "val").all(), ShardSet(data / "test").all()
+    train_set, val, test = ShardSet(data / "train"), ShardSet(data / "val").all(), ShardSet(data / "test").all()
     bins = params.model.head == "bins"
     grid = candidates(bins)
-    print(f"data {data}: {len(ShardSet(data / 'train'))} train, {len(val)} val, {len(test)} test photos; "
+    print(f"data {data}: {len(train_set)} train, {len(val)} val, {len(test)} test photos; "
           f"{args.minutes:g} min a fraction; work in {work}", flush=True)
     lines = []
     for fraction in (float(f) for f in args.fractions.split(",")):
         tag = f"f{fraction:g}"
-        photos = write_subset(data, work / tag / "data", fraction, params.base.seed)
+        photos = write_subset(data, train_set, work / tag / "data", fraction, params.base.seed)
         tp = replace(params.train, max_minutes=0.0 if args.max_steps else args.minutes, max_steps=args.max_steps,
                      decode_search=False, out_dir=str(work / tag / "model"))
         shutil.rmtree(work / tag / "model", ignore_errors=True)  # train() would resume an earlier run's
@@ -100,9 +99,8 @@ def main() -> None:
         vivid = [r for r in test_rows if r["delta_cf"] <= 5]
         bound = max(vivid, key=lambda r: r["psnr_gain_db"]) if vivid else None
         cell = lambda r: f"{r['psnr_gain_db']:+.2f} / {r['delta_cf']:.1f}"  # noqa: E731
-        name = " ".join(f"{k} {v:g}" for k, v in zip("Tβg", key(chosen), strict=True) if v is not None)
         lines.append(f"| {fraction:g} | {photos} | {result['step']} ({seconds / 60:.1f} min) | {cell(mean)} "
-                     f"| {name}: {cell(on_test)} | {cell(bound) if bound else 'none'} |")
+                     f"| {describe(chosen)}: {cell(on_test)} | {cell(bound) if bound else 'none'} |")
         print(lines[-1], flush=True)
     print(f"\ntest split: {len(test)} photos, truth colourfulness {info['colourfulness_truth']:.1f}; "
           "cells are PSNR gain over gray (dB) / ΔCF\n")

@@ -95,11 +95,11 @@ def run_method(name: str, photos: str, minutes: float, work: Path) -> dict:
     steps = json.loads((repo / "reports/train_history.json").read_text())["steps"]
     rates = [s["images_per_s"] for s in steps[1:]] or [float("nan")]  # the first interval includes warm-up
     c, g = metrics["candidate"], metrics["gray"]
+    from chromify.decode_search import describe
+
     searched = json.loads((repo / "reports/decode_search.json").read_text())
     if searched.get("chosen"):
-        d = searched["chosen"]
-        bold = f"T={d['temperature']:g},β={d['prior_correction']:g}," if d["temperature"] is not None else ""
-        name = f"{name} (val-chosen {bold}g={d['chroma_gain']:g})"
+        name = f"{name} (val-chosen {describe(searched['chosen'])})"
     return {"method": name, **columns(c, g["psnr"]), "cf_truth": c["colourfulness_truth"],
             "train_images_per_s": sum(rates) / len(rates),
             "steps": steps[-1]["step"] if steps else 0, "gray_psnr": g["psnr"], "gray_ssim": g["ssim"],
@@ -114,7 +114,7 @@ def rescore(row: dict, decodes: list[tuple[float, ...]], floors: list[float]) ->
     (reports/decode_search.json) would have chosen with that train.decode_min_psnr_gain_db, so the trade-off can
     be read off the test split without choosing anything on it.
     """
-    from chromify.decode_search import choose
+    from chromify.decode_search import choose, describe
     from chromify.evaluate import predict_split, score
     from chromify.lab import dequantise_lab
     from chromify.loader import ShardSet
@@ -135,8 +135,8 @@ def rescore(row: dict, decodes: list[tuple[float, ...]], floors: list[float]) ->
     rows = []
     for label, t, beta, gain in todo:
         ab = predict_split(model_dir, data, 16, temperature=t, prior_correction=beta, chroma_gain=gain)
-        bold = f"T={t:g},β={beta:g}," if t is not None else ""
-        rows.append({**row, "method": f"  same weights, {label}{bold}g={gain:g}",
+        decode = {"temperature": t, "prior_correction": beta, "chroma_gain": gain}
+        rows.append({**row, "method": f"  same weights, {label}{describe(decode)}",
                      **columns(score("candidate", lab_truth, ab, None).summary, row["gray_psnr"])})
     return rows
 

@@ -44,6 +44,14 @@ def ab_units(out: torch.Tensor, chroma_gain: float = 1.0) -> torch.Tensor:
     return (out.float() * (128.0 * chroma_gain)).clamp_(-128.0, 128.0)
 
 
+def describe(decode: dict[str, Any]) -> str:
+    """A decode (a Decode's fields, or a scored row) as people read it: "T 0.38, β 0.45, gain 1" or "gain 1.2"."""
+    gain = f"gain {decode['chroma_gain']:g}"
+    if decode["temperature"] is None:  # the regression head
+        return gain
+    return f"T {decode['temperature']:g}, β {decode['prior_correction']:g}, {gain}"
+
+
 def candidates(bins_head: bool) -> list[Decode]:
     if not bins_head:
         return [Decode(chroma_gain=g) for g in REGRESSION_GAINS]

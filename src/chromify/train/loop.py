@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from chromify.config import ModelParams, TrainParams
-from chromify.decode_search import DECODE_KEYS, ab_units
+from chromify.decode_search import DECODE_KEYS, ab_units, candidates, choose, describe, score_decodes
 from chromify.errors import ConfigError, DataError
 from chromify.loader import ShardSet, crop_flip, crop_flip_draws, to_model_tensors
 from chromify.models import get_model
@@ -196,8 +196,6 @@ def search_decode(model: torch.nn.Module, val_set: ShardSet, mp: ModelParams, p:
     With fewer photos than `train.decode_search_min_photos` the ranking would be noise: `chosen` is None then,
     and the model keeps params.yaml's decode.
     """
-    from chromify.decode_search import candidates, choose, score_decodes
-
     if len(val_set) < p.decode_search_min_photos:
         why = (f"decode search skipped: {len(val_set)} validation photo(s), fewer than "
                f"train.decode_search_min_photos ({p.decode_search_min_photos}); the model decodes as params.yaml says")
@@ -209,8 +207,7 @@ def search_decode(model: torch.nn.Module, val_set: ShardSet, mp: ModelParams, p:
     chosen = choose(rows, p.decode_min_psnr_gain_db)
     if bins:
         model.temperature, model.prior_correction = chosen["temperature"], chosen["prior_correction"]
-    bold = f"T {chosen['temperature']}, β {chosen['prior_correction']}, " if bins else ""
-    note(f"decode chosen on {info['images']} validation photos: {bold}chroma gain {chosen['chroma_gain']} "
+    note(f"decode chosen on {info['images']} validation photos: {describe(chosen)} "
          f"(PSNR {chosen['psnr_gain_db']:+.2f} dB over gray, ΔCF {chosen['delta_cf']:.1f}; floor "
          f"{p.decode_min_psnr_gain_db:+.2f} dB)")
     return {**info, "min_psnr_gain_db": p.decode_min_psnr_gain_db, "chosen": chosen, "rows": rows}
