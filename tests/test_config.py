@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from chromify.config import Params, load_params, params_from_dict
 from chromify.errors import ConfigError
@@ -41,6 +42,17 @@ def test_bad_params_are_one_line_errors(raw, message):
 
 def test_missing_file_means_defaults(tmp_path):
     assert load_params(tmp_path / "absent.yaml") == Params()
+
+
+def test_params_yaml_spells_out_every_key_at_the_library_default():
+    """A key a user's params.yaml leaves out then means what the shipped file says; the one deliberate
+    difference is the demo's low gate bar (the bundled sample's test photos are unlike its training ones)."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    defaults = Params().to_dict()
+    assert {s: sorted(v) for s, v in raw.items()} == {s: sorted(v) for s, v in defaults.items()}
+    shipped = load_params(ROOT / "params.yaml").to_dict()
+    differ = {(s, k): (shipped[s][k], v) for s, keys in defaults.items() for k, v in keys.items() if shipped[s][k] != v}
+    assert differ == {("gate", "min_psnr_gain_db"): (-10.0, 0.0)}
 
 
 def test_invalid_yaml_names_the_file(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chromify.config import load_params, params_from_dict
+from chromify.config import params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -137,7 +137,3 @@ def test_kfp_local_dag_registers_only_when_the_gate_passes(tmp_path, monkeypatch
     assert any("PSNR gain over gray" in r for r in gate["reasons"])
     assert not list((tmp_path / "run2").glob("*/register"))
 
-
-def test_params_yaml_is_the_one_source_of_defaults():
-    assert load_params(ROOT / "params.yaml").to_dict() == params_from_dict(
-        yaml.safe_load((ROOT / "params.yaml").read_text())).to_dict()

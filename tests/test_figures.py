@@ -43,7 +43,7 @@ def evaluated(tmp_path_factory, photos):
                         test_fraction=1.0), base / "ingest_reports", workers=1)
     preprocess(read_manifest(base / "raw"), base / "raw", base / "shards", SIZE, 1, workers=1)
     write_index(base / "shards", SIZE)
-    mp = ModelParams(base_width=4, depth=2)
+    mp = ModelParams(base_width=4, depth=2, head="regression")
     for name, seed in (("candidate", 0), ("champion", 1)):
         torch.manual_seed(seed)
         export_model(base / name, get_model("unet_s", **asdict(mp)),

@@ -79,7 +79,7 @@ def test_differentiable_lab_to_rgb_agrees_with_chromify_lab() -> None:
 
 def test_perceptual_term_is_off_with_a_one_line_note_when_vgg_weights_are_missing(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    criterion = losses.GeneratorLoss(TrainParams(perceptual_weight=1.0))
+    criterion = losses.GeneratorLoss(TrainParams(perceptual_weight=1.0, regression_weight=1.0))
     err = capfd.readouterr().err.strip().splitlines()
     assert criterion.vgg is None and len(err) == 1 and "vgg16-*.pth" in err[0]
     lum, ab = photo_lab()
@@ -113,7 +113,8 @@ def test_patch_discriminator_scores_70px_patches() -> None:
 def test_every_term_passes_gradient_to_the_prediction(term: str, tmp_path, monkeypatch) -> None:
     if term == "perceptual":
         vgg_cache(tmp_path, monkeypatch)
-    p = TrainParams(loss="huber" if term == "huber" else "l1", colourfulness_weight=float(term == "colourfulness"),
+    p = TrainParams(loss="huber" if term == "huber" else "l1", regression_weight=1.0,
+                    colourfulness_weight=float(term == "colourfulness"),
                     perceptual_weight=float(term == "perceptual"), gan_weight=float(term == "adversarial"))
     criterion = losses.GeneratorLoss(p)
     disc = losses.PatchDiscriminator(width=8).requires_grad_(False) if term == "adversarial" else None

@@ -23,7 +23,7 @@ def registry(tmp_path):
     from chromify.registry import CHAMPION, LocalRegistry
     from chromify.train.checkpoint import export_model
 
-    mp = ModelParams(base_width=4, depth=2)
+    mp = ModelParams(base_width=4, depth=2, head="regression")
     export_model(tmp_path / "candidate", get_model(mp.arch, **asdict(mp)),
                  {"format": "chromify-model-v1", "arch": mp.arch, "model": asdict(mp), "size": 32, "multiple": 4})
     root = tmp_path / "registry"

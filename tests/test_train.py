@@ -31,8 +31,10 @@ from chromify.train.report import DVCLiveLogger, TrainReport, png_bytes
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "colorwheel",  # train
           "hubble_deep_field", "retina")  # val
 SIZE = 64
-MODEL = ModelParams(arch="unet_s", base_width=8, depth=2)
-BASE = TrainParams(epochs=10_000, max_steps=24, max_minutes=0, batch_size=4, crop=32, lr=3e-3, warmup_steps=2,
+# Small and fast: the regression head at the stored size; the tests that need bins or a resolution say so.
+MODEL = ModelParams(arch="unet_s", base_width=8, depth=2, head="regression", bin_stride=1, prior_correction=0.0)
+BASE = TrainParams(epochs=10_000, max_steps=24, max_minutes=0, batch_size=4, crop=32, resolution=0, lr=3e-3,
+                   warmup_steps=2, regression_weight=1.0, rebalance=0.5, keep_best=False, decode_search=False,
                    checkpoint_every=0, log_every=1, val_every_steps=6, num_threads=1)
 SEED = 7
 
