@@ -22,6 +22,7 @@ from skimage import data
 
 from chromify.api.app import InferencePool, choose_format, create_app, sniff_image_format
 from chromify.api.settings import ServeSettings
+from chromify.lab import rgb_to_lab
 
 MAX_BYTES = 300_000
 MAX_PIXELS = 1_000_000
@@ -85,6 +86,10 @@ def test_colorize_returns_a_png_of_the_same_size(client: httpx.Client) -> None:
     assert r.headers["content-disposition"] == 'inline; filename="old photo-colorized.png"'
     img = Image.open(io.BytesIO(r.content))
     assert (img.format, img.mode, img.size) == ("PNG", "RGB", (320, 240))
+    # the upload's own picture, with colour under it (L moves a little only where sRGB clips)
+    lightness_in = rgb_to_lab(np.asarray(Image.open(io.BytesIO(CAMERA_JPEG)).convert("RGB")))[..., 0]
+    lightness_out = rgb_to_lab(np.asarray(img))[..., 0]
+    assert np.corrcoef(lightness_out.ravel(), lightness_in.ravel())[0, 1] > 0.95
 
 
 @pytest.mark.parametrize(("form", "accept", "expected"), [

@@ -65,6 +65,7 @@ SHARMA_2005_TABLE_1 = [
     ((6.7747, -0.2908, -2.4247), (5.8714, -0.0985, -2.2286), 0.6377),
     ((2.0776, 0.0795, -1.1350), (0.9033, -0.0636, -0.5514), 0.9082),
 ]
+assert len(SHARMA_2005_TABLE_1) == 34, "the paper's table has 34 pairs"  # a typo here would hide a pair
 
 
 def _random_lab(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -84,10 +85,6 @@ def test_library_imports_without_scikit_image():
 
 
 # --- CIEDE2000 -------------------------------------------------------------------------------------------
-
-
-def test_sharma_table_has_34_pairs():
-    assert len(SHARMA_2005_TABLE_1) == 34
 
 
 @pytest.mark.parametrize(("lab1", "lab2", "expected"), SHARMA_2005_TABLE_1)

@@ -193,7 +193,7 @@ def test_images_refuse_a_moving_tag_and_follow_the_registry():
 def test_pipeline_parameters_default_from_params_yaml(tmp_path):
     spec, _ = compiled(tmp_path, "vertex", train={"lr": 0.01})
     default = spec["root"]["inputDefinitions"]["parameters"]["params_json"]["defaultValue"]
-    assert json.loads(default) == load_params(tmp_path / "params.yaml").to_dict()
+    assert json.loads(default) == yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert json.loads(default)["train"]["lr"] == 0.01
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from chromify.config import load_params
 from chromify.errors import ConfigError
-from pipelines.run import build_kfp_run, build_vertex_job, compile_pipeline, load_spec, pipeline_arguments, submit
+from pipelines.run import build_kfp_run, build_vertex_job, compile_pipeline, load_spec, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -57,8 +57,9 @@ def test_vertex_job_carries_the_pipeline_root_parameters_and_service_account(tmp
     assert sent["displayName"] == "chromify-colorization"
     assert sent["runtimeConfig"]["gcsOutputDirectory"] == "gs://proj-1-chromify/pipeline-root"
     values = sent["runtimeConfig"]["parameterValues"]
-    assert values == pipeline_arguments(load_params(params_path))
-    assert json.loads(values["params_json"])["train"]["lr"] == 0.005  # defaults come from the params file
+    assert values.keys() == {"params_json"}
+    assert json.loads(values["params_json"]) == yaml.safe_load(params_path.read_text())  # the file, every key
+    assert json.loads(values["params_json"])["train"]["lr"] == 0.005
     assert sent["serviceAccount"] == SA
     assert sent["labels"]["app"] == "chromify" and sent["labels"]["image-tag"]
 
@@ -96,7 +97,8 @@ def test_kfp_run_request_fits_kfp_client_and_keeps_compiled_caching(tmp_path, pa
     kwargs = build_kfp_run(spec, load_params(params_path), experiment="chromify", pipeline_root=None,
                            service_account="pipeline-runner")
     inspect.signature(kfp.Client.create_run_from_pipeline_package).bind(None, **kwargs)  # no unknown arguments
-    assert kwargs["arguments"] == pipeline_arguments(load_params(params_path))
+    assert kwargs["arguments"].keys() == {"params_json"}
+    assert json.loads(kwargs["arguments"]["params_json"]) == yaml.safe_load(params_path.read_text())
     assert kwargs["enable_caching"] is None  # True/False would override every task's compiled setting
     assert kwargs["experiment_name"] == "chromify" and kwargs["service_account"] == "pipeline-runner"
     _, platform = load_spec(kwargs["pipeline_file"])
@@ -183,7 +185,8 @@ def test_submit_sends_the_kfp_run_to_the_host(params_path, monkeypatch):
                  params_path=ready_params(params_path, monkeypatch))
     assert out == {"target": "kfp", "host": "https://kfp.example.com", "run_id": "run-1"}
     assert calls["host"] == "https://kfp.example.com" and calls["run"]["experiment_name"] == "chromify"
-    assert calls["run"]["arguments"] == pipeline_arguments(load_params(params_path))
+    sent = json.loads(calls["run"]["arguments"]["params_json"])
+    assert sent["train"]["lr"] == 0.005 and sent["cloud"]["accelerator_count"] == 2
 
 
 def chromify(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -204,7 +207,9 @@ def test_cli_dry_run_prints_the_vertex_request(params_path):
     assert request["parent"] == "projects/proj-1/locations/europe-west4"
     job = request["pipelineJob"]
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://proj-1-chromify/pipeline-root"
-    assert json.loads(job["runtimeConfig"]["parameterValues"]["params_json"]) == load_params(params_path).to_dict()
+    sent = json.loads(job["runtimeConfig"]["parameterValues"]["params_json"])
+    assert sent == yaml.safe_load(params_path.read_text())
+    assert sent["train"]["lr"] == 0.005 and sent["cloud"]["accelerator_type"] == "NVIDIA_H100_80GB"
     assert job["serviceAccount"] == SA
     assert "pipelineSpec" not in job  # summarised below instead
     spec = out["spec"]

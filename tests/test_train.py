@@ -406,10 +406,15 @@ def test_two_process_ddp_on_cpu_trains_and_writes_exactly_one_model(shard_dir, t
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)  # only rank 0 prints, as only it validates and writes
-    assert result["step"] == 5 and "val_l1" in result  # --dry-run: five steps, the ranks in step
+    assert result["step"] == 5  # --dry-run: five steps, the ranks in step
+    torch.manual_seed(SEED)  # the trainer's initial weights
+    initial = get_model(MODEL.arch, **asdict(MODEL)).state_dict()
     assert load_checkpoint(out)["schedule"]["step"] == 5
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, "config.json", "model.safetensors", "params.json"]
     model, _ = load_model(out)
+    # the five steps moved every convolution of the model rank 0 wrote away from where training started
+    convs = [k for k, v in initial.items() if k.endswith(".weight") and v.ndim == 4]
+    assert convs and all(not torch.allclose(model.state_dict()[k], initial[k]) for k in convs)
     assert model(torch.rand(1, 1, SIZE, SIZE)).abs().max() < 1
     assert load_checkpoint(out)["fingerprint"] != ""
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [

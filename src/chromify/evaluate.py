@@ -95,13 +95,9 @@ def _png_data_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def gallery_indices(candidate: Scored, count: int, seed: int) -> list[int]:
-    """The worst and best images by ΔE2000, plus a seeded random sample: failures are shown, not hidden."""
-    return list(gallery_rows(candidate, count, seed))
-
-
 def gallery_rows(candidate: Scored, count: int, seed: int) -> dict[int, str]:
-    """Gallery rows in order, image index → why it is shown: worst / best ΔE2000 of the candidate, or sample."""
+    """Gallery rows in order, image index → why it is shown: the worst and best ΔE2000 of the candidate, then a
+    seeded sample (failures are shown, not hidden)."""
     n = len(candidate.rows)
     order = np.argsort([r["delta_e2000"] for r in candidate.rows])
     rows = {int(order[-1]): "worst ΔE2000 of the candidate"}
