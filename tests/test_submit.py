@@ -2,12 +2,14 @@
 credentials) and never submitted; the Kubeflow run is checked against kfp.Client's own signature. Nothing here
 may open a network connection."""
 
+import http.server
 import inspect
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,11 +26,63 @@ SA = "chromify-pipelines@proj-1.iam.gserviceaccount.com"
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
+    """Nothing leaves the machine; 127.0.0.1 (the stub KFP API below) is allowed."""
+    connect, create_connection = socket.socket.connect, socket.create_connection
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    def local(address) -> bool:
+        return isinstance(address, tuple) and address[0] in ("127.0.0.1", "localhost")
+
+    def guarded_connect(sock, address):
+        if not local(address):
+            raise AssertionError(f"network access attempted: {address}")
+        return connect(sock, address)
+
+    def guarded_create_connection(address, *args, **kwargs):
+        if not local(address):
+            raise AssertionError(f"network access attempted: {address}")
+        return create_connection(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
+
+
+@pytest.fixture
+def kfp_api():
+    """The four calls of the Kubeflow Pipelines v2beta1 REST API that a run submission makes, answered on
+    127.0.0.1 and recorded: the real kfp.Client talks to it as to a cluster's ml-pipeline service."""
+    received: list[tuple[str, str, dict]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.answer({"multi_user": False} if self.path.endswith("/healthz") else {})  # no experiment yet
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+            if self.path == "/apis/v2beta1/experiments":
+                self.answer({"experiment_id": "exp-7", "display_name": body["display_name"]}, body)
+            elif self.path == "/apis/v2beta1/runs":
+                self.answer({"run_id": "run-1", "display_name": body["display_name"]}, body)
+            else:
+                self.send_error(404)
+
+        def answer(self, reply: dict, body: dict | None = None) -> None:
+            received.append((self.command, self.path.split("?")[0], body or {}))
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", received
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture
@@ -166,26 +220,22 @@ def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_exper
     assert sent["request"]["runtimeConfig"]["gcsOutputDirectory"] == "gs://bkt/chromify/root"
 
 
-def test_submit_sends_the_kfp_run_to_the_host(params_path, monkeypatch):
-    import kfp
-
-    calls = {}
-
-    class FakeClient:
-        def __init__(self, host):
-            calls["host"] = host
-
-        def create_run_from_pipeline_package(self, **kwargs):
-            calls["run"] = kwargs
-            return type("Run", (), {"run_id": "run-1"})()
-
-    monkeypatch.setattr(kfp, "Client", FakeClient)
-    out = submit(target="kfp", project=None, region="us-central1", pipeline_root=None, service_account=None,
-                 experiment="chromify", host="https://kfp.example.com", dry_run=False,
-                 params_path=ready_params(params_path, monkeypatch))
-    assert out == {"target": "kfp", "host": "https://kfp.example.com", "run_id": "run-1"}
-    assert calls["host"] == "https://kfp.example.com" and calls["run"]["experiment_name"] == "chromify"
-    sent = json.loads(calls["run"]["arguments"]["params_json"])
+def test_submit_sends_the_kfp_run_to_the_host(params_path, monkeypatch, kfp_api):
+    host, received = kfp_api
+    out = submit(target="kfp", project=None, region="us-central1", pipeline_root=None, service_account=SA,
+                 experiment="chromify", host=host, dry_run=False, params_path=ready_params(params_path, monkeypatch))
+    assert out == {"target": "kfp", "host": host, "run_id": "run-1"}
+    assert [(method, path) for method, path, _ in received] == [
+        ("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/experiments"), ("POST", "/apis/v2beta1/runs")]
+    assert received[2][2]["display_name"] == "chromify"
+    run = received[3][2]
+    assert run["experiment_id"] == "exp-7" and run["service_account"] == SA
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "chromify-colorization"
+    kubernetes = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]
+    train = kubernetes["deploymentSpec"]["executors"]["exec-train"]
+    assert train["nodeSelector"]["labels"] == {"chromify-pool": "gpu"}
+    sent = json.loads(run["runtime_config"]["parameters"]["params_json"])
     assert sent["train"]["lr"] == 0.005 and sent["cloud"]["accelerator_count"] == 2
 
 
