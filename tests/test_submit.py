@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -199,25 +200,87 @@ def ready_params(params_path: Path, monkeypatch) -> Path:
     return params_path
 
 
+class VertexPipelinesAPI:
+    """The Vertex AI (and GCS) REST calls of a pipeline submission into an experiment, answered where the real SDK's
+    requests would leave the machine (requests' HTTP adapter) and recorded; any other call fails the test."""
+
+    PARENT = "projects/proj-1/locations/europe-west4"
+    STORE = f"{PARENT}/metadataStores/default"
+
+    def __init__(self):
+        self.received: list[tuple[str, str, dict]] = []
+        self.jobs: dict[str, dict] = {}
+
+    def reply(self, method: str, path: str, body: dict) -> tuple[int, dict]:
+        name = path.removeprefix("/v1/")
+        if method == "GET" and name == self.STORE:
+            return 200, {"name": self.STORE}
+        if method == "GET" and name == f"{self.STORE}/contexts/chromify-exp":
+            return 200, {"name": name, "displayName": "chromify-exp", "schemaTitle": "system.Experiment",
+                         "metadata": {}}
+        # The pipeline root's bucket: absent, so the SDK creates it and lets the run's service account use it.
+        if method == "GET" and path == "/storage/v1/b/bkt":
+            return 404, {"error": {"code": 404, "message": "The specified bucket does not exist."}}
+        if method == "POST" and path == "/storage/v1/b":
+            return 200, {"kind": "storage#bucket", **body}
+        if method == "GET" and path == "/storage/v1/b/bkt/iam":
+            return 200, {"kind": "storage#policy", "bindings": [], "etag": "CAE="}
+        if method == "PUT" and path == "/storage/v1/b/bkt/iam":
+            return 200, body
+        if method == "POST" and name == f"{self.PARENT}/pipelineJobs":
+            job = {**body, "name": f"{self.PARENT}/pipelineJobs/chromify-colorization-1", "state": 2}
+            self.jobs[job["name"]] = job
+            return 200, job
+        if method == "GET" and name in self.jobs:
+            context = {"name": f"{self.STORE}/contexts/run-1"}
+            return 200, {**self.jobs[name], "jobDetail": {"pipelineRunContext": context}}
+        if method == "POST" and name == f"{self.STORE}/contexts/chromify-exp:addContextChildren":
+            return 200, {}
+        raise AssertionError(f"unexpected Google Cloud call {method} {path}")
+
+    def send(self, request, **kwargs):
+        import requests
+
+        path = urlsplit(request.url).path
+        body = json.loads(request.body) if request.body else {}
+        self.received.append((request.method, path, body))
+        response = requests.Response()
+        response.request, response.url = request, request.url
+        response.status_code, payload = self.reply(request.method, path, body)
+        response._content = json.dumps(payload).encode()
+        response.headers["Content-Type"] = "application/json"
+        return response
+
+
 def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_experiment(params_path, monkeypatch):
+    import requests
     from google.auth.credentials import AnonymousCredentials
-    from google.cloud import aiplatform
+    from google.cloud.aiplatform import initializer
 
-    sent = {}
-
-    def fake_submit(job, service_account=None, experiment=None, **kw):
-        sent.update(request=job.to_dict(), service_account=service_account, experiment=experiment)
-        job._gca_resource.name = "projects/1/locations/europe-west4/pipelineJobs/chromify-colorization-1"
-
-    monkeypatch.setattr(aiplatform.PipelineJob, "submit", fake_submit)
+    api = VertexPipelinesAPI()
+    # REST, as aiplatform.init(api_transport="rest") sets it (undone after the test): requests' adapter then
+    # carries every call of the real SDK, and api answers them there
+    monkeypatch.setattr(initializer.global_config, "_api_transport", "rest")
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", lambda adapter, request, **kw: api.send(request))
     monkeypatch.setattr("google.auth.default", lambda *a, **kw: (AnonymousCredentials(), "proj-1"))
     out = submit(target="vertex", project="proj-1", region="europe-west4", pipeline_root="gs://bkt/chromify/root",
                  service_account=SA, experiment="chromify-exp", host=None, dry_run=False,
                  params_path=ready_params(params_path, monkeypatch))
-    assert out["job"].endswith("/pipelineJobs/chromify-colorization-1") and out["experiment"] == "chromify-exp"
-    assert sent["service_account"] == SA and sent["experiment"] == "chromify-exp"
-    assert sent["request"]["serviceAccount"] == SA
-    assert sent["request"]["runtimeConfig"]["gcsOutputDirectory"] == "gs://bkt/chromify/root"
+    job_name = f"{api.PARENT}/pipelineJobs/chromify-colorization-1"
+    assert out["job"] == job_name and out["experiment"] == "chromify-exp"
+    created = [body for method, path, body in api.received if method == "POST" and path.endswith("/pipelineJobs")]
+    assert len(created) == 1
+    job = created[0]
+    assert job["displayName"] == "chromify-colorization" and job["serviceAccount"] == SA
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://bkt/chromify/root"
+    sent = json.loads(job["runtimeConfig"]["parameterValues"]["params_json"])
+    assert sent["train"]["lr"] == 0.005 and sent["cloud"]["accelerator_type"] == "NVIDIA_H100_80GB"
+    policy = next(body for method, path, body in api.received if method == "PUT" and path.endswith("/b/bkt/iam"))
+    assert {b["role"]: b["members"] for b in policy["bindings"]} == {
+        "roles/storage.objectCreator": [f"serviceAccount:{SA}"], "roles/storage.objectViewer": [f"serviceAccount:{SA}"]}
+    # the run joins the experiment: its run context becomes a child of the experiment's
+    joined = [body for method, path, body in api.received if path.endswith("/contexts/chromify-exp:addContextChildren")]
+    assert joined == [{"childContexts": [f"{api.STORE}/contexts/run-1"]}]
 
 
 def test_submit_sends_the_kfp_run_to_the_host(params_path, monkeypatch, kfp_api):
