@@ -78,8 +78,10 @@ def columns(summary: dict, gray_psnr: float) -> dict:
             "delta_e2000": summary["delta_e2000"], "cf": summary["colourfulness"], "delta_cf": summary["delta_cf"]}
 
 
-def run_method(name: str, photos: str, minutes: float, work: Path) -> dict:
+def run_method(name: str, photos: str, minutes: float, work: Path) -> tuple[dict, list[dict]]:
+    """The method's table row, and the decodes its validation search scored (reports/decode_search.json)."""
     from chromify.config import IngestParams
+    from chromify.decode_search import describe
 
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     real = IngestParams()  # the split fractions for real folders
@@ -100,24 +102,23 @@ def run_method(name: str, photos: str, minutes: float, work: Path) -> dict:
     steps = json.loads((repo / "reports/train_history.json").read_text())["steps"]
     rates = [s["images_per_s"] for s in steps[1:]] or [float("nan")]  # the first interval includes warm-up
     c, g = metrics["candidate"], metrics["gray"]
-    from chromify.decode_search import describe
-
     searched = json.loads((repo / "reports/decode_search.json").read_text())
     if searched.get("chosen"):
         name = f"{name} (val-chosen {describe(searched['chosen'])})"
-    return {"method": name, **columns(c, g["psnr"]), "cf_truth": c["colourfulness_truth"],
-            "train_images_per_s": sum(rates) / len(rates),
-            "steps": steps[-1]["step"] if steps else 0, "gray_psnr": g["psnr"], "gray_ssim": g["ssim"],
-            "test_images": metrics["images"], "split": {k: ingest[f"split_{k}"] for k in ("train", "val", "test")},
-            "wall_s": time.monotonic() - t0, "gallery": str(repo / "reports/gallery.html")}
+    row = {"method": name, **columns(c, g["psnr"]), "cf_truth": c["colourfulness_truth"],
+           "train_images_per_s": sum(rates) / len(rates),
+           "steps": steps[-1]["step"] if steps else 0, "gray_psnr": g["psnr"], "gray_ssim": g["ssim"],
+           "test_images": metrics["images"], "split": {k: ingest[f"split_{k}"] for k in ("train", "val", "test")},
+           "wall_s": time.monotonic() - t0, "gallery": str(repo / "reports/gallery.html")}
+    return row, searched.get("rows") or []
 
 
-def rescore(row: dict, decodes: list[tuple[float, ...]], floors: list[float]) -> list[dict]:
+def rescore(row: dict, tried: list[dict], decodes: list[tuple[float, ...]], floors: list[float]) -> list[dict]:
     """The same weights' test scores with other decodes: bolder or safer.
 
     `decodes`: (T, β[, gain]) for a bins-head model. `floors`: the decode the training's validation search
-    (reports/decode_search.json) would have chosen with that train.decode_min_psnr_gain_db, so the trade-off can
-    be read off the test split without choosing anything on it.
+    (`tried`, the rows of its reports/decode_search.json) would have chosen with that
+    train.decode_min_psnr_gain_db, so the trade-off can be read off the test split without choosing anything on it.
     """
     from chromify.decode_search import choose, describe
     from chromify.evaluate import predict_split, score
@@ -127,7 +128,6 @@ def rescore(row: dict, decodes: list[tuple[float, ...]], floors: list[float]) ->
     repo = Path(row["gallery"]).parents[1]
     model_dir = repo / "models/candidate"
     bins = json.loads((model_dir / "config.json").read_text())["model"].get("head") == "bins"
-    tried = json.loads((repo / "reports/decode_search.json").read_text()).get("rows") or []
     todo = []
     for floor in floors:
         if tried:
@@ -165,9 +165,10 @@ def main() -> None:
 
     rows = []
     for name in args.methods.split(","):
-        rows.append(run_method(name, photos, args.minutes, work))
-        print(json.dumps(rows[-1]), flush=True)
-        extra = rescore(rows[-1], [tuple(map(float, d.split(":"))) for d in args.decodes.split(",") if d],
+        row, tried = run_method(name, photos, args.minutes, work)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        extra = rescore(row, tried, [tuple(map(float, d.split(":"))) for d in args.decodes.split(",") if d],
                         [float(f) for f in args.floors.split(",") if f])
         for r in extra:
             print(json.dumps(r), flush=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 import struct
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import numpy as np
@@ -234,3 +237,47 @@ def _chromify_serve(args: list[str], env: dict[str, str], port: int, log_path: P
 def chromify_serve():
     """A context manager that runs a real `chromify serve` on 127.0.0.1 (see `_chromify_serve`)."""
     return _chromify_serve
+
+
+class GoogleCloudAPI:
+    """Answers Google Cloud REST calls in process, where the real SDKs' requests leave requests' HTTP adapter
+    (patch `requests.adapters.HTTPAdapter.send` with `send`): `routes` maps (method, path regex) to (status,
+    JSON body) or to an exception to raise; every call is kept in `calls` as (method, path, JSON body). Calls to
+    127.0.0.1 (fake-gcs-server) go out for real; any other host, or a call no route answers, fails the test."""
+
+    def __init__(self, *hosts: str):
+        self.hosts = hosts
+        self.routes: dict[tuple[str, str], object] = {}
+        self.calls: list[tuple[str, str, dict | None]] = []
+
+    def send(self, adapter, request, real_send, **kw):
+        import requests
+
+        url = urlsplit(request.url)
+        if url.hostname in ("127.0.0.1", "localhost"):
+            return real_send(adapter, request, **kw)
+        assert url.hostname in self.hosts, f"a request left the machine: {request.url}"
+        path = unquote(url.path)
+        body = json.loads(request.body) if request.body else None
+        self.calls.append((request.method, path, body))
+        for (method, pattern), answer in self.routes.items():
+            if method == request.method and re.fullmatch(pattern, path):
+                if isinstance(answer, Exception):
+                    raise answer
+                status, payload = answer
+                response = requests.Response()
+                response.status_code, response.url, response.request = status, request.url, request
+                response._content = json.dumps(payload).encode()
+                response.headers["Content-Type"] = "application/json"
+                response.encoding = "utf-8"
+                return response
+        raise AssertionError(f"unexpected Google Cloud call {request.method} {path}")
+
+    def answer(self, monkeypatch) -> GoogleCloudAPI:
+        """Route every requests call through `send` for the rest of the test."""
+        import requests.adapters
+
+        real_send = requests.adapters.HTTPAdapter.send
+        monkeypatch.setattr(requests.adapters.HTTPAdapter, "send",
+                            lambda adapter, request, **kw: self.send(adapter, request, real_send, **kw))
+        return self

@@ -11,10 +11,10 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from conftest import GoogleCloudAPI
 
 from chromify.config import load_params
 from chromify.errors import ConfigError
@@ -200,87 +200,49 @@ def ready_params(params_path: Path, monkeypatch) -> Path:
     return params_path
 
 
-class VertexPipelinesAPI:
-    """The Vertex AI (and GCS) REST calls of a pipeline submission into an experiment, answered where the real SDK's
-    requests would leave the machine (requests' HTTP adapter) and recorded; any other call fails the test."""
-
-    PARENT = "projects/proj-1/locations/europe-west4"
-    STORE = f"{PARENT}/metadataStores/default"
-
-    def __init__(self):
-        self.received: list[tuple[str, str, dict]] = []
-        self.jobs: dict[str, dict] = {}
-
-    def reply(self, method: str, path: str, body: dict) -> tuple[int, dict]:
-        name = path.removeprefix("/v1/")
-        if method == "GET" and name == self.STORE:
-            return 200, {"name": self.STORE}
-        if method == "GET" and name == f"{self.STORE}/contexts/chromify-exp":
-            return 200, {"name": name, "displayName": "chromify-exp", "schemaTitle": "system.Experiment",
-                         "metadata": {}}
-        # The pipeline root's bucket: absent, so the SDK creates it and lets the run's service account use it.
-        if method == "GET" and path == "/storage/v1/b/bkt":
-            return 404, {"error": {"code": 404, "message": "The specified bucket does not exist."}}
-        if method == "POST" and path == "/storage/v1/b":
-            return 200, {"kind": "storage#bucket", **body}
-        if method == "GET" and path == "/storage/v1/b/bkt/iam":
-            return 200, {"kind": "storage#policy", "bindings": [], "etag": "CAE="}
-        if method == "PUT" and path == "/storage/v1/b/bkt/iam":
-            return 200, body
-        if method == "POST" and name == f"{self.PARENT}/pipelineJobs":
-            job = {**body, "name": f"{self.PARENT}/pipelineJobs/chromify-colorization-1", "state": 2}
-            self.jobs[job["name"]] = job
-            return 200, job
-        if method == "GET" and name in self.jobs:
-            context = {"name": f"{self.STORE}/contexts/run-1"}
-            return 200, {**self.jobs[name], "jobDetail": {"pipelineRunContext": context}}
-        if method == "POST" and name == f"{self.STORE}/contexts/chromify-exp:addContextChildren":
-            return 200, {}
-        raise AssertionError(f"unexpected Google Cloud call {method} {path}")
-
-    def send(self, request, **kwargs):
-        import requests
-
-        path = urlsplit(request.url).path
-        body = json.loads(request.body) if request.body else {}
-        self.received.append((request.method, path, body))
-        response = requests.Response()
-        response.request, response.url = request, request.url
-        response.status_code, payload = self.reply(request.method, path, body)
-        response._content = json.dumps(payload).encode()
-        response.headers["Content-Type"] = "application/json"
-        return response
-
-
 def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_experiment(params_path, monkeypatch):
-    import requests
     from google.auth.credentials import AnonymousCredentials
     from google.cloud.aiplatform import initializer
 
-    api = VertexPipelinesAPI()
-    # REST, as aiplatform.init(api_transport="rest") sets it (undone after the test): requests' adapter then
-    # carries every call of the real SDK, and api answers them there
+    parent = "/v1/projects/proj-1/locations/europe-west4"
+    store, job_path = f"{parent}/metadataStores/default", f"{parent}/pipelineJobs/chromify-colorization-1"
+    run_context = f"{store}/contexts/run-1".removeprefix("/v1/")
+    api = GoogleCloudAPI("europe-west4-aiplatform.googleapis.com", "storage.googleapis.com").answer(monkeypatch)
+    api.routes.update({
+        ("GET", store): (200, {"name": store.removeprefix("/v1/")}),
+        ("GET", f"{store}/contexts/chromify-exp"): (200, {
+            "name": f"{store}/contexts/chromify-exp".removeprefix("/v1/"), "displayName": "chromify-exp",
+            "schemaTitle": "system.Experiment", "metadata": {}}),
+        # The pipeline root's bucket: absent, so the SDK creates it and lets the run's service account use it.
+        ("GET", "/storage/v1/b/bkt"): (404, {"error": {"code": 404, "message": "No such bucket."}}),
+        ("POST", "/storage/v1/b"): (200, {"kind": "storage#bucket", "name": "bkt"}),
+        ("GET", "/storage/v1/b/bkt/iam"): (200, {"kind": "storage#policy", "bindings": [], "etag": "CAE="}),
+        ("PUT", "/storage/v1/b/bkt/iam"): (200, {"kind": "storage#policy", "bindings": [], "etag": "CAE="}),
+        ("POST", f"{parent}/pipelineJobs"): (200, {"name": job_path.removeprefix("/v1/"), "state": 2}),
+        ("GET", job_path): (200, {"name": job_path.removeprefix("/v1/"),
+                                  "jobDetail": {"pipelineRunContext": {"name": run_context}}}),
+        ("POST", f"{store}/contexts/chromify-exp:addContextChildren"): (200, {}),
+    })
+    # REST, as aiplatform.init(api_transport="rest") sets it (undone after the test), so that requests carries
+    # every call of the real SDK
     monkeypatch.setattr(initializer.global_config, "_api_transport", "rest")
-    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", lambda adapter, request, **kw: api.send(request))
     monkeypatch.setattr("google.auth.default", lambda *a, **kw: (AnonymousCredentials(), "proj-1"))
     out = submit(target="vertex", project="proj-1", region="europe-west4", pipeline_root="gs://bkt/chromify/root",
                  service_account=SA, experiment="chromify-exp", host=None, dry_run=False,
                  params_path=ready_params(params_path, monkeypatch))
-    job_name = f"{api.PARENT}/pipelineJobs/chromify-colorization-1"
-    assert out["job"] == job_name and out["experiment"] == "chromify-exp"
-    created = [body for method, path, body in api.received if method == "POST" and path.endswith("/pipelineJobs")]
-    assert len(created) == 1
-    job = created[0]
+    assert out["job"] == job_path.removeprefix("/v1/") and out["experiment"] == "chromify-exp"
+    assert [call[:2] for call in api.calls].count(("POST", f"{parent}/pipelineJobs")) == 1
+    sent = {(method, path): body for method, path, body in api.calls}
+    job = sent[("POST", f"{parent}/pipelineJobs")]
     assert job["displayName"] == "chromify-colorization" and job["serviceAccount"] == SA
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://bkt/chromify/root"
-    sent = json.loads(job["runtimeConfig"]["parameterValues"]["params_json"])
-    assert sent["train"]["lr"] == 0.005 and sent["cloud"]["accelerator_type"] == "NVIDIA_H100_80GB"
-    policy = next(body for method, path, body in api.received if method == "PUT" and path.endswith("/b/bkt/iam"))
+    params = json.loads(job["runtimeConfig"]["parameterValues"]["params_json"])
+    assert params["train"]["lr"] == 0.005 and params["cloud"]["accelerator_type"] == "NVIDIA_H100_80GB"
+    policy = sent[("PUT", "/storage/v1/b/bkt/iam")]
     assert {b["role"]: b["members"] for b in policy["bindings"]} == {
         "roles/storage.objectCreator": [f"serviceAccount:{SA}"], "roles/storage.objectViewer": [f"serviceAccount:{SA}"]}
     # the run joins the experiment: its run context becomes a child of the experiment's
-    joined = [body for method, path, body in api.received if path.endswith("/contexts/chromify-exp:addContextChildren")]
-    assert joined == [{"childContexts": [f"{api.STORE}/contexts/run-1"]}]
+    assert sent[("POST", f"{store}/contexts/chromify-exp:addContextChildren")] == {"childContexts": [run_context]}
 
 
 def test_submit_sends_the_kfp_run_to_the_host(params_path, monkeypatch, kfp_api):

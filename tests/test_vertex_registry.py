@@ -7,12 +7,11 @@ import inspect
 import json
 import re
 import threading
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-import requests
-import requests.adapters
+from conftest import GoogleCloudAPI
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform, storage
 from safetensors.numpy import save_file
@@ -65,36 +64,6 @@ def gcs():
     server.stop()
 
 
-class Vertex:
-    """Answers Vertex AI REST calls in process: `routes` maps (method, path regex) to (status, JSON body) or to an
-    exception to raise; every call is kept in `calls` as (method, path, JSON body)."""
-
-    def __init__(self):
-        self.routes: dict[tuple[str, str], object] = {}
-        self.calls: list[tuple[str, str, dict | None]] = []
-
-    def send(self, adapter, request, real_send, **kw):
-        url = urlsplit(request.url)
-        if url.hostname in ("127.0.0.1", "localhost"):  # fake-gcs-server
-            return real_send(adapter, request, **kw)
-        assert url.hostname == f"{LOCATION}-aiplatform.googleapis.com", f"a request left the machine: {request.url}"
-        path = unquote(url.path)
-        body = json.loads(request.body) if request.body else None
-        self.calls.append((request.method, path, body))
-        for (method, pattern), answer in self.routes.items():
-            if method == request.method and re.fullmatch(pattern, path):
-                if isinstance(answer, Exception):
-                    raise answer
-                status, payload = answer
-                response = requests.Response()
-                response.status_code, response.url, response.request = status, request.url, request
-                response._content = json.dumps(payload).encode()
-                response.headers["Content-Type"] = "application/json"
-                response.encoding = "utf-8"
-                return response
-        raise AssertionError(f"unexpected Vertex AI call {request.method} {path}")
-
-
 class Sent(Exception):
     """Raised where the upload request would have gone out."""
 
@@ -105,11 +74,7 @@ NOT_FOUND = (404, {"error": {"code": 404, "message": "Model does not exist.", "s
 @pytest.fixture
 def vertex(monkeypatch):
     aiplatform.init(project=PROJECT, location=LOCATION, credentials=AnonymousCredentials(), api_transport="rest")
-    fake = Vertex()
-    real_send = requests.adapters.HTTPAdapter.send
-    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send",
-                        lambda adapter, request, **kw: fake.send(adapter, request, real_send, **kw))
-    return fake
+    return GoogleCloudAPI(f"{LOCATION}-aiplatform.googleapis.com").answer(monkeypatch)
 
 
 def test_labels_are_sanitised_to_vertex_label_rules():
