@@ -4,7 +4,7 @@ Tells whether more photos would move colour quality before anyone collects them.
 scratch for `--minutes` (params.yaml otherwise) on a seeded subset of the training split (a quarter ⊂ a half ⊂ all),
 with the same validation and test splits. Per fraction it prints, on the test split:
 - the sharp mean (T 0.38, β 0, gain 1): how much the model knows, whatever the decode;
-- the decode the validation search picks at params.yaml's floor (as a real run exports);
+- the decode training's own validation search picks at params.yaml's floor (the one a real run exports);
 - the best decode *chosen on the test split* with ΔCF ≤ 5: an upper bound on any decode of the grid, not a result.
 
     python benchmarks/data_scaling.py --data data/processed                # after `dvc repro` on a real folder
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from chromify.config import load_params
-    from chromify.decode_search import candidates, choose, describe, score_decodes
+    from chromify.decode_search import candidates, describe, score_decodes
     from chromify.loader import ShardSet
     from chromify.train.checkpoint import load_model
     from chromify.train.loop import train
@@ -74,7 +73,7 @@ def main() -> None:
     params = load_params(args.params)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="chromify-curve-"))
     data = Path(args.data)
-    train_set, val, test = ShardSet(data / "train"), ShardSet(data / "val").all(), ShardSet(data / "test").all()
+    train_set, val, test = ShardSet(data / "train"), ShardSet(data / "val"), ShardSet(data / "test").all()
     bins = params.model.head == "bins"
     grid = candidates(bins)
     print(f"data {data}: {len(train_set)} train, {len(val)} val, {len(test)} test photos; "
@@ -84,23 +83,22 @@ def main() -> None:
         tag = f"f{fraction:g}"
         photos = write_subset(data, train_set, work / tag / "data", fraction, params.base.seed)
         tp = replace(params.train, max_minutes=0.0 if args.max_steps else args.minutes, max_steps=args.max_steps,
-                     decode_search=False, out_dir=str(work / tag / "model"))
+                     decode_search=True, out_dir=str(work / tag / "model"))
         shutil.rmtree(work / tag / "model", ignore_errors=True)  # train() would resume an earlier run's
-        t0 = time.time()
         result = train(work / tag / "data", work / tag / "model", params.model, tp, seed=params.base.seed)
-        seconds = time.time() - t0
         model, config = load_model(work / tag / "model", "cpu")
         size = int(config.get("size", 0))
-        val_rows, _ = score_decodes(model, val, grid, size)
         test_rows, info = score_decodes(model, test, grid, size)
-        chosen = choose(val_rows, params.train.decode_min_psnr_gain_db)
-        on_test = next(r for r in test_rows if key(r) == key(chosen))
+        chosen = result.get("decode")  # none when validation has fewer than train.decode_search_min_photos
+        on_test = next(r for r in test_rows if key(r) == key(chosen)) if chosen else None
         mean = sharp_mean(test_rows)
         vivid = [r for r in test_rows if r["delta_cf"] <= 5]
         bound = max(vivid, key=lambda r: r["psnr_gain_db"]) if vivid else None
         cell = lambda r: f"{r['psnr_gain_db']:+.2f} / {r['delta_cf']:.1f}"  # noqa: E731
-        lines.append(f"| {fraction:g} | {photos} | {result['step']} ({seconds / 60:.1f} min) | {cell(mean)} "
-                     f"| {describe(chosen)}: {cell(on_test)} | {cell(bound) if bound else 'none'} |")
+        minutes = result["train_seconds"] / 60
+        lines.append(f"| {fraction:g} | {photos} | {result['step']} ({minutes:.1f} min) | {cell(mean)} "
+                     f"| {f'{describe(chosen)}: {cell(on_test)}' if chosen else 'none searched'} "
+                     f"| {cell(bound) if bound else 'none'} |")
         print(lines[-1], flush=True)
     print(f"\ntest split: {len(test)} photos, truth colourfulness {info['colourfulness_truth']:.1f}; "
           "cells are PSNR gain over gray (dB) / ΔCF\n")
