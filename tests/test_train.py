@@ -258,6 +258,22 @@ def test_keep_best_exports_the_weights_of_the_best_validation(shard_dir, tmp_pat
     assert any(not torch.equal(v, model.state_dict()[k]) for k, v in state["model"].items() if v.is_floating_point())
 
 
+def test_keep_best_with_a_discriminator_keeps_a_step_of_the_adversarial_phase(shard_dir, tmp_path) -> None:
+    # The adversarial term costs PSNR, so the regression warm-up (steps 1-18) can validate best; exporting it would
+    # be a model the discriminator never shaped. Which lr shows that first is a matter of floating point.
+    for lr in (0.05, 0.02, 0.1):
+        p = replace(BASE, keep_best=True, lr=lr, warmup_steps=0, max_steps=36, val_every_steps=3, gan_weight=30.0,
+                    gan_start_fraction=0.5)
+        result = train(shard_dir, tmp_path / f"lr{lr}", MODEL, p, SEED)
+        warm_up = [h["val_psnr_ab"] for h in result["history"] if h["step"] <= 18]
+        adversarial = [h["val_psnr_ab"] for h in result["history"] if h["step"] > 18]
+        if max(warm_up) > max(adversarial):
+            break
+    assert max(warm_up) > max(adversarial)  # the case this is about
+    assert result["exported_step"] > 18
+    assert result["val_psnr_ab"] == pytest.approx(max(adversarial), abs=1e-6)
+
+
 def test_prefetch_keeps_order_and_reraises_the_producers_error() -> None:
     assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
 

@@ -329,7 +329,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         budget_s = p.max_minutes * 60 if p.max_minutes else math.inf
         emit("start", {"resumed_from_step": step, "total_steps": total_steps, "device": env.device,
                        "world": env.world, "batch_size": batch_size, "fingerprint": fingerprint})
-        interrupted = stopping = False
+        interrupted = stopping = gan_on = False
         terms: dict[str, torch.Tensor] | None = None
         seen, t_rate = 0, time.monotonic()
         model.train()
@@ -396,7 +396,10 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                     row = {"epoch": epoch, "step": step, "train_loss": terms["total"].item() if terms else math.nan,
                            **validate(shown, val_set, env.device, resolution=p.resolution)}
                     history.append(row)
-                    if p.keep_best and (best is None or row["val_psnr_ab"] > best["val_psnr_ab"]):
+                    # With a discriminator, only its phase competes: the regression warm-up always wins on PSNR,
+                    # and keeping it would quietly export a model the adversarial term never touched.
+                    if p.keep_best and (disc is None or gan_on) and (
+                            best is None or row["val_psnr_ab"] > best["val_psnr_ab"]):
                         best = {"val_psnr_ab": row["val_psnr_ab"], "step": step,
                                 "model": {k: v.detach().to("cpu", copy=True) for k, v in shown.state_dict().items()}}
                     emit("epoch", {**row, "samples": preview(shown, val_set, env.device, resolution=p.resolution)})
