@@ -45,8 +45,11 @@ METHODS: dict[str, dict] = {
     "unet_l1": regression(),
     "unet_l2": regression(loss="l2"),
     "unet_cf": regression(colourfulness_weight=0.5),
+    "encdec_bins": {"model": {"arch": "encdec_s"}},  # the plain encoder-decoder with the default head
     "encdec_l1": regression({"arch": "encdec_s"}),
     "unet_gan": regression(gan_weight=0.05, gan_start_fraction=0.5),
+    # keep_best picks the adversarial phase's best PSNR, its first validation or so: the last weights show the GAN
+    "unet_gan_last": regression(gan_weight=0.05, gan_start_fraction=0.5, keep_best=False),
     "unet_l1_r128": regression(resolution=128),
 }
 
@@ -150,7 +153,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", default=str(ROOT.parent / "shared/data/photos"))
     ap.add_argument("--minutes", type=float, default=10.0, help="train.max_minutes for every method")
-    ap.add_argument("--methods", default="unet_bins,unet_bins_zhang,unet_l1,encdec_l1,unet_gan")
+    ap.add_argument("--methods", default="unet_bins,encdec_bins,unet_l1,encdec_l1,unet_gan")
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir)")
     ap.add_argument("--decodes", default="0.38:0.5,0.38:0",
                     help="bins-head methods: also score the trained model with these T:β[:gain] decodes "
