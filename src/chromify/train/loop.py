@@ -396,7 +396,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                     row = {"epoch": epoch, "step": step, "train_loss": terms["total"].item() if terms else math.nan,
                            **validate(shown, val_set, env.device, resolution=p.resolution)}
                     history.append(row)
-                    # With a discriminator, only its phase competes: the regression warm-up always wins on PSNR,
+                    # With a discriminator, only its phase competes: the regression warm-up usually wins on PSNR,
                     # and keeping it would quietly export a model the adversarial term never touched.
                     if p.keep_best and (disc is None or gan_on) and (
                             best is None or row["val_psnr_ab"] > best["val_psnr_ab"]):
