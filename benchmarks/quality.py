@@ -35,6 +35,7 @@ def regression(model: dict | None = None, **train) -> dict:
     return {"model": {"head": "regression", **(model or {})}, "train": {"regression_weight": 1.0, **train}}
 
 
+GAN = {"gan_weight": 0.05, "gan_start_fraction": 0.5}  # L1, then a PatchGAN for the second half of the budget
 METHODS: dict[str, dict] = {
     "unet_bins": {},  # the decode chosen on validation (train.decode_search)
     "unet_bins_zhang": {"model": {"prior_correction": 0.0}, "train": {"rebalance": 0.5}},  # Zhang et al.'s λ
@@ -47,9 +48,9 @@ METHODS: dict[str, dict] = {
     "unet_cf": regression(colourfulness_weight=0.5),
     "encdec_bins": {"model": {"arch": "encdec_s"}},  # the plain encoder-decoder with the default head
     "encdec_l1": regression({"arch": "encdec_s"}),
-    "unet_gan": regression(gan_weight=0.05, gan_start_fraction=0.5),
+    "unet_gan": regression(**GAN),
     # keep_best picks the adversarial phase's best PSNR, its first validation or so: the last weights show the GAN
-    "unet_gan_last": regression(gan_weight=0.05, gan_start_fraction=0.5, keep_best=False),
+    "unet_gan_last": regression(**GAN, keep_best=False),
     "unet_l1_r128": regression(resolution=128),
 }
 

@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import numpy as np
 import pytest
+import requests
+import requests.adapters
 from PIL import Image
 
 
@@ -251,8 +253,6 @@ class GoogleCloudAPI:
         self.calls: list[tuple[str, str, dict | None]] = []
 
     def send(self, adapter, request, real_send, **kw):
-        import requests
-
         url = urlsplit(request.url)
         if url.hostname in ("127.0.0.1", "localhost"):
             return real_send(adapter, request, **kw)
@@ -275,8 +275,6 @@ class GoogleCloudAPI:
 
     def answer(self, monkeypatch) -> GoogleCloudAPI:
         """Route every requests call through `send` for the rest of the test."""
-        import requests.adapters
-
         real_send = requests.adapters.HTTPAdapter.send
         monkeypatch.setattr(requests.adapters.HTTPAdapter, "send",
                             lambda adapter, request, **kw: self.send(adapter, request, real_send, **kw))

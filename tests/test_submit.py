@@ -204,24 +204,23 @@ def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_exper
     from google.auth.credentials import AnonymousCredentials
     from google.cloud.aiplatform import initializer
 
-    parent = "/v1/projects/proj-1/locations/europe-west4"
-    store, job_path = f"{parent}/metadataStores/default", f"{parent}/pipelineJobs/chromify-colorization-1"
-    run_context = f"{store}/contexts/run-1".removeprefix("/v1/")
+    # resource names; their REST paths are "/v1/" + name
+    parent = "projects/proj-1/locations/europe-west4"
+    store, job = f"{parent}/metadataStores/default", f"{parent}/pipelineJobs/chromify-colorization-1"
+    experiment, run_context = f"{store}/contexts/chromify-exp", f"{store}/contexts/run-1"
     api = GoogleCloudAPI("europe-west4-aiplatform.googleapis.com", "storage.googleapis.com").answer(monkeypatch)
     api.routes.update({
-        ("GET", store): (200, {"name": store.removeprefix("/v1/")}),
-        ("GET", f"{store}/contexts/chromify-exp"): (200, {
-            "name": f"{store}/contexts/chromify-exp".removeprefix("/v1/"), "displayName": "chromify-exp",
-            "schemaTitle": "system.Experiment", "metadata": {}}),
+        ("GET", f"/v1/{store}"): (200, {"name": store}),
+        ("GET", f"/v1/{experiment}"): (200, {
+            "name": experiment, "displayName": "chromify-exp", "schemaTitle": "system.Experiment", "metadata": {}}),
         # The pipeline root's bucket: absent, so the SDK creates it and lets the run's service account use it.
         ("GET", "/storage/v1/b/bkt"): (404, {"error": {"code": 404, "message": "No such bucket."}}),
         ("POST", "/storage/v1/b"): (200, {"kind": "storage#bucket", "name": "bkt"}),
         ("GET", "/storage/v1/b/bkt/iam"): (200, {"kind": "storage#policy", "bindings": [], "etag": "CAE="}),
         ("PUT", "/storage/v1/b/bkt/iam"): (200, {"kind": "storage#policy", "bindings": [], "etag": "CAE="}),
-        ("POST", f"{parent}/pipelineJobs"): (200, {"name": job_path.removeprefix("/v1/"), "state": 2}),
-        ("GET", job_path): (200, {"name": job_path.removeprefix("/v1/"),
-                                  "jobDetail": {"pipelineRunContext": {"name": run_context}}}),
-        ("POST", f"{store}/contexts/chromify-exp:addContextChildren"): (200, {}),
+        ("POST", f"/v1/{parent}/pipelineJobs"): (200, {"name": job, "state": 2}),
+        ("GET", f"/v1/{job}"): (200, {"name": job, "jobDetail": {"pipelineRunContext": {"name": run_context}}}),
+        ("POST", f"/v1/{experiment}:addContextChildren"): (200, {}),
     })
     # REST, as aiplatform.init(api_transport="rest") sets it (undone after the test), so that requests carries
     # every call of the real SDK
@@ -230,19 +229,19 @@ def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_exper
     out = submit(target="vertex", project="proj-1", region="europe-west4", pipeline_root="gs://bkt/chromify/root",
                  service_account=SA, experiment="chromify-exp", host=None, dry_run=False,
                  params_path=ready_params(params_path, monkeypatch))
-    assert out["job"] == job_path.removeprefix("/v1/") and out["experiment"] == "chromify-exp"
-    assert [call[:2] for call in api.calls].count(("POST", f"{parent}/pipelineJobs")) == 1
+    assert out["job"] == job and out["experiment"] == "chromify-exp"
+    assert [call[:2] for call in api.calls].count(("POST", f"/v1/{parent}/pipelineJobs")) == 1
     sent = {(method, path): body for method, path, body in api.calls}
-    job = sent[("POST", f"{parent}/pipelineJobs")]
-    assert job["displayName"] == "chromify-colorization" and job["serviceAccount"] == SA
-    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://bkt/chromify/root"
-    params = json.loads(job["runtimeConfig"]["parameterValues"]["params_json"])
+    request = sent[("POST", f"/v1/{parent}/pipelineJobs")]
+    assert request["displayName"] == "chromify-colorization" and request["serviceAccount"] == SA
+    assert request["runtimeConfig"]["gcsOutputDirectory"] == "gs://bkt/chromify/root"
+    params = json.loads(request["runtimeConfig"]["parameterValues"]["params_json"])
     assert params["train"]["lr"] == 0.005 and params["cloud"]["accelerator_type"] == "NVIDIA_H100_80GB"
     policy = sent[("PUT", "/storage/v1/b/bkt/iam")]
     assert {b["role"]: b["members"] for b in policy["bindings"]} == {
         "roles/storage.objectCreator": [f"serviceAccount:{SA}"], "roles/storage.objectViewer": [f"serviceAccount:{SA}"]}
     # the run joins the experiment: its run context becomes a child of the experiment's
-    assert sent[("POST", f"{store}/contexts/chromify-exp:addContextChildren")] == {"childContexts": [run_context]}
+    assert sent[("POST", f"/v1/{experiment}:addContextChildren")] == {"childContexts": [run_context]}
 
 
 def test_submit_sends_the_kfp_run_to_the_host(params_path, monkeypatch, kfp_api):
