@@ -107,6 +107,23 @@ def test_reports_curves_grid_and_dvclive(trained) -> None:
     assert rows[0].split("\t") == ["step", "l1"] and len(rows) == 1 + len(history["epochs"])
 
 
+def test_a_run_shorter_than_log_every_still_logs_its_last_step(shard_dir, tmp_path) -> None:
+    # A short time budget (or a smoke test's max_steps) ends before the first log step: the curves still get
+    # the last step, and the folder the DVC stage declares as an output exists.
+    p = replace(BASE, max_steps=5, log_every=10, val_every_steps=1000)
+    train(shard_dir, tmp_path / "model", MODEL, p, SEED, callbacks=(TrainReport(tmp_path / "reports"),))
+    history = json.loads((tmp_path / "reports" / "train_history.json").read_text())
+    assert [s["step"] for s in history["steps"]] == [5] and history["epochs"] == []
+    rows = (tmp_path / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows] == ["step", "5"]
+    # log_every 0 and no validation: no point at all, but the declared folder is there
+    p = replace(p, log_every=0)
+    train(shard_dir, tmp_path / "model0", MODEL, p, SEED,
+          callbacks=(TrainReport(tmp_path / "r0", dvclive_dir=tmp_path / "live0"),))
+    assert (tmp_path / "live0" / "plots" / "metrics").is_dir()
+    assert not list((tmp_path / "live0" / "plots" / "metrics").rglob("*.tsv"))
+
+
 def test_dvclive_history_is_cut_back_to_the_checkpoint_on_resume(tmp_path) -> None:
     tsv = tmp_path / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv"
     tsv.parent.mkdir(parents=True)

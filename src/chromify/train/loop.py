@@ -332,6 +332,14 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         interrupted = stopping = gan_on = False
         terms: dict[str, torch.Tensor] | None = None
         seen, t_rate = 0, time.monotonic()
+
+        def log_step() -> None:
+            nonlocal seen, t_rate
+            now = time.monotonic()
+            rate, seen, t_rate = seen / max(now - t_rate, 1e-9), 0, now
+            emit("step", {"step": step, "loss": terms["total"].item(), "lr": lr, "images_per_s": rate,
+                          **{f"loss_{k}": v.item() for k, v in terms.items() if k != "total"}})
+
         model.train()
         try:
             while epoch < p.epochs:
@@ -381,10 +389,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                     step, batch_in_epoch, seen = step + 1, batch_in_epoch + 1, seen + len(batch) * env.world
 
                     if env.is_main and p.log_every and step % p.log_every == 0:
-                        now = time.monotonic()
-                        rate, seen, t_rate = seen / max(now - t_rate, 1e-9), 0, now
-                        emit("step", {"step": step, "loss": terms["total"].item(), "lr": lr, "images_per_s": rate,
-                                      **{f"loss_{k}": v.item() for k, v in terms.items() if k != "total"}})
+                        log_step()
                     if p.checkpoint_every and step % p.checkpoint_every == 0:
                         save()
                 if stopping:
@@ -413,6 +418,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             raise SystemExit(143)  # the conventional exit status for SIGTERM
 
         final = {"step": step, "epochs": epoch, "train_seconds": elapsed_before + time.monotonic() - t0}
+        if env.is_main and p.log_every and terms and seen:
+            log_step()  # the curves end where training did; a run shorter than log_every still gets its point
         if env.is_main:
             save()
             kept = ema.module if ema is not None else model

@@ -166,6 +166,9 @@ class DVCLiveLogger:
                     self.live.log_metric(f"final/{key}", float(data[key]), plot=False)
             self.live.end()
             self.live = None
+            # The train stage declares this folder as an output: a run that logged no curve point (log_every 0,
+            # no validation) still leaves it, empty, rather than failing `dvc repro` after training.
+            (self.dir / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
 
     def drop_rows_after(self, step: int) -> None:
         """Cut every metric history (TSV with a `step` column) back to the rows at or before `step`."""
