@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from chromify.cli import app
 from chromify.colorize import colorize_paths, expand_inputs
+from chromify.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +109,45 @@ def test_outputs_are_not_inputs_of_a_rerun_and_names_do_not_collide(tmp_path: Pa
     assert [rel.name for _, rel in expand_inputs([str(root)], exclude=root / "colour")] == ["a.jpg", "a.png"]
 
 
-def test_unknown_format_fails_before_loading_anything(tmp_path: Path) -> None:
-    from chromify.errors import ConfigError
+def test_originals_are_never_replaced_only_earlier_outputs_are(tmp_path: Path, model_dir: Path) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(data.camera()).save(scans / "a.png")  # written into its own folder: would be replaced
+    Image.fromarray(data.camera()).save(scans / "b.jpg")  # b.png below is another original, not an output
+    Image.fromarray(data.camera()[::2, ::2]).save(scans / "b.png")
+    (scans / "b.jpg").chmod(0o444)
+    before = {p.name: p.read_bytes() for p in scans.iterdir()}
+    result = run_cli(str(scans / "a.png"), str(scans / "b.jpg"), "-o", str(scans), "--model", str(model_dir))
+    assert result.exit_code == 1
+    assert {p.name: p.read_bytes() for p in scans.iterdir()} == before
+    assert "a.png would replace an input photo" in result.stderr
+    assert "b.png exists and was not written by chromify; left as it is" in result.stderr
+    again = colorize_paths([str(scans)], scans, model_dir)  # the folder as its own output: nothing to read
+    assert again.failed == [(str(scans), "no image files found outside the output folder")] and not again.written
+    # a re-run replaces what the tool itself wrote, in either format
+    out = tmp_path / "out"
+    for fmt in ("png", "jpg", "png", "jpg"):
+        done = colorize_paths([str(scans / "b.jpg")], out, model_dir, fmt=fmt)
+        assert [p.name for p in done.written] == [f"b.{fmt}"] and not done.failed
 
+
+def test_unusable_output_paths_fail_in_one_line_before_any_photo(tmp_path: Path, model_dir: Path) -> None:
+    photo = tmp_path / "a.png"
+    Image.fromarray(data.camera()).save(photo)
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "sheet").mkdir()
+    for args, message in (
+            (["-o", str(tmp_path / "file")], "the output folder is a file, not a folder"),
+            (["-o", str(tmp_path / "file" / "out")], "cannot create the output folder"),
+            (["-o", str(tmp_path / "out"), "--html", str(tmp_path / "sheet")], "the contact sheet path is a folder"),
+            (["-o", str(tmp_path / "out2"), "--html", str(tmp_path / "file" / "s.html")],
+             "the contact sheet's folder is a file")):
+        with pytest.raises(ConfigError, match=message):
+            run_cli(str(photo), *args, "--model", str(model_dir))
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_unknown_format_fails_before_loading_anything(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="png, jpg"):
         run_cli(str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(tmp_path), "--format", "gif")
 

@@ -6,6 +6,7 @@ import base64
 import glob
 import html
 import io
+import os
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from chromify.decode import IMAGE_SUFFIXES, decode_rgb, read_bytes
 from chromify.errors import ConfigError, InputImageError
@@ -25,6 +26,9 @@ MAX_PIXELS = 120_000_000
 FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "jpeg": ("JPEG", ".jpg")}
 JPEG_QUALITY = 92
 THUMB_SIDE = 640  # px, long side of the contact sheet's images: a sheet of a few dozen photos stays a few MB
+# Every image written carries this (PNG "Software" text, JPEG comment): a re-run may replace its own outputs,
+# never a photo it did not write.
+MARK = "chromify"
 
 
 def output_format(name: str) -> tuple[str, str]:
@@ -39,14 +43,36 @@ def save_image(rgb: np.ndarray | Image.Image, f: IO[bytes], fmt: str, fast: bool
     """Encode (H, W, 3) uint8 as PNG or JPEG; `fast` trades PNG size for speed (for serving)."""
     img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
     pil_format, _ = output_format(fmt)
-    if pil_format == "PNG" and fast:
+    if pil_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", MARK)
         # Measured on a 2048² photo: level 1 + run-length strategy is as fast as plain level 1 and 20% smaller;
         # most of PNG's time is its row filtering, which no zlib setting removes.
-        img.save(f, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
-    elif pil_format == "PNG":
-        img.save(f, format="PNG", compress_level=6)
+        img.save(f, format="PNG", pnginfo=info,
+                 **({"compress_level": 1, "compress_type": zlib.Z_RLE} if fast else {"compress_level": 6}))
     else:
-        img.save(f, format="JPEG", quality=JPEG_QUALITY)
+        img.save(f, format="JPEG", quality=JPEG_QUALITY, comment=MARK.encode())
+
+
+def written_by_chromify(path: Path) -> bool:
+    """Whether the file at `path` is an image this tool wrote (its mark, read from the header only)."""
+    try:
+        with Image.open(path) as im:
+            return im.info.get("Software") == MARK or im.info.get("comment") == MARK.encode()
+    except Exception:  # noqa: BLE001 - unreadable, not an image, gone: in any case not ours
+        return False
+
+
+def writable_folder(folder: Path, what: str) -> None:
+    """Make `folder` or say in one line why it cannot hold our files: before any photo is worked on."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder}: the {what} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{folder}: cannot create the {what} ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{folder}: the {what} is not writable")
 
 
 def encode_image(rgb: np.ndarray, fmt: str, fast: bool = False) -> bytes:
@@ -151,11 +177,24 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
     inputs = list(inputs)
     out_dir = Path(out_dir)
     _, suffix = output_format(fmt)
-    files = expand_inputs(inputs, exclude=out_dir)
-    outcome = ColorizeOutcome(failed=[(i, "no such file, folder or matching glob") for i in inputs
-                                      if not Path(i).exists() and not glob.glob(i, recursive=True)])
+    if html_path is not None and Path(html_path).is_dir():
+        raise ConfigError(f"{html_path}: the contact sheet path is a folder; name an .html file")
+    found = {i: expand_inputs([i], exclude=out_dir) for i in inputs}
+    files = list(dict.fromkeys(f for fs in found.values() for f in fs))
+    outcome = ColorizeOutcome()
+    for i, fs in found.items():
+        if not Path(i).exists() and not glob.glob(i, recursive=True):
+            outcome.failed.append((i, "no such file, folder or matching glob"))
+        elif not fs:
+            inside = Path(i).is_dir() and out_dir.resolve().is_relative_to(Path(i).resolve())
+            outcome.failed.append((i, "no image files found" + (" outside the output folder" if inside else "")))
+    inputs_seen = {src.resolve() for src, _ in files}
     col = Colorizer(model_dir, device=device, render_size=render_size, temperature=temperature,
                     prior_correction=prior_correction, chroma_gain=chroma_gain)
+    if files:
+        writable_folder(out_dir, "output folder")
+        if html_path is not None:
+            writable_folder(Path(html_path).parent, "contact sheet's folder")
     batch_size = batch_size or (8 if col.device.startswith("cuda") else 1)
     sheet: list[tuple[str, str, str]] = []
     targets: set[Path] = set()
@@ -165,28 +204,36 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
 
         bar = tqdm(total=len(files), desc="colorize", unit="img")
     for chunk in _chunks(files, batch_size):
-        decoded: list[tuple[Path, Path, np.ndarray]] = []
+        decoded: list[tuple[Path, Path, Path, np.ndarray]] = []
         for src, rel in chunk:
+            target = (out_dir / rel).with_suffix(suffix)
+            if target in targets:  # a.jpg and a.png in one folder: keep both
+                target = target.with_name(f"{rel.stem}-{rel.suffix.lstrip('.')}{suffix}")
+            targets.add(target)
+            if target.resolve() in inputs_seen:
+                outcome.failed.append((str(src), f"its output {target} would replace an input photo; "
+                                                  "choose another output folder"))
+                continue
+            if target.exists() and not written_by_chromify(target):
+                outcome.failed.append((str(src), f"{target} exists and was not written by chromify; "
+                                                  "left as it is"))
+                continue
             try:
-                decoded.append((src, rel, np.asarray(decode_rgb(read_bytes(src), str(src), MAX_PIXELS))))
+                decoded.append((src, target, rel, np.asarray(decode_rgb(read_bytes(src), str(src), MAX_PIXELS))))
             except InputImageError as exc:
                 outcome.failed.append((str(src), exc.reason))
-        abs_small = col.predict_small_ab([rgb for _, _, rgb in decoded]) if decoded else []
-        for (src, rel, rgb), ab in zip(decoded, abs_small, strict=True):
+        abs_small = col.predict_small_ab([rgb for *_, rgb in decoded]) if decoded else []
+        for (src, target, rel, rgb), ab in zip(decoded, abs_small, strict=True):
             if side_by_side_output:
                 result, colour = side_by_side(rgb)
             else:
                 result = colour = np.empty_like(rgb)
             merge_full_resolution(rgb, ab, out=colour, workers=col.merge_workers)
-            target = (out_dir / rel).with_suffix(suffix)
-            if target in targets:  # a.jpg and a.png in one folder: keep both
-                target = target.with_name(f"{rel.stem}-{rel.suffix.lstrip('.')}{suffix}")
             try:
                 atomic_write(target, lambda f, im=result: save_image(im, f, fmt))
             except OSError as exc:
                 outcome.failed.append((str(src), f"cannot write {target} ({exc.strerror or exc})"))
                 continue
-            targets.add(target)
             outcome.written.append(target)
             if html_path is not None:
                 sheet.append((str(rel), _thumbnail_uri(rgb), _thumbnail_uri(colour)))
@@ -195,5 +242,9 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
     if bar is not None:
         bar.close()
     if html_path is not None and sheet:
-        atomic_write_text(html_path, contact_sheet_html(sheet, f"Chromify: {len(sheet)} photo(s) colorized"))
+        try:
+            atomic_write_text(html_path, contact_sheet_html(sheet, f"Chromify: {len(sheet)} photo(s) colorized"))
+        except OSError as exc:
+            raise ConfigError(f"{html_path}: cannot write the contact sheet ({exc.strerror or exc}); "
+                              f"the {len(outcome.written)} photo(s) are in {out_dir}") from None
     return outcome
