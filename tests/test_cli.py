@@ -21,3 +21,24 @@ def test_errors_are_one_line_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "chromify: error: params key 'train.epochs' must be int, got 'lots'"
+
+
+def chromify(*args: str, cwd, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chromify.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_stages_run_out_of_order_or_a_missing_params_file_say_so_in_one_line(tmp_path):
+    gone = tmp_path / "gone.yaml"
+    for args, message in (
+            (["register"], "reports/gate.json: not found; run `chromify evaluate` first"),
+            (["evaluate"], "models/candidate: no trained model here (model.safetensors missing); train one first"),
+            (["train", "--params", "none.yaml"], "none.yaml: no such params file"),
+            (["preprocess", "--params", str(gone)], f"{gone}: no such params file")):
+        proc = chromify(*args, cwd=tmp_path)
+        assert (proc.returncode, proc.stderr) == (2, f"chromify: error: {message}\n"), args
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "gate.json").write_text('{"passed": tr')  # a run killed mid-write by hand
+    proc = chromify("register", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("chromify: error: reports/gate.json: unreadable (")
+    assert proc.stderr.endswith("run `chromify evaluate` again\n") and proc.stderr.count("\n") == 1

@@ -103,6 +103,18 @@ def test_dvc_repro_end_to_end_then_unchanged_then_params_flow(repo_copy):
     assert "v1" in listing and (("v2" in listing) == gate2["passed"])
 
 
+def test_dvc_stages_use_the_folders_params_yaml_names(repo_copy):
+    # ingest.out_dir is where ingest writes and where preprocess (and register's lineage) read, under dvc too
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(small_params(ingest={"out_dir": "photos_in"}),
+                                                          sort_keys=False))
+    out = run(["dvc", "repro", "preprocess"], repo_copy)
+    assert "Running stage 'ingest'" in out and "Running stage 'preprocess'" in out
+    assert (repo_copy / "photos_in" / "manifest.parquet").is_file() and not (repo_copy / "data" / "raw").exists()
+    from chromify.loader import ShardSet
+
+    assert sum(len(ShardSet(repo_copy / "data/processed" / s)) for s in ("train", "val", "test")) == 11
+
+
 def test_kfp_local_dag_registers_only_when_the_gate_passes(tmp_path, monkeypatch):
     from pipelines.run import run_local
 

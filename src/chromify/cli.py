@@ -23,14 +23,33 @@ pipeline_app = typer.Typer(no_args_is_help=True, help="The Kubeflow Pipelines DA
 app.add_typer(models_app, name="models")
 app.add_typer(pipeline_app, name="pipeline")
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file.")]
+ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file (default: params.yaml, if any).")]
 ReportsOpt = Annotated[Path, typer.Option("--reports", help="Where reports are written.")]
 
 
-def _params(path: Path):
-    from chromify.config import load_params
+DEFAULT_PARAMS = Path("params.yaml")
 
+
+def _params(path: Path):
+    """params.yaml here, or the library's defaults when there is none; a file named with --params must exist."""
+    from chromify.config import load_params
+    from chromify.errors import ConfigError
+
+    if path != DEFAULT_PARAMS and not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
     return load_params(path)
+
+
+def _report(path: Path, made_by: str) -> dict:
+    """A JSON report an earlier stage wrote, or one line saying which stage to run first."""
+    from chromify.errors import DataError
+
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run `chromify {made_by}` first") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); run `chromify {made_by}` again") from None
 
 
 def _echo_json(obj: object) -> None:
@@ -38,7 +57,7 @@ def _echo_json(obj: object) -> None:
 
 
 @app.command()
-def ingest(params: ParamsOpt = Path("params.yaml"), source: Annotated[str | None, typer.Option(
+def ingest(params: ParamsOpt = DEFAULT_PARAMS, source: Annotated[str | None, typer.Option(
         help="Override ingest.source: 'sample', a folder, or gs://bucket/prefix.")] = None,
         out: Annotated[Path | None, typer.Option(help="Override ingest.out_dir.")] = None,
         reports: ReportsOpt = Path("reports")) -> None:
@@ -55,7 +74,8 @@ def ingest(params: ParamsOpt = Path("params.yaml"), source: Annotated[str | None
 
 
 @app.command()
-def preprocess(params: ParamsOpt = Path("params.yaml"), raw: Path = Path("data/raw"),
+def preprocess(params: ParamsOpt = DEFAULT_PARAMS,
+               raw: Annotated[Path | None, typer.Option(help="Ingested photos (default ingest.out_dir).")] = None,
                out: Path = Path("data/processed"),
                partition: Annotated[str, typer.Option(help="Process slice i of n of the manifest, as i/n.")] = "0/1",
                index: Annotated[bool, typer.Option(help="Write the split indexes (after the last partition).")] = True,
@@ -63,11 +83,12 @@ def preprocess(params: ParamsOpt = Path("params.yaml"), raw: Path = Path("data/r
     """Convert the manifest's photos to 8-bit Lab shards."""
     from chromify.stages import run_preprocess
 
-    _echo_json(run_preprocess(_params(params), raw, out, partition, index, progress=sys.stderr.isatty()))
+    p = _params(params)
+    _echo_json(run_preprocess(p, raw or Path(p.ingest.out_dir), out, partition, index, progress=sys.stderr.isatty()))
 
 
 @app.command()
-def train(params: ParamsOpt = Path("params.yaml"), data: Path = Path("data/processed"),
+def train(params: ParamsOpt = DEFAULT_PARAMS, data: Path = Path("data/processed"),
           out: Annotated[Path | None, typer.Option(help="Override train.out_dir.")] = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Five steps, to check everything wires up.")] = False,
           reports: ReportsOpt = Path("reports")) -> None:
@@ -87,7 +108,7 @@ def train(params: ParamsOpt = Path("params.yaml"), data: Path = Path("data/proce
 
 
 @app.command()
-def evaluate(params: ParamsOpt = Path("params.yaml"), data: Path = Path("data/processed"),
+def evaluate(params: ParamsOpt = DEFAULT_PARAMS, data: Path = Path("data/processed"),
              model: Annotated[Path | None, typer.Option(help="Candidate model dir (default train.out_dir).")] = None,
              reports: ReportsOpt = Path("reports")) -> None:
     """Score the candidate against the gray baseline and the champion; write metrics, gallery and gate."""
@@ -102,16 +123,16 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), data: Path = Path("data/pr
 
 
 @app.command()
-def register(params: ParamsOpt = Path("params.yaml"),
+def register(params: ParamsOpt = DEFAULT_PARAMS,
              model: Annotated[Path | None, typer.Option(help="Candidate model dir (default train.out_dir).")] = None,
-             raw: Path = Path("data/raw"), reports: ReportsOpt = Path("reports")) -> None:
+             raw: Annotated[Path | None, typer.Option(help="Ingested photos (default ingest.out_dir).")] = None,
+             reports: ReportsOpt = Path("reports")) -> None:
     """Register the candidate as a new version (and champion) if the gate passed."""
     from chromify.stages import run_register
 
     p = _params(params)
-    gate = json.loads((reports / "gate.json").read_text())
-    metrics = json.loads((reports / "metrics.json").read_text())
-    outcome = run_register(p, model or Path(p.train.out_dir), gate, metrics, raw, reports)
+    gate, metrics = _report(reports / "gate.json", "evaluate"), _report(reports / "metrics.json", "evaluate")
+    outcome = run_register(p, model or Path(p.train.out_dir), gate, metrics, raw or Path(p.ingest.out_dir), reports)
     if not outcome["registered"]:
         typer.echo("not registered: the gate refused the candidate")
     elif outcome["target"] == "vertex":
@@ -160,7 +181,7 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
              chroma_gain: Annotated[float | None, typer.Option(
                  help="Scale the predicted colour about gray; > 1 is more vivid (default: the model's, chosen on "
                       "validation when it was trained).")] = None,
-             params: ParamsOpt = Path("params.yaml")) -> None:
+             params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Colorize photos at their full resolution; bad files are skipped with their reason."""
     from chromify.colorize import colorize_paths, output_format
 
@@ -191,12 +212,19 @@ def serve(model: Annotated[str | None, typer.Option(
           params: Annotated[Path | None, typer.Option(
               "--params", help="The params file, for the registry (env CHROMIFY_PARAMS).")] = None) -> None:
     """Serve the HTTP API, Vertex AI prediction routes and the web page (other settings: CHROMIFY_* variables)."""
+    from pydantic import ValidationError
+
     from chromify.api.app import serve as run_server
     from chromify.api.settings import ServeSettings
+    from chromify.errors import ConfigError
 
     overrides = {"model": model, "host": host, "port": port, "render_size": render_size,
                  "concurrency": concurrency, "params": str(params) if params else None}
-    settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:  # from an option or a CHROMIFY_* / AIP_* variable
+        raise ConfigError("invalid serve setting(s): " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors())) from None
     run_server(settings, serving_model_dir(settings.model, Path(settings.params), explicit=model is not None))
 
 
@@ -247,7 +275,7 @@ def _num(value, fmt: str) -> str:
 
 
 @models_app.command("list")
-def models_list(params: ParamsOpt = Path("params.yaml"),
+def models_list(params: ParamsOpt = DEFAULT_PARAMS,
                 as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False) -> None:
     """Every registered version: PSNR, gain over gray, ΔCF, the champion its gate beat, lineage and aliases."""
     reg = _local_registry(params, "list")
@@ -273,7 +301,7 @@ def models_list(params: ParamsOpt = Path("params.yaml"),
 
 @models_app.command("show")
 def models_show(ref: Annotated[str, typer.Argument(help="Version (3, v3) or alias.")] = "champion",
-                params: ParamsOpt = Path("params.yaml")) -> None:
+                params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """The full record of a version or alias, its aliases, its folder and whether its files are intact."""
     reg = _local_registry(params, "show")
     version = reg.resolve(ref)
@@ -285,7 +313,7 @@ def models_show(ref: Annotated[str, typer.Argument(help="Version (3, v3) or alia
 @models_app.command("promote")
 def models_promote(ref: Annotated[str, typer.Argument(help="Version (3, v3; on Vertex AI its version id) or alias.")],
                    alias: Annotated[str, typer.Option(help="The alias to move.")] = "champion",
-                   params: ParamsOpt = Path("params.yaml")) -> None:
+                   params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Point an alias (default champion) at a version."""
     p = _params(params)
     if p.register.target == "vertex":
@@ -305,7 +333,7 @@ def models_promote(ref: Annotated[str, typer.Argument(help="Version (3, v3; on V
 
 @models_app.command("rollback")
 def models_rollback(alias: Annotated[str, typer.Option(help="The alias to move back.")] = "champion",
-                    params: ParamsOpt = Path("params.yaml")) -> None:
+                    params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Move an alias back to the version it named before its last promotion; again goes further back."""
     reg = _local_registry(params, "rollback")
     before = reg.aliases().get(alias)
@@ -315,7 +343,7 @@ def models_rollback(alias: Annotated[str, typer.Option(help="The alias to move b
 
 @models_app.command("history")
 def models_history(alias: Annotated[str | None, typer.Option(help="Only this alias.")] = None,
-                   params: ParamsOpt = Path("params.yaml")) -> None:
+                   params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Every alias move, oldest first: when, which alias, from which version to which, and why."""
     reg = _local_registry(params, "history")
     moves = reg.alias_history(alias)
@@ -329,7 +357,7 @@ def models_history(alias: Annotated[str | None, typer.Option(help="Only this ali
 
 @pipeline_app.command("compile")
 def pipeline_compile(out: Annotated[Path, typer.Option("-o", "--out")] = Path("pipeline.yaml"),
-                     params: ParamsOpt = Path("params.yaml"),
+                     params: ParamsOpt = DEFAULT_PARAMS,
                      target: Annotated[str | None, typer.Option(
                          help="vertex, kfp or local (kfp.local: no accelerators); default cloud.target.")] = None,
                      ) -> None:
@@ -341,7 +369,7 @@ def pipeline_compile(out: Annotated[Path, typer.Option("-o", "--out")] = Path("p
 
 
 @pipeline_app.command("run-local")
-def pipeline_run_local(params: ParamsOpt = Path("params.yaml"),
+def pipeline_run_local(params: ParamsOpt = DEFAULT_PARAMS,
                        workdir: Annotated[Path, typer.Option(help="Where kfp.local keeps artifacts.")] = Path(
                            "local_outputs")) -> None:
     """Run the whole DAG with kfp.local's SubprocessRunner, in this environment."""
@@ -363,7 +391,7 @@ def pipeline_submit(
     host: Annotated[str | None, typer.Option(help="Kubeflow Pipelines host URL (kfp).")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the request and a summary of the compiled DAG; send nothing.")] = False,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Submit the DAG to Vertex AI Pipelines or a Kubeflow Pipelines host."""
     from pipelines.run import submit

@@ -45,9 +45,13 @@ class Scored:
 
 def model_id_of(model_dir: str | Path) -> str:
     """A model's identity is the hash of its weights: two names for one model compare equal."""
+    from chromify.errors import ModelLoadError
     from chromify.io import file_sha256
 
-    return file_sha256(Path(model_dir) / "model.safetensors")[:16]
+    weights = Path(model_dir) / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"{model_dir}: no trained model here ({weights.name} missing); train one first")
+    return file_sha256(weights)[:16]
 
 
 def score(name: str, lab_truth: np.ndarray, ab_pred: np.ndarray | None, model_id: str | None) -> Scored:
