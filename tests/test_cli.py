@@ -42,3 +42,11 @@ def test_stages_run_out_of_order_or_a_missing_params_file_say_so_in_one_line(tmp
     proc = chromify("register", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("chromify: error: reports/gate.json: unreadable (")
     assert proc.stderr.endswith("run `chromify evaluate` again\n") and proc.stderr.count("\n") == 1
+
+
+def test_an_invalid_serve_setting_is_one_line(tmp_path):
+    import os
+
+    proc = chromify("serve", "--model", str(tmp_path), cwd=tmp_path, env={**os.environ, "CHROMIFY_CONCURRENCY": "abc"})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("chromify: error: invalid serve setting(s): concurrency = 'abc': ")
