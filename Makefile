@@ -39,10 +39,12 @@ demo: setup ## Run the whole pipeline with `dvc repro` on the bundled sample pho
 
 HISTORICAL ?= ../shared/data/historical
 historical: setup ## Colorize the historical photos (when present) with the champion into reports/historical.html
-	@if [ -d "$(HISTORICAL)" ] && $(BIN)/chromify models show champion >/dev/null 2>&1; then \
+	@if [ ! -d "$(HISTORICAL)" ]; then echo "no $(HISTORICAL): skipped reports/historical.html"; \
+	elif ! $(BIN)/chromify models show champion >/dev/null 2>&1; then \
+	  echo "no champion registered yet: skipped reports/historical.html"; \
+	else rm -rf reports/historical && \
 	  $(BIN)/chromify colorize "$(HISTORICAL)" -o reports/historical --html reports/historical.html && \
-	  echo "historical photos: reports/historical.html"; \
-	else echo "no $(HISTORICAL) or no champion yet: skipped reports/historical.html"; fi
+	  echo "historical photos: reports/historical.html"; fi
 
 browsers: ## Install Debian's chromium + chromium-driver for the web page test (skipped where that is impossible)
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \

@@ -108,6 +108,10 @@ class LocalRegistry:
         digits = text[1:] if text.startswith("v") else text
         if digits.isdigit() and int(digits) in self.versions():
             return int(digits)
+        if not self.versions():
+            raise RegistryError(f"{self.name}: no version or alias {text!r}: nothing is registered in {self.dir} yet "
+                                "(a model is registered when its evaluation gate passes; a trained model's folder, "
+                                "such as models/candidate, can be named instead)")
         raise RegistryError(f"{self.name}: no version or alias {text!r} (have "
                             f"{', '.join(f'v{v}' for v in self.versions()) or 'no versions'}"
                             f"{''.join(f', {a}' for a in sorted(aliases))})")
