@@ -117,3 +117,18 @@ def test_input_colour_is_ignored(colorizer: Colorizer) -> None:
     gray[..., 1:] = 0
     gray_rgb = (lab_to_rgb(gray) * 255 + 0.5).astype(np.uint8)
     assert np.abs(colorizer.colorize_rgb(rgb).astype(int) - colorizer.colorize_rgb(gray_rgb)).mean() < 1.0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"prior_correction": float("nan")}, "prior correction must be a finite number, got nan"),
+    ({"temperature": float("inf")}, "temperature must be a finite positive number, got inf"),
+    ({"chroma_gain": 0.0}, "chroma gain must be a finite positive number, got 0.0"),
+    ({"render_size": 100_000}, "render size 100000 is above 1024"),
+])
+def test_decode_and_render_values_are_checked_before_the_model_loads(kwargs: dict, message: str,
+                                                                    tmp_path: Path) -> None:
+    from chromify.errors import ConfigError
+
+    # no model at tmp_path: the value is refused first, so a bad option costs nothing (and no 20 GB render)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Colorizer(tmp_path / "no-model", **kwargs)

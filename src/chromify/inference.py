@@ -8,6 +8,7 @@ float32 at a time, so a 4000×3000 photo costs 2 × 36 MB plus ~40 MB a worker, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from chromify.train.checkpoint import load_model
 STRIP_ROWS = 256
 # A panorama at render size on its short side would feed the model a very long strip; cap the long side.
 MAX_RENDER_ASPECT = 4
+# The largest render short side: at 1024 (× 4096, the widest) the unet_s forward pass took 1.6 GB on the CPU.
+MAX_RENDER_SIZE = 1024
 
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
@@ -144,18 +147,21 @@ class Colorizer:
     def __init__(self, model_dir: str | Path, device: str | None = None, render_size: int | None = None,
                  merge_workers: int | None = None, temperature: float | None = None,
                  prior_correction: float | None = None, chroma_gain: float | None = None):
+        for name, value, positive in (("chroma gain", chroma_gain, True), ("temperature", temperature, True),
+                                      ("prior correction", prior_correction, False)):
+            if value is not None and not (math.isfinite(value) and (value > 0 or not positive)):
+                raise ConfigError(f"{name} must be a finite{' positive' if positive else ''} number, got {value}")
+        if render_size is not None and render_size > MAX_RENDER_SIZE:
+            raise ConfigError(f"render size {render_size} is above {MAX_RENDER_SIZE}: colour is predicted at low "
+                              "resolution and merged with the photo's full-resolution lightness anyway")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, self.config = load_model(model_dir, self.device)
         # ab × this about gray: the last knob of the decode, for either head (chromify.decode_search picks it).
         self.chroma_gain = float(self.config["model"].get("chroma_gain", 1.0) if chroma_gain is None else chroma_gain)
-        if not self.chroma_gain > 0:
-            raise ConfigError(f"chroma gain must be positive, got {self.chroma_gain}")
         # How bold a bins-head model's decode is; the values it was exported with otherwise.
         if temperature is not None or prior_correction is not None:
             if not hasattr(model, "temperature"):
                 raise ConfigError(f"{model_dir}: temperature and prior correction apply only to the bins head")
-            if temperature is not None and not temperature > 0:
-                raise ConfigError(f"temperature must be positive, got {temperature}")
             if temperature is not None:
                 model.temperature = temperature
             if prior_correction is not None:
