@@ -136,6 +136,27 @@ def test_bomb_is_refused_from_the_header_quickly(bad_folder, crafted_png):
     assert inspect_bytes(crafted_png(8000, 8000, 8, 2, b"\0" * 16), "big.png", 10**8).error == "undecodable"
 
 
+def test_a_refused_bomb_quotes_the_limit_that_refused_it(crafted_png):
+    from chromify.errors import InputImageError
+
+    bomb = crafted_png(20_000, 10_000, 8, 2, b"\0" * 16)  # 200 M pixels: above PIL's own hard limit
+    for ours, quoted in ((40_000_000, "40,000,000"), (300_000_000, f"{2 * Image.MAX_IMAGE_PIXELS:,}")):
+        with pytest.raises(InputImageError, match=f"too many pixels \\(200,000,000 pixels > {quoted}\\)"):
+            open_checked(bomb, "big.png", ours)
+
+
+def test_junk_behind_a_tiff_magic_is_one_reason_and_no_parser_warning():
+    import warnings
+
+    from chromify.errors import InputImageError
+
+    junk = b"MM\x00*" + np.random.default_rng(5).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's "Corrupt EXIF data" would be printed to the user's terminal
+        with pytest.raises(InputImageError, match="junk.jpg: not an image"):
+            open_checked(junk, "junk.jpg", 40_000_000)
+
+
 def test_rerun_is_a_noop_and_thresholds_rejudge_without_decoding(tmp_path, bad_folder):
     root, expected = bad_folder
     p = IngestParams(source=str(root), out_dir=str(tmp_path / "raw"))

@@ -51,19 +51,26 @@ def _apply_profile(img: Image.Image, icc: bytes) -> Image.Image:
         return img  # a broken or mismatched profile: the pixels are taken as sRGB, as browsers do
 
 
+def pil_hard_limit() -> int:
+    """Pixels above which PIL refuses to open an image at all (twice its warning level), whatever our limit."""
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 1 << 62
+
+
 def open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Open lazily and check the header: nothing is decoded yet, so a bomb costs nothing."""
     if not data:
         raise InputImageError(name, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            # PIL warns from 89 Mpx and refuses from 179 Mpx; our own limit below is the one that counts.
+            # PIL warns from 89 Mpx and refuses from 179 Mpx; our own limit below is the one that counts. Its
+            # parsers also warn on junk ("Corrupt EXIF data"): the file's fate is said in one line anyway.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as exc:
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(claimed.group(1)):,} pixels" if claimed else "size"
-        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit = min(max_pixels, pil_hard_limit())  # the limit that refused it, ours or PIL's
         raise InputImageError(name, f"too many pixels ({size} > {limit:,}): refused before decoding") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes means "not an image we can read"
         if isinstance(exc, Image.UnidentifiedImageError):

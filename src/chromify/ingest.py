@@ -33,6 +33,7 @@ from chromify.decode import (
     decoder_for,
     open_checked,
     orientation_of,
+    pil_hard_limit,
     to_srgb,
 )
 from chromify.errors import ChromifyError, ConfigError, InputImageError
@@ -272,16 +273,10 @@ def _needs_decode(f: Facts, p: IngestParams) -> bool:
     if f.error in FILE_REASONS:
         return False
     if f.error == "too_many_pixels":  # refused from the header; accepted now only if the limit rose above it
-        return 0 < f.width * f.height <= p.max_pixels or (f.width == 0 and p.max_pixels > _pil_hard_limit())
+        return 0 < f.width * f.height <= p.max_pixels or (f.width == 0 and p.max_pixels > pil_hard_limit())
     if not f.path:  # decoded, but its bytes were not kept (e.g. unreadable before, or an older manifest)
         return True
     return False
-
-
-def _pil_hard_limit() -> int:
-    from PIL import Image
-
-    return 2 * (Image.MAX_IMAGE_PIXELS or 0) if Image.MAX_IMAGE_PIXELS else 1 << 62
 
 
 def _store(data: bytes, out_dir: Path, sha: str, fmt: str) -> str:
