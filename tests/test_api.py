@@ -77,6 +77,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 CAMERA_JPEG = encode(Image.fromarray(data.camera()).resize((320, 240)), quality=90)
+CAMERA_B64 = base64.b64encode(CAMERA_JPEG).decode()
 
 
 def test_colorize_returns_a_png_of_the_same_size(client: httpx.Client) -> None:
@@ -146,9 +147,15 @@ def test_bad_uploads_get_clear_4xx(client: httpx.Client, case: str) -> None:
     assert time.perf_counter() - t0 < 5  # nothing was decoded at full size
 
 
-def test_body_over_the_limit_is_refused_from_content_length(client: httpx.Client) -> None:
-    r = client.post("/colorize", content=b"x" * (MAX_BYTES * 2), headers={"content-type": "multipart/form-data; b=x"})
+@pytest.mark.parametrize("chunked", [False, True])
+def test_body_over_the_limit_names_the_per_photo_limit(client: httpx.Client, chunked: bool) -> None:
+    """Refused from Content-Length or counted as it arrives; the body limit alone (photo + encoding room) would
+    look like a different limit from the per-photo one the docs state."""
+    body = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n' + bytes(MAX_BYTES * 2)
+    r = client.post("/colorize", content=(body[i:i + 65536] for i in range(0, len(body), 65536)) if chunked else body,
+                    headers={"content-type": "multipart/form-data; boundary=x"})
     assert r.status_code == 413 and "larger than" in r.json()["detail"]
+    assert f"{MAX_BYTES} bytes" in r.json()["detail"] and "base64" in r.json()["detail"]
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [
@@ -158,6 +165,12 @@ def test_body_over_the_limit_is_refused_from_content_length(client: httpx.Client
 def test_malformed_requests_are_400(client: httpx.Client, kwargs: dict, words: str) -> None:
     r = client.post("/colorize", **kwargs)
     assert r.status_code == 400 and words in r.json()["detail"]
+
+
+def test_raw_image_body_is_told_to_use_multipart(client: httpx.Client) -> None:
+    r = client.post("/colorize", content=CAMERA_JPEG, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 400 and "multipart/form-data field `file`" in r.json()["detail"], r.text
+    assert "curl -F file=@" in r.json()["detail"] and "image/jpeg" in r.json()["detail"]
 
 
 def test_vertex_predict_and_health(client: httpx.Client) -> None:
@@ -179,10 +192,31 @@ def test_vertex_predict_and_health(client: httpx.Client) -> None:
     ({"instances": [{"b64": base64.b64encode(b"hello").decode()}]}, 415, "not an image"),
     ({"instances": [{"b64": "AA=="}] * 3}, 400, "over the limit of 2"),
     ([1, 2], 400, "malformed request"),
+    ({"instances": [{"b64": CAMERA_B64}], "parameters": {"format": 5}}, 400, "parameters.format must be a string"),
+    ({"instances": [{"b64": CAMERA_B64}], "parameters": {"format": ["png"]}}, 400, "format must be a string"),
+    ({"instances": [{"b64": CAMERA_B64}], "parameters": "jpeg"}, 400, "parameters must be an object"),
+    ({"instances": [{"b64": CAMERA_B64}], "parameters": []}, 400, "parameters must be an object"),
+    ({"instances": {"b64": CAMERA_B64}}, 400, "instances"),
+    ({"instances": CAMERA_B64}, 400, "instances"),
+    ({"instances": [CAMERA_B64]}, 400, "instance 0: expected an object"),
+    ({"instances": [{"b64": 5}]}, 400, "instance 0: b64 must be a string"),
+    ({"instances": [{"b64": [CAMERA_B64]}]}, 400, "instance 0: b64 must be a string"),
+    ({"instances": [{"image": {"b64": None}}]}, 400, "instance 0: b64 must be a string"),
+    ({"instances": [{"image": CAMERA_B64}]}, 400, "instance 0: expected"),
+    ({"instances": [{"b64": "/9j/4AAQ\nSkZJRg=!"}]}, 400, "instance 0: invalid base64"),
+    ({"instances": [{"b64": "AAé="}]}, 400, "instance 0: invalid base64"),
 ])
 def test_vertex_bad_requests(client: httpx.Client, body: object, status: int, words: str) -> None:
     r = client.post("/predict", json=body)
     assert r.status_code == status and words in r.json()["detail"], r.text
+
+
+def test_vertex_accepts_line_wrapped_base64(client: httpx.Client) -> None:
+    """What `base64 photo.jpg` prints: 76-character lines (CRLF from other tools)."""
+    lines = [CAMERA_B64[i:i + 76] for i in range(0, len(CAMERA_B64), 76)]
+    for wrapped in ("\n".join(lines) + "\n", "\r\n".join(lines), " " + "\n\t".join(lines)):
+        r = client.post("/predict", json={"instances": [{"b64": wrapped}]})
+        assert r.status_code == 200 and r.json()["predictions"][0]["width"] == 320, r.text
 
 
 def test_healthz_and_the_page(client: httpx.Client, model_dir: Path) -> None:
@@ -221,6 +255,39 @@ def test_sniffing_and_negotiation_units() -> None:
     assert sniff_image_format(encode(Image.new("RGB", (4, 4)), "BMP")) == "BMP"
     assert sniff_image_format(b"GIF89a...") is None and sniff_image_format(b"") is None
     assert choose_format(None, "image/*") == "png" and choose_format("JPEG", None) == "jpeg"
+
+
+@pytest.mark.parametrize(("env", "kwargs", "field"), [
+    ({}, {"port": 99999}, "port"),  # was an OverflowError from socket.bind once the model had loaded
+    ({}, {"port": 0}, "port"),
+    ({"AIP_HTTP_PORT": "65536"}, {}, "port"),
+    ({"CHROMIFY_HEALTH_ROUTE": "healthz"}, {}, "health_route"),
+    ({}, {"predict_route": "predict"}, "predict_route"),
+    ({}, {"torch_threads": 2**40}, "torch_threads"),
+    ({}, {"render_size": 10**6}, "render_size"),
+])
+def test_settings_refuse_values_that_would_fail_later(monkeypatch: pytest.MonkeyPatch, env: dict, kwargs: dict,
+                                                      field: str) -> None:
+    from pydantic import ValidationError
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as exc:
+        ServeSettings(**kwargs)
+    # a value read from the environment is named by the field's first alias (AIP_HTTP_PORT), whichever one was set
+    names = {field, *getattr(ServeSettings.model_fields[field].validation_alias, "choices", ())}
+    assert len(exc.value.errors()) == 1 and exc.value.errors()[0]["loc"][0] in names
+
+
+def test_log_level_is_one_of_uvicorns_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown one was a KeyError from inside uvicorn; upper case worked there and still does."""
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("CHROMIFY_LOG_LEVEL", "loud")
+    with pytest.raises(ValidationError, match="'warning'"):
+        ServeSettings()
+    monkeypatch.setenv("CHROMIFY_LOG_LEVEL", "WARNING")
+    assert ServeSettings().log_level == "warning"
 
 
 def test_real_server_with_vertex_environment(model_dir: Path, tmp_path: Path, chromify_serve) -> None:

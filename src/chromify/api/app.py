@@ -2,8 +2,10 @@
 
 Status codes (every error body is {"detail": "<one line>"}):
     200  the colorized image (POST /colorize) or {"predictions": [...]} (Vertex AI predict route)
-    400  malformed request: no `file` field, unknown `format`, bad JSON or base64, no or too many instances
-    413  body or file larger than max_upload_bytes (refused from Content-Length when the client sends one)
+    400  malformed request: no multipart `file` field, unknown `format`, bad JSON or base64, a field of the wrong
+         type, no or too many instances
+    413  a file larger than max_upload_bytes, or a body larger than that plus room for multipart or base64 encoding
+         (refused from Content-Length when the client sends one)
     415  the bytes are not a JPEG, PNG, WebP, BMP or TIFF (sniffed from the content, never the name or type)
     422  an image that cannot be used: empty file, more pixels than max_pixels (read from the header, before
          decoding: decompression bombs cost nothing), corrupt or truncated data
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import os
 import time
 from collections.abc import Callable
@@ -87,9 +90,10 @@ class BodyTooLarge(Exception):
 class BodyLimit:
     """ASGI guard: a body past `max_bytes` is answered 413 without reading the rest, Content-Length or not."""
 
-    def __init__(self, app: Any, max_bytes: int):
+    def __init__(self, app: Any, max_bytes: int, detail: str | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.detail = detail or f"request body larger than {max_bytes} bytes"
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -126,7 +130,7 @@ class BodyLimit:
             await self._reject(send)
 
     async def _reject(self, send: Callable) -> None:
-        body = f'{{"detail":"request body larger than {self.max_bytes} bytes"}}'.encode()
+        body = json.dumps({"detail": self.detail}, separators=(",", ":")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
@@ -166,12 +170,22 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
 
     app = FastAPI(title="Chromify", version="1", summary="Colorize black-and-white photos at full resolution.",
                   docs_url="/docs", redoc_url=None)
-    # base64 makes Vertex AI bodies 4/3 of the image; exact per-file limits are checked in the routes.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
+    # base64 makes Vertex AI bodies 4/3 of the image; exact per-file limits are checked in the routes. The message
+    # names the per-file limit too: the body's own number is not one the user was ever told.
+    body_limit = settings.max_upload_bytes * 4 // 3 + 64 * 1024
+    app.add_middleware(BodyLimit, max_bytes=body_limit, detail=(
+        f"request body larger than {body_limit} bytes: a photo may be at most {settings.max_upload_bytes} bytes "
+        f"({_mib(settings.max_upload_bytes)}), and the body limit only adds room for multipart or base64 encoding"))
 
     @app.exception_handler(RequestValidationError)
-    async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        if tuple(first.get("loc", ())) == ("body", "file") and first.get("type") == "missing":
+            # Most often the photo itself posted as the body (curl --data-binary): say how to send it instead.
+            sent = (request.headers.get("content-type") or "none").split(";")[0]
+            return JSONResponse({"detail": f"malformed request: no `file` field (Content-Type: {sent}); send the "
+                                           "photo as multipart/form-data field `file`, e.g. curl -F file=@photo.jpg "
+                                           "<server>/colorize"}, status_code=400)
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"detail": f"malformed request: {where} {first.get('msg', '')}".strip()}, status_code=400)
 
@@ -182,7 +196,8 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
     def check_upload(size: int, head: bytes, name: str) -> str:
         """The cheap refusals, before a photo waits for the pool: size, emptiness, content type; → PIL format."""
         if size > settings.max_upload_bytes:
-            raise HTTPException(413, f"{name}: {size} bytes, over the limit of {settings.max_upload_bytes}")
+            raise HTTPException(413, f"{name}: {size} bytes, over the limit of {settings.max_upload_bytes} "
+                                     f"bytes ({_mib(settings.max_upload_bytes)})")
         if size == 0:
             raise InputImageError(name, "empty file (0 bytes)")
         kind = sniff_image_format(head)
@@ -238,18 +253,32 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
             raise HTTPException(400, "body must be {\"instances\": [{\"b64\": \"...\"}, ...]}")
         if len(instances) > settings.max_instances:
             raise HTTPException(400, f"{len(instances)} instances, over the limit of {settings.max_instances}")
-        parameters = body.get("parameters") or {}
-        fmt = choose_format(parameters.get("format") if isinstance(parameters, dict) else None, None)
+        parameters = {} if body.get("parameters") is None else body["parameters"]
+        if not isinstance(parameters, dict):
+            raise HTTPException(400, f"parameters must be an object like {{\"format\": \"png\"}}, got "
+                                     f"{_json_type(parameters)}")
+        field = parameters.get("format")
+        if field is not None and not isinstance(field, str):
+            raise HTTPException(400, f"parameters.format must be a string (png or jpeg), got {_json_type(field)}")
+        fmt = choose_format(field, None)
         predictions = []
         for i, inst in enumerate(instances):
             name = f"instance {i}"
-            encoded_in = inst.get("b64") if isinstance(inst, dict) else None
-            if encoded_in is None and isinstance(inst, dict) and isinstance(inst.get("image"), dict):
-                encoded_in = inst["image"].get("b64")  # the {"image": {"b64": ...}} variant
-            if not isinstance(encoded_in, str):
+            if not isinstance(inst, dict):
+                raise HTTPException(400, f"{name}: expected an object {{\"b64\": \"<base64 image>\"}}, got "
+                                         f"{_json_type(inst)}")
+            image = inst.get("image")
+            if inst.get("b64") is None and isinstance(image, dict) and "b64" in image:
+                encoded_in = image["b64"]  # the {"image": {"b64": ...}} variant
+            elif "b64" in inst:
+                encoded_in = inst["b64"]
+            else:
                 raise HTTPException(400, f"{name}: expected {{\"b64\": \"<base64 image>\"}}")
+            if not isinstance(encoded_in, str):
+                raise HTTPException(400, f"{name}: b64 must be a string of base64, got {_json_type(encoded_in)}")
             try:
-                data = base64.b64decode(encoded_in, validate=True)
+                # Line breaks as `base64` and mail tools wrap it; anything else outside the alphabet is refused.
+                data = base64.b64decode("".join(encoded_in.split()), validate=True)
             except (binascii.Error, ValueError):
                 raise HTTPException(400, f"{name}: invalid base64") from None
             kind = check_upload(len(data), data[:16], name)
@@ -273,6 +302,19 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
         return response
 
     return app
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.3g} MiB"
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages about what a client sent."""
+    for kind, word in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"),
+                       (dict, "an object")):
+        if isinstance(value, kind):
+            return word
+    return "null"
 
 
 def _ascii(text: str) -> str:

@@ -1,8 +1,14 @@
-"""Service settings: one pydantic-settings object read from CHROMIFY_* (and Vertex AI's AIP_*) variables."""
+"""Service settings: one pydantic-settings object read from CHROMIFY_* (and Vertex AI's AIP_*) variables.
+
+A value that would fail later (a port past 65535, an unknown log level, a route without its slash) is a pydantic
+ValidationError naming the field here, before the model loads, not a traceback from uvicorn, torch or a request.
+"""
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,11 +21,14 @@ class ServeSettings(BaseSettings):
     params: str = "params.yaml"
     host: str = "127.0.0.1"
     # Vertex AI tells a custom container its port and routes through AIP_*; ours win only when those are unset.
-    port: int = Field(8080, validation_alias=AliasChoices("AIP_HTTP_PORT", "CHROMIFY_PORT"))
+    port: int = Field(8080, ge=1, le=65535, validation_alias=AliasChoices("AIP_HTTP_PORT", "CHROMIFY_PORT"))
     predict_route: str = Field("/predict", validation_alias=AliasChoices("AIP_PREDICT_ROUTE",
                                                                          "CHROMIFY_PREDICT_ROUTE"))
     health_route: str = Field("/healthz", validation_alias=AliasChoices("AIP_HEALTH_ROUTE", "CHROMIFY_HEALTH_ROUTE"))
-    render_size: int | None = Field(None, ge=16, description="Model input short side (px); default: the model's.")
+    # Every photo is resized to this short side for the model, small ones up: far past any training size it only
+    # costs memory. The bound is chromify.inference.MAX_RENDER_SIZE (not imported: it would load torch here).
+    render_size: int | None = Field(None, ge=16, le=1024,
+                                    description="Model input short side (px); default: the model's.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     # Refused from the header, before decoding; 40 MP costs ~240 MB at the peak (RGB in + RGB out + encoder).
     max_pixels: int = Field(40_000_000, gt=0)
@@ -30,5 +39,18 @@ class ServeSettings(BaseSettings):
     # Requests waiting beyond `concurrency`; past it the answer is 503 + Retry-After instead of unbounded queueing.
     max_queue: int = Field(64, ge=0)
     max_instances: int = Field(8, ge=1, description="Images per Vertex AI prediction request.")
-    torch_threads: int = Field(0, ge=0, description="0: torch's default (one per core).")
-    log_level: str = "info"
+    torch_threads: int = Field(0, ge=0, le=1024, description="0: torch's default (one per core).")
+    # uvicorn's names; an unknown one would be a KeyError from inside uvicorn.
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+    @field_validator("predict_route", "health_route")
+    @classmethod
+    def _absolute(cls, route: str) -> str:
+        if not route.startswith("/"):  # FastAPI takes it, and then it never matches: every health check fails
+            raise ValueError(f"a route must start with '/', got {route!r}")
+        return route
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level  # uvicorn lowercases too: INFO works there
