@@ -23,7 +23,7 @@ pipeline_app = typer.Typer(no_args_is_help=True, help="The Kubeflow Pipelines DA
 app.add_typer(models_app, name="models")
 app.add_typer(pipeline_app, name="pipeline")
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file (default: params.yaml, if any).")]
+ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file; no params.yaml here means the defaults.")]
 ReportsOpt = Annotated[Path, typer.Option("--reports", help="Where reports are written.")]
 
 
