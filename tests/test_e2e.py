@@ -101,6 +101,39 @@ def test_dvc_repro_end_to_end_then_unchanged_then_params_flow(repo_copy):
     assert {c["name"] for c in gate2["checks"]} >= {"psnr_vs_champion", "delta_cf_vs_champion"}
     listing = run(["chromify", "models", "list"], repo_copy)
     assert "v1" in listing and (("v2" in listing) == gate2["passed"])
+    # each experiment keeps its own scores for `dvc exp show` (reports/ is not in git: DVC's cache holds them)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo_copy))
+    exp = [e["revs"][0]["data"] for e in shown[1]["experiments"]][0]  # the one experiment, under the baseline
+    latest = json.loads((repo_copy / "reports/metrics.json").read_text())
+    assert exp["metrics"]["reports/metrics.json"]["data"]["candidate"]["psnr"] == latest["candidate"]["psnr"]
+    assert exp["metrics"]["reports/ingest.json"]["data"]["accepted"] == 11
+
+
+def test_an_interrupted_dvc_repro_resumes_training(repo_copy):
+    # SIGTERM mid-training (a cancelled job, a closed laptop): the next `dvc repro` carries on from the checkpoint,
+    # because dvc.yaml keeps the model folder (persist) where DVC would otherwise delete it before the rerun.
+    import signal
+
+    from chromify.train.checkpoint import load_checkpoint
+
+    train = {"max_steps": 0, "max_minutes": 0.25, "checkpoint_every": 20, "val_every_steps": 10**6}
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(small_params(train=train), sort_keys=False))
+    run(["dvc", "repro", "preprocess"], repo_copy)
+    proc = subprocess.Popen(["dvc", "repro", "train"], cwd=repo_copy, env={**os.environ, "PATH": f"{BIN}:"
+                            f"{os.environ['PATH']}"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    model = repo_copy / "models" / "candidate"
+    deadline = time.monotonic() + 120
+    while not (model / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)  # dvc and the training under it, as a terminal's job control would
+    out = proc.communicate(timeout=60)[0]
+    assert "stopped by SIGTERM at step" in out, out[-3000:]
+    stopped = load_checkpoint(model)["schedule"]["step"]
+    again = run(["dvc", "repro", "train"], repo_copy)
+    assert f"resuming at step {stopped} from models/candidate/checkpoint.pt" in again
+    assert load_checkpoint(model)["schedule"]["step"] > stopped
 
 
 def test_dvc_stages_use_the_folders_params_yaml_names(repo_copy):

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,55 @@ def test_a_run_shorter_than_log_every_still_logs_its_last_step(shard_dir, tmp_pa
           callbacks=(TrainReport(tmp_path / "r0", dvclive_dir=tmp_path / "live0"),))
     assert (tmp_path / "live0" / "plots" / "metrics").is_dir()
     assert not list((tmp_path / "live0" / "plots" / "metrics").rglob("*.tsv"))
+
+
+def test_a_dry_run_never_replaces_a_real_run(trained, shard_dir, tmp_path) -> None:
+    params = write_params(tmp_path / "params.yaml", MODEL, BASE)
+    real = trained["root"] / "model"
+    before = {f.name: f.read_bytes() for f in real.iterdir()}
+    cli = [sys.executable, "-m", "chromify.cli", "train", "--params", str(params), "--data", str(shard_dir)]
+    proc = subprocess.run(cli + ["--dry-run", "--out", str(real)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert (proc.returncode, proc.stderr) == (
+        2, f"chromify: error: {real}: holds a checkpoint a --dry-run would replace; name an empty --out\n")
+    # without --out: a temporary folder, not train.out_dir (models/candidate under the working directory)
+    proc = subprocess.run(cli + ["--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["step"] == 5, proc.stderr[-2000:]
+    scratch = Path(proc.stderr.split("dry run: writing to ", 1)[1].split()[0])
+    assert (scratch / "model" / "model.safetensors").is_file() and (scratch / "reports").is_dir()
+    assert not (tmp_path / "models").exists() and not (tmp_path / "reports").exists()
+    assert {f.name: f.read_bytes() for f in real.iterdir()} == before
+    shutil.rmtree(scratch)
+
+
+def test_a_damaged_checkpoint_is_one_line_not_a_traceback(trained, tmp_path) -> None:
+    from chromify.errors import DataError
+
+    good = (trained["root"] / "model" / CHECKPOINT).read_bytes()
+    for name, damaged in (("truncated", good[: len(good) // 2]), ("empty", b"")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / CHECKPOINT).write_bytes(damaged)
+        with pytest.raises(DataError, match=f"{name}/checkpoint.pt: unreadable checkpoint .*; delete it to train"):
+            load_checkpoint(tmp_path / name)
+
+
+def test_the_fingerprint_follows_the_code_that_decides_the_weights(tmp_path) -> None:
+    # A finished or interrupted checkpoint is resumed only by the same code: dvc.yaml keeps the folder (persist),
+    # and a changed loss must train again rather than re-export the old run. Another module changes nothing.
+    import chromify
+
+    src = Path(chromify.__file__).parent
+    prints = {}
+    for name, edit in (("same", None), ("loss", "train/losses.py"), ("api", "api/app.py")):
+        pkg = tmp_path / name / "chromify"
+        shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__", "static"))
+        if edit:
+            (pkg / edit).write_text((pkg / edit).read_text() + "\n# edited\n")
+        prints[name] = subprocess.run(
+            [sys.executable, "-c", "from chromify.train.checkpoint import code_fingerprint; print(code_fingerprint())"],
+            env={**os.environ, "PYTHONPATH": str(tmp_path / name)}, capture_output=True, text=True, check=True,
+            cwd=tmp_path).stdout.strip()
+    assert len(prints["same"]) == 64 and prints["loss"] != prints["same"] and prints["api"] == prints["same"]
 
 
 def test_dvclive_history_is_cut_back_to_the_checkpoint_on_resume(tmp_path) -> None:
@@ -391,6 +441,7 @@ def test_resume_after_sigterm_or_kill_9_reaches_the_uninterrupted_weights(shard_
     params = write_params(tmp_path / "params.yaml", MODEL, p)
     term = start(tmp_path, "term", params, shard_dir, block_at=6)
     kill = start(tmp_path, "kill", params, shard_dir, block_at=6)
+    ctrl_c = start(tmp_path, "ctrl_c", params, shard_dir, block_at=6)
 
     events: list[tuple[str, dict]] = []  # the uninterrupted reference, in this process meanwhile
     train(shard_dir, tmp_path / "ref" / "model", MODEL, p, SEED, callbacks=(lambda e, d: events.append((e, d)),))
@@ -404,6 +455,13 @@ def test_resume_after_sigterm_or_kill_9_reaches_the_uninterrupted_weights(shard_
     code, _, err = finish(term)
     assert code == 143, err
     assert "stopped by SIGTERM at step 6" in err
+    wait_for(ctrl_c, "ready")
+    ctrl_c.send_signal(signal.SIGINT)  # Ctrl-C saves too: it used to end the run where it stood, steps lost
+    ctrl_c.stdin.write("go\n")
+    ctrl_c.stdin.flush()
+    code, _, err = finish(ctrl_c)
+    assert code == 130 and "stopped by SIGINT at step 6" in err, err
+    assert load_checkpoint(tmp_path / "ctrl_c" / "model")["schedule"]["step"] == 6
     wait_for(kill, "ready")
     kill.kill()  # SIGKILL between the checkpoints at steps 4 and 8
     finish(kill)

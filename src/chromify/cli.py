@@ -90,7 +90,9 @@ def preprocess(params: ParamsOpt = DEFAULT_PARAMS,
 @app.command()
 def train(params: ParamsOpt = DEFAULT_PARAMS, data: Path = Path("data/processed"),
           out: Annotated[Path | None, typer.Option(help="Override train.out_dir.")] = None,
-          dry_run: Annotated[bool, typer.Option("--dry-run", help="Five steps, to check everything wires up.")] = False,
+          dry_run: Annotated[bool, typer.Option(
+              "--dry-run", help="Five steps, to check everything wires up (into a temporary folder unless --out).")
+                             ] = False,
           reports: ReportsOpt = Path("reports")) -> None:
     """Train the colorization model (resumes from a checkpoint in the output directory)."""
     from dataclasses import replace
@@ -100,6 +102,16 @@ def train(params: ParamsOpt = DEFAULT_PARAMS, data: Path = Path("data/processed"
     p = _params(params)
     if dry_run:
         p = replace(p, train=replace(p.train, max_steps=5, checkpoint_every=0))
+        if out is None:  # a wiring check must not replace the real run's checkpoint, model and reports
+            import tempfile
+
+            scratch = Path(tempfile.mkdtemp(prefix="chromify-dry-run-"))
+            out, reports = scratch / "model", scratch / "reports"
+            typer.echo(f"dry run: writing to {scratch}", err=True)
+        elif (out / "checkpoint.pt").exists():
+            from chromify.errors import ConfigError
+
+            raise ConfigError(f"{out}: holds a checkpoint a --dry-run would replace; name an empty --out")
     result = run_train(p, data, out or Path(p.train.out_dir), reports, progress=sys.stderr.isatty())
     from chromify.stages import is_rank_zero
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from chromify.config import ModelParams, TrainParams
-from chromify.errors import ConfigError, ModelLoadError
+from chromify.errors import ConfigError, DataError, ModelLoadError
 from chromify.io import atomic_write, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
@@ -32,12 +33,28 @@ CONFIG = "config.json"
 BOOKKEEPING = frozenset({"out_dir", "checkpoint_every", "log_every", "val_every_steps", "num_threads"})
 
 
+# The package's code that decides the weights (the train stage's code deps in dvc.yaml, less the params parsing and
+# the stage shell). A change to it makes a checkpoint another run's, as a change of params does: so dvc.yaml can keep
+# the folder across runs (persist) to resume a killed run, and a code change still trains afresh instead of
+# re-exporting the old finished run.
+WEIGHTS_CODE = ("train", "models", "loader.py", "shards.py", "ab_bins.py", "lab.py", "decode_search.py", "metrics.py")
+
+
+def code_fingerprint() -> str:
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for name in WEIGHTS_CODE:
+        for f in sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / name]:
+            digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
 def params_fingerprint(mp: ModelParams, p: TrainParams, seed: int, world: int, data_index: str = "") -> str:
     """sha256 of everything that decides the weights: model + train params (less bookkeeping), seed, world size
-    (the loader's position means something only for the same partition) and the training data's index."""
+    (the loader's position means something only for the same partition), the training data's index and the code."""
     train = {k: v for k, v in asdict(p).items() if k not in BOOKKEEPING}
-    blob = json.dumps({"model": asdict(mp), "train": train, "seed": seed, "world": world, "data": data_index},
-                      sort_keys=True)
+    blob = json.dumps({"model": asdict(mp), "train": train, "seed": seed, "world": world, "data": data_index,
+                       "code": code_fingerprint()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -54,8 +71,13 @@ def load_checkpoint(out_dir: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     # Our own checkpoint holds only tensors, numbers, strings, lists and dicts, so the safe loader reads it.
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state if state.get("format") == CHECKPOINT_FORMAT else None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        # Writes are atomic, so this is a file damaged after the fact: say so rather than train over it.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: unreadable checkpoint ({reason}); delete it to train from scratch") from None
+    return state if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT else None
 
 
 def remove_stale_temp_files(out_dir: str | Path) -> None:

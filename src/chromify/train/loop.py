@@ -280,7 +280,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         state = load_checkpoint(out_dir)
         if state is not None and state.get("fingerprint") != fingerprint:
             if env.is_main:
-                note(f"{out_dir / CHECKPOINT} was written with other params (or data, or world size); starting fresh")
+                note(f"{out_dir / CHECKPOINT} was written with other params (or data, code or world size); "
+                     "starting fresh")
             state = None
         if state is not None:
             model.load_state_dict(state["model"])
@@ -295,6 +296,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             history = state["history"]
             best = state.get("best")
             restore_rng_state(state["rng"])
+            if env.is_main:  # said in logs too (DVC, KFP), not only on a terminal
+                note(f"resuming at step {step} from {out_dir / CHECKPOINT}")
         if env.is_main:
             remove_stale_temp_files(out_dir)
 
@@ -322,14 +325,16 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                     "rng": rng_state(), "history": history, "best": best,
                 })
 
-        stop = {"signal": False}
+        # SIGTERM (a preempted node, a cancelled pipeline) and SIGINT (Ctrl-C) end the run at a step boundary with
+        # a checkpoint, instead of losing the steps since the last one.
+        stop = {"signal": 0}
         on_main_thread = threading.current_thread() is threading.main_thread()
-        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True)) if on_main_thread \
-            else None
+        previous_handlers = {s: signal.signal(s, lambda signum, _: stop.update(signal=signum))
+                             for s in (signal.SIGTERM, signal.SIGINT)} if on_main_thread else {}
         budget_s = p.max_minutes * 60 if p.max_minutes else math.inf
         emit("start", {"resumed_from_step": step, "total_steps": total_steps, "device": env.device,
                        "world": env.world, "batch_size": batch_size, "fingerprint": fingerprint})
-        interrupted = stopping = gan_on = False
+        interrupted, stopping, gan_on = 0, False, False
         terms: dict[str, torch.Tensor] | None = None
         seen, t_rate = 0, time.monotonic()
 
@@ -348,7 +353,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                     # Every rank must take the same decisions, so the flags and the clock are agreed first.
                     signalled, elapsed = distributed.agree_max(
                         env, [float(stop["signal"]), elapsed_before + time.monotonic() - t0])
-                    interrupted = bool(signalled)
+                    interrupted = int(signalled)  # the signal's number; SIGTERM wins if ranks got different ones
                     stopping = interrupted or elapsed >= budget_s or step >= total_steps
                     if stopping:
                         break
@@ -409,13 +414,14 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                                 "model": {k: v.detach().to("cpu", copy=True) for k, v in shown.state_dict().items()}}
                     emit("epoch", {**row, "samples": preview(shown, val_set, env.device, resolution=p.resolution)})
         finally:
-            if on_main_thread:
-                signal.signal(signal.SIGTERM, previous_handler)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
         if interrupted:
             save()
             if env.is_main:
-                note(f"stopped by SIGTERM at step {step}; the checkpoint in {out_dir} resumes the run")
-            raise SystemExit(143)  # the conventional exit status for SIGTERM
+                note(f"stopped by {signal.Signals(interrupted).name} at step {step}; the checkpoint in {out_dir} "
+                     "resumes the run")
+            raise SystemExit(128 + interrupted)  # the conventional exit status: 143 for SIGTERM, 130 for SIGINT
 
         final = {"step": step, "epochs": epoch, "train_seconds": elapsed_before + time.monotonic() - t0}
         if env.is_main and p.log_every and terms and seen:

@@ -72,8 +72,6 @@ class TrainReport:
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         if self.live is not None:
             self.live(event, data)
-        if event == "start" and data["resumed_from_step"] and self.progress:
-            print(f"resuming at step {data['resumed_from_step']}", file=sys.stderr)
         if event == "step":
             self.steps.append({k: float(v) for k, v in data.items()})
             if self.progress:
