@@ -3,16 +3,20 @@ cloud start from the same values; the `cloud:` section picks where the DAG runs 
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
+import threading
 from collections.abc import Iterator
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from chromify.config import Params, load_params
-from chromify.errors import ConfigError
+from chromify.errors import ChromifyError, ConfigError
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -24,21 +28,94 @@ def pipeline_arguments(params: Params) -> dict[str, Any]:
     return {"params_json": json.dumps(params.to_dict(), sort_keys=True)}
 
 
+DEFAULT_PARAMS = Path("params.yaml")
+
+
 def _params(params: str | Path | Params) -> Params:
-    return params if isinstance(params, Params) else load_params(params)
+    """params.yaml here, or the library's defaults when there is none; any other file named must exist (the rule
+    and message of the CLI's stage commands: a typo must not run on defaults)."""
+    if isinstance(params, Params):
+        return params
+    if Path(params) != DEFAULT_PARAMS and not Path(params).is_file():
+        raise ConfigError(f"{Path(params)}: no such params file")
+    return load_params(params)
 
 
 def compile_pipeline(out: str | Path, params_path: str | Path | Params = "params.yaml",
                      target: str | None = None) -> Path:
     """Write the IR YAML for `target` (vertex, kfp, local; default `cloud.target`), defaults from params."""
+    import tempfile
+
     from kfp import compiler
 
+    from chromify.io import atomic_write_text
     from pipelines.chromify_pipeline import build_pipeline
 
+    out = Path(out)
+    if out.suffix not in (".yaml", ".yml"):  # kfp writes YAML only (its JSON is deprecated, without kubernetes)
+        raise ConfigError(f"{out}: the pipeline spec is YAML; name the file .yaml")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{out}: no such folder {out.parent}")
     params = _params(params_path)
-    compiler.Compiler().compile(build_pipeline(params, target or params.cloud.target), str(out),
-                                pipeline_parameters=pipeline_arguments(params))
-    return Path(out)
+    pipeline = build_pipeline(params, target or params.cloud.target)
+    # kfp writes in place: compile aside, then replace `out` atomically (temp file beside it + rename), so a
+    # failed compile never leaves half a spec where the old one was.
+    with tempfile.TemporaryDirectory(prefix="chromify-compile-") as tmp:
+        staged = Path(tmp) / "pipeline.yaml"
+        compiler.Compiler().compile(pipeline, str(staged), pipeline_parameters=pipeline_arguments(params))
+        try:
+            atomic_write_text(out, staged.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{out}: cannot write ({exc.strerror})") from None
+    return out
+
+
+class _TaskErrors(io.TextIOBase):
+    """kfp.local's output, passed through, keeping each task's error: the last line of the traceback its streamed
+    log shows. kfp.local itself reports only the failed task's name."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, out: io.TextIOBase):
+        self.out = out
+        self.task_errors: dict[str, str] = {}
+        self._partial: dict[int, str] = {}  # per thread: kfp.local runs loop iterations side by side
+        self._task: dict[int, str] = {}
+        self._traceback_indent: dict[int, int] = {}
+
+    def write(self, text: str) -> int:
+        self.out.write(text)
+        thread = threading.get_ident()
+        *lines, self._partial[thread] = (self._partial.get(thread, "") + text).split("\n")
+        for line in lines:
+            self._see(thread, self._ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def _see(self, thread: int, line: str) -> None:
+        indent = len(line) - len(line.lstrip(" "))
+        if started := re.search(r"Executing task '([^']+)'", line):
+            self._task[thread] = started[1]
+        elif line.strip() == "Traceback (most recent call last):":
+            self._traceback_indent[thread] = indent
+        elif line.strip() and indent == self._traceback_indent.get(thread):
+            del self._traceback_indent[thread]  # the exception line: frames are indented deeper
+            task = self._task.get(thread, "")
+            self.task_errors.pop(task, None)  # re-inserted last: the latest error comes last
+            self.task_errors[task] = re.sub(r"^[\w.]*\.(?=\w+:)", "", line.strip())  # ConfigError, not a.b.ConfigError
+
+
+def _task_failure(exc: RuntimeError, errors: dict[str, str]) -> ChromifyError | None:
+    """kfp.local's 'Pipeline ... finished with status FAILURE. Inner task failed: 't' inside 'loop'.' as one
+    line naming the task and its error; None for any other RuntimeError."""
+    failed = re.search(r"Inner task failed: (.*?)\.?$", _TaskErrors._ANSI.sub("", str(exc)))
+    if not failed:
+        return None
+    innermost = re.match(r"'([^']+)'", failed[1])
+    error = errors.get(innermost[1] if innermost else "") or next(reversed(errors.values()), "")
+    return ChromifyError(f"kfp.local: task {failed[1]} failed" + (f": {error}" if error else " (its log is above)"))
 
 
 def run_local(params: str | Path | Params = "params.yaml", workdir: str | Path = "local_outputs") -> dict[str, Any]:
@@ -50,7 +127,15 @@ def run_local(params: str | Path | Params = "params.yaml", workdir: str | Path =
     p = _params(params)
     workdir = Path(workdir).resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir))
-    build_pipeline(p, "local")(**pipeline_arguments(p))
+    tee = _TaskErrors(sys.stdout)
+    try:
+        with redirect_stdout(tee):
+            build_pipeline(p, "local")(**pipeline_arguments(p))
+    except RuntimeError as exc:
+        failure = _task_failure(exc, tee.task_errors)
+        if failure is None:
+            raise
+        raise failure from None
     return {"pipeline_root": str(workdir), "registry": str(Path(p.register.registry_dir).resolve())}
 
 
@@ -100,9 +185,32 @@ def summarize_spec(spec: dict[str, Any], platform: dict[str, Any]) -> dict[str, 
 
 def check_pipeline_root(pipeline_root: str | None) -> str:
     """gs://bucket/path, a folder inside a bucket (Vertex AI writes each run beneath it); returns it without '/'."""
-    if not pipeline_root or not re.fullmatch(r"gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]/\S+", pipeline_root.rstrip("/")):
+    if not pipeline_root:
+        raise ConfigError("--pipeline-root is needed: a path in a bucket, gs://bucket/some/path")
+    root = pipeline_root.rstrip("/")
+    if not root.startswith("gs://"):
         raise ConfigError(f"--pipeline-root {pipeline_root}: must be a path in a bucket, gs://bucket/some/path")
-    return pipeline_root.rstrip("/")
+    bucket, _, path = root.removeprefix("gs://").partition("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", bucket):
+        raise ConfigError(f"--pipeline-root {pipeline_root}: {bucket!r} is not a valid bucket name (3-63 lowercase "
+                          "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")
+    if not path:
+        raise ConfigError(f"--pipeline-root {pipeline_root}: a folder inside the bucket, not the bucket itself: "
+                          f"gs://{bucket}/some/path")
+    if re.search(r"\s", path):
+        raise ConfigError(f"--pipeline-root {pipeline_root!r}: no spaces in the path")
+    return root
+
+
+def check_region(region: str) -> str:
+    """A Vertex AI region, as the SDK knows them; its own error lists all of them inside a traceback."""
+    from google.cloud.aiplatform import utils
+
+    try:
+        utils.validate_region(region)
+    except ValueError:
+        raise ConfigError(f"--region {region!r}: not a Vertex AI region (e.g. us-central1, europe-west4)") from None
+    return region
 
 
 def cloud_problems(params: Params) -> list[str]:
@@ -118,6 +226,9 @@ def cloud_problems(params: Params) -> list[str]:
     if params.register.target == "local":
         problems.append("register.target is local: the registry would live and die on the register step's "
                         "container, and every champion lookup would find none (set register.target: vertex)")
+    if params.ingest.source != "sample" and not params.ingest.source.startswith("gs://"):
+        problems.append(f"ingest.source {params.ingest.source} is a path on this machine, which the cloud's steps "
+                        "cannot read: upload the photos and set ingest.source to their gs://bucket/prefix")
     return problems
 
 
@@ -137,6 +248,7 @@ def build_vertex_job(template_path: str | Path, params: Params, project: str, re
 
     if not project:
         raise ConfigError("--target vertex needs --project")
+    check_region(region)
     job = aiplatform.PipelineJob(
         display_name=PIPELINE_NAME, template_path=str(template_path),
         pipeline_root=check_pipeline_root(pipeline_root), parameter_values=pipeline_arguments(params),
@@ -172,7 +284,7 @@ def submit(target: str | None, project: str | None, region: str, pipeline_root: 
     """Submit to Vertex AI Pipelines (target='vertex') or a Kubeflow Pipelines host (target='kfp')."""
     import tempfile
 
-    params = load_params(params_path)
+    params = _params(params_path)
     target = target or params.cloud.target
     if target not in ("vertex", "kfp"):
         raise ConfigError(f"--target {target!r}: expected vertex or kfp (kfp.local is `chromify pipeline run-local`)")
@@ -182,6 +294,7 @@ def submit(target: str | None, project: str | None, region: str, pipeline_root: 
         if not project:
             raise ConfigError("--target vertex needs --project")
         check_pipeline_root(pipeline_root)
+        check_region(region)
     problems = cloud_problems(params)
     if problems and not dry_run:
         raise ConfigError("not submitted: " + "; ".join(problems))

@@ -208,6 +208,55 @@ def test_bad_targets_and_cloud_params_are_refused(tmp_path):
         params_from_dict({"cloud": {"target": "local"}})  # kfp.local is a compile target, not a cloud
 
 
+def chromify(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(["chromify", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_a_params_file_named_must_exist_only_params_yaml_may_be_absent(tmp_path, monkeypatch):
+    from pipelines.run import run_local
+
+    # As the stage commands: a typo in --params must not compile or run the library defaults.
+    proc = chromify("pipeline", "compile", "--params", str(tmp_path / "typo.yaml"), "-o", "x.yaml", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, f"chromify: error: {tmp_path / 'typo.yaml'}: no such params file\n")
+    assert not (tmp_path / "x.yaml").exists()
+    with pytest.raises(ConfigError, match="typo.yaml: no such params file"):
+        run_local(tmp_path / "typo.yaml", tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before kfp.local started
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the defaults
+    spec, _ = load_spec(compile_pipeline(tmp_path / "p.yaml", "params.yaml", target="vertex"))
+    assert json.loads(spec["root"]["inputDefinitions"]["parameters"]["params_json"]["defaultValue"]) == (
+        load_params(tmp_path / "absent.yaml").to_dict())
+
+
+def test_compile_replaces_the_spec_by_rename_and_refuses_a_missing_folder_in_one_line(tmp_path):
+    out = tmp_path / "p.yaml"
+    out.write_text("the previous spec\n")
+    before = out.stat().st_ino
+    compile_pipeline(out, ROOT / "params.yaml", target="vertex")
+    assert out.stat().st_ino != before  # a new file renamed over the old, never rewritten in place
+    assert load_spec(out)[0]["pipelineInfo"]["name"] == "chromify-colorization"
+    assert [f.name for f in tmp_path.iterdir()] == ["p.yaml"]  # no temp file left beside it
+
+    proc = chromify("pipeline", "compile", "-o", str(tmp_path / "missing" / "p.yaml"), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"chromify: error: {tmp_path / 'missing' / 'p.yaml'}: no such folder")
+    with pytest.raises(ConfigError, match="p.json: the pipeline spec is YAML"):
+        compile_pipeline(tmp_path / "p.json", ROOT / "params.yaml", target="vertex")
+
+
+def test_run_local_names_the_failed_task_and_its_error_in_one_line(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["ingest"]["source"] = str(tmp_path / "no-photos-here")  # ingest, the first task, fails at once
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = chromify("pipeline", "run-local", "--workdir", "run", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == (
+        f"chromify: error: kfp.local: task 'ingest' failed: ConfigError: ingest.source: {tmp_path / 'no-photos-here'}"
+        ": not a folder, 'sample' or gs:// URI")
+    assert "Executing task" in proc.stdout  # kfp.local's log still streams through
+
+
 @pytest.mark.slow
 def test_train_component_runs_torchrun_ranks_and_reports_rank_0s_metrics(tmp_path, monkeypatch):
     """Two ranks on the CPU (gloo): what four GPUs do on a node, with the component's own code."""

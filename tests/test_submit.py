@@ -18,7 +18,7 @@ from conftest import GoogleCloudAPI
 
 from chromify.config import load_params
 from chromify.errors import ConfigError
-from pipelines.run import build_kfp_run, build_vertex_job, compile_pipeline, load_spec, submit
+from pipelines.run import build_kfp_run, build_vertex_job, check_pipeline_root, compile_pipeline, load_spec, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -140,6 +140,30 @@ def test_pipeline_root_must_be_a_path_in_a_bucket(tmp_path, params_path, root):
         vertex_job(tmp_path, params_path, pipeline_root=root)
 
 
+@pytest.mark.parametrize(("root", "wrong"), [
+    ("gs://b/root", "'b' is not a valid bucket name"), ("gs://Bad_Bucket/path", "'Bad_Bucket' is not a valid bucket"),
+    ("gs://-bucket-/p", "'-bucket-' is not a valid bucket"), ("gs://bucket-only/", "not the bucket itself"),
+    (None, "--pipeline-root is needed")])
+def test_pipeline_root_errors_say_what_is_wrong(root, wrong):
+    with pytest.raises(ConfigError, match=wrong):
+        check_pipeline_root(root)
+    assert check_pipeline_root("gs://my_bucket.example-1/x/") == "gs://my_bucket.example-1/x"
+
+
+def test_an_unknown_vertex_region_is_refused_in_one_line(tmp_path, params_path):
+    with pytest.raises(ConfigError, match=r"^--region 'nowhere-1': not a Vertex AI region[^\n]*$"):
+        vertex_job(tmp_path, params_path, region="nowhere-1")
+    with pytest.raises(ConfigError, match="--region 'nowhere-1'"):  # before the compile, in a dry run too
+        submit(target="vertex", project="proj-1", region="nowhere-1", pipeline_root="gs://my-bucket/x",
+               service_account=None, experiment=None, host=None, dry_run=True, params_path=params_path)
+
+
+def test_submit_refuses_a_params_file_that_does_not_exist(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml: no such params file"):
+        submit(target="kfp", project=None, region="us-central1", pipeline_root=None, service_account=None,
+               experiment=None, host="https://kfp.example.com", dry_run=True, params_path=tmp_path / "missing.yaml")
+
+
 def test_vertex_needs_a_project(tmp_path, params_path):
     with pytest.raises(ConfigError, match="--project"):
         vertex_job(tmp_path, params_path, project="")
@@ -187,6 +211,19 @@ def test_submit_refuses_a_run_that_would_lose_its_model_or_pull_placeholder_imag
     with pytest.raises(ConfigError, match="not submitted: CHROMIFY_IMAGE_REGISTRY.*register.target is local"):
         submit(target="vertex", project="proj-1", region="us-central1", pipeline_root="gs://bkt/root",
                service_account=None, experiment=None, host=None, dry_run=False, params_path=params_path)
+
+
+def test_a_local_photo_folder_is_a_problem_the_cloud_run_would_have(params_path, monkeypatch):
+    params_path = ready_params(params_path, monkeypatch)
+    raw = yaml.safe_load(params_path.read_text())
+    raw["ingest"] = {**raw["ingest"], "source": "/home/me/photos"}
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    common = {"target": "kfp", "project": None, "region": "us-central1", "pipeline_root": None, "service_account": None,
+              "experiment": None, "host": "https://kfp.example.com", "params_path": params_path}
+    (problem,) = submit(dry_run=True, **common)["problems"]
+    assert problem.startswith("ingest.source /home/me/photos is a path on this machine")
+    with pytest.raises(ConfigError, match="not submitted: ingest.source /home/me/photos"):
+        submit(dry_run=False, **common)
 
 
 def ready_params(params_path: Path, monkeypatch) -> Path:
