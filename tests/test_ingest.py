@@ -64,6 +64,20 @@ def test_cli_ingest_reports_every_bad_file_and_keeps_every_good_one(tmp_path, ba
     assert accepted[str(root / "chelsea.jpg")]["decoder"] == DECODER_JPEG
 
 
+def test_a_broken_link_is_rejected_with_a_reason_not_dropped(tmp_path, photos):
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(photos["chelsea"]).save(root / "chelsea.png")
+    (root / "gone.jpg").symlink_to(root / "moved-away.jpg")  # a link whose photo was moved
+    counts = run_ingest(IngestParams(source=str(root), out_dir=str(tmp_path / "raw")), tmp_path / "reports")
+    assert counts["accepted"] == 1 and counts["rejected"] == 1 and counts["unlisted_folders"] == 0
+    with open(tmp_path / "reports" / "ingest_rejects.csv", encoding="utf-8", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["path"] == str(root / "gone.jpg"))
+    assert row["reason"] == "unreadable" and "No such file or directory" in row["detail"]
+
+
 def test_normalisation_to_8bit_srgb(bad_folder, photos):
     root, _ = bad_folder
 

@@ -15,6 +15,7 @@ import io
 import math
 import multiprocessing
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -104,8 +105,24 @@ def sample_paths() -> list[Path]:
 
 
 def _local_file(path: Path) -> SourceFile:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError:  # a broken link, or gone since the listing: reading it fails and the rejects say why
+        return SourceFile(str(path), 0, "", str(path))
     return SourceFile(str(path), st.st_size, str(st.st_mtime_ns), str(path))
+
+
+def _walk_files(root: Path) -> tuple[list[Path], list[str]]:
+    """Every file under `root` (broken links included: they are rejected with a reason, not dropped) and the
+    folders that could not be listed, as `folder (reason)`; links to folders are not followed, as rglob does."""
+    files: list[Path] = []
+    unlisted: list[str] = []
+    for folder, _, names in os.walk(root, onerror=lambda e: unlisted.append(f"{e.filename} ({e.strerror})")):
+        for name in names:
+            path = Path(folder) / name
+            if path.is_file() or (path.is_symlink() and not path.exists()):
+                files.append(path)
+    return sorted(files), sorted(unlisted)
 
 
 _COLOUR_WORDS = ("colour", "color")
@@ -158,9 +175,11 @@ def _list(source: str) -> Listing:
     root = Path(source).expanduser()
     if not root.is_dir():
         raise ConfigError(f"ingest.source: {source}: not a folder, 'sample' or gs:// URI")
-    everything = sorted(p for p in root.rglob("*") if p.is_file())
+    everything, unlisted = _walk_files(root)
+    for folder in unlisted:
+        print(f"chromify: ingest: cannot list {folder}: its photos are left out", file=sys.stderr)
     images = [p for p in everything if _is_image_name(p)]
-    notes = {"skipped_not_image_suffix": len(everything) - len(images)}
+    notes = {"skipped_not_image_suffix": len(everything) - len(images), "unlisted_folders": len(unlisted)}
     pairing: list[tuple[str, str]] = []
     pairs = find_kaggle_pairs(root)
     if pairs:
