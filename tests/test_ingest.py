@@ -78,6 +78,24 @@ def test_a_broken_link_is_rejected_with_a_reason_not_dropped(tmp_path, photos):
     assert row["reason"] == "unreadable" and "No such file or directory" in row["detail"]
 
 
+def test_an_ingest_that_accepts_nothing_leaves_no_stale_manifest_behind(tmp_path, photos):
+    from PIL import Image
+
+    from chromify import shards
+    from chromify.errors import ChromifyError, DataError
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(photos["chelsea"]).save(root / "chelsea.png")
+    p = IngestParams(source=str(root), out_dir=str(tmp_path / "raw"))
+    assert run_ingest(p, tmp_path / "reports")["accepted"] == 1
+    with pytest.raises(ChromifyError, match="no usable colour photo among 1 file"):
+        run_ingest(replace(p, min_side=4000), tmp_path / "reports")  # now every photo is too small
+    assert read_manifest(tmp_path / "raw") == []  # not the first run's row, which preprocess would convert
+    with pytest.raises(DataError, match="no accepted photos to convert"):
+        shards.preprocess(read_manifest(tmp_path / "raw"), tmp_path / "raw", tmp_path / "processed", 64)
+
+
 def test_normalisation_to_8bit_srgb(bad_folder, photos):
     root, _ = bad_folder
 

@@ -473,10 +473,11 @@ def ingest(p: IngestParams, reports_dir: str | Path = "reports", workers: int | 
     counts["bad_files"] = sum(r["reason"] not in ("grayscale", "duplicate") for r in rejected)
     counts.update(listing.notes)
     write_if_changed(reports / "ingest.json", (json.dumps(counts, indent=2, sort_keys=True) + "\n").encode())
+    # Written even when empty: a manifest left from an earlier run would feed preprocess photos this run refused.
+    write_if_changed(manifest_path, _table_bytes(accepted, MANIFEST_COLUMNS))
     if not accepted:
         raise ChromifyError(f"ingest.source {p.source}: no usable colour photo among {len(listing.files)} file(s); "
                             f"reasons in {reports / 'ingest_rejects.csv'}")
-    write_if_changed(manifest_path, _table_bytes(accepted, MANIFEST_COLUMNS))
     return counts
 
 

@@ -248,6 +248,8 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
                workers: int = 0, partition: Partition = Partition(), progress: bool = False) -> dict[str, int]:
     """Write this partition's shards; returns counts. Re-runs skip verified shards; a killed run resumes."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if not rows:  # the whole manifest, before partitioning: a last ingest that accepted nothing
+        raise DataError(f"{raw_dir / 'manifest.parquet'}: no accepted photos to convert; the ingest report says why")
     workers = workers or (os.cpu_count() or 1)
     _done_marker(out_dir, partition).unlink(missing_ok=True)
     jobs: list[tuple[ShardJob, list[dict]]] = []
