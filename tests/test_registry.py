@@ -1,6 +1,8 @@
 import json
 import multiprocessing as mp
+import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -231,3 +233,104 @@ def test_models_list_on_an_empty_registry(tmp_path):
     (tmp_path / "params.yaml").write_text("register:\n  registry_dir: reg\n")
     out = chromify(tmp_path, "models", "list")
     assert out == "chromify-colorizer: no registered versions in reg/chromify-colorizer\n"
+
+
+def test_a_version_folder_is_readable_by_other_users(tmp_path, model_dir):
+    old = os.umask(0o022)
+    try:
+        v = LocalRegistry(tmp_path / "registry", "m").register(model_dir, {})
+    finally:
+        os.umask(old)
+    folder = tmp_path / "registry/m" / f"v{v:04d}"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755  # a serving container's uid can list and read it
+    assert {stat.S_IMODE(f.stat().st_mode) for f in folder.iterdir()} == {0o444}
+
+
+def _write_reports(root, gate, metrics):
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports/gate.json").write_text(json.dumps(gate))
+    (root / "reports/metrics.json").write_text(json.dumps(metrics))
+
+
+def test_registering_weights_already_registered_changes_nothing(two_runs):
+    root, params, _, (first, second) = two_runs
+    reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
+    gate2 = {"passed": True, "champion_id": model_id_of(first), "reasons": ["PSNR 24.50 dB ≥ champion 24.31 dB"],
+             "candidate_id": model_id_of(second)}
+    _write_reports(root, gate2, METRICS_2)
+    # A second `chromify register` of the same candidate: no v3.
+    out = chromify(root, "register", "--model", "run2", "--raw", "raw")
+    assert out.splitlines()[0] == f"already registered as v2 (weights {model_id_of(second)}); no alias moved, " \
+                                  "champion is v2"
+    assert "gate refused" not in out and out.count("already registered") == 1
+    assert reg.versions() == [1, 2] and reg.champion() == 2
+    # After a rollback, `dvc repro` re-runs register with the same gate: the rollback stays.
+    chromify(root, "models", "rollback")
+    moves = reg.alias_history()
+    outcome = run_register(params, second, gate2, METRICS_2, root / "raw", root / "reports")
+    assert outcome["registered"] is False and outcome["already_registered"] is True
+    assert (outcome["version"], outcome["path"]) == (2, str(reg.version_dir(2)))
+    assert outcome["reasons"][0] == f"already registered as v2 (weights {model_id_of(second)}); no alias moved, " \
+                                    "champion is v1"
+    assert json.loads((root / "reports/register.json").read_text()) == outcome
+    assert reg.versions() == [1, 2] and reg.champion() == 1 and reg.alias_history() == moves
+
+
+def test_a_gate_decided_against_a_former_champion_is_refused(two_runs):
+    root, params, _, (first, second) = two_runs
+    reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
+    third = _export(root / "run3", 3)
+    for gated_against, said in ((model_id_of(first), model_id_of(first)), (None, "no champion")):
+        gate = {"passed": True, "champion_id": gated_against, "reasons": [], "candidate_id": model_id_of(third)}
+        with pytest.raises(RegistryError, match=re.escape(
+                f"the gate compared the candidate with {said}, the champion is now v2 ({model_id_of(second)}); "
+                "re-run evaluate")):
+            run_register(params, third, gate, METRICS_2, root / "raw", None)
+    assert reg.versions() == [1, 2] and reg.champion() == 2 and not list(reg.dir.glob(".staging-*"))
+    # Against the current champion it registers.
+    gate = {"passed": True, "champion_id": model_id_of(second), "reasons": [], "candidate_id": model_id_of(third)}
+    assert run_register(params, third, gate, METRICS_2, root / "raw", None)["version"] == 3
+
+
+def test_damaged_registry_metadata_is_a_one_line_error_naming_the_file(two_runs):
+    root, params, _, (first, second) = two_runs
+    reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
+    table, history = reg.dir / "aliases.json", reg.history_path
+    good_table, good_history = table.read_text(), history.read_text()
+
+    def error(*args):
+        err = chromify(root, *args, ok=False)
+        assert err.startswith("chromify: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    table.write_text('{"champion": ')
+    for command in (("models", "list"), ("models", "show"), ("models", "promote", "1")):
+        assert "aliases.json: damaged alias table (Expecting value" in error(*command)
+    third = _export(root / "run3", 3)
+    gate = {"passed": True, "champion_id": model_id_of(second), "reasons": [], "candidate_id": model_id_of(third)}
+    with pytest.raises(RegistryError, match="damaged alias table"):
+        run_register(params, third, gate, METRICS_2, root / "raw", None)
+    assert reg.versions() == [1, 2] and table.read_text() == '{"champion": '  # nothing written, nothing lost
+    table.write_text('["champion", 2]')
+    assert "aliases.json: damaged alias table" in error("models", "list")
+
+    table.write_text(good_table)
+    history.write_text(good_history + "junk\n")
+    for command in (("models", "history"), ("models", "rollback")):
+        assert "alias_history.jsonl: line 3 is damaged (Expecting value" in error(*command)
+    history.write_text(good_history + '{"alias": "champion"}\n')
+    assert "alias_history.jsonl: line 3 is not an alias move" in error("models", "history")
+    assert reg.champion() == 2
+
+    history.write_text(good_history)
+    table.write_text('{"champion": 9}')
+    for command in (("models", "list"), ("models", "show")):
+        assert "aliases.json: dangling alias 'champion': it names v9, which is not a registered version" in error(
+            *command)
+    assert chromify(root, "models", "promote", "1") == "champion: v9 -> v1\n"  # the way out works
+    assert reg.champion() == 1
+
+    record = reg.version_dir(2) / "record.json"
+    record.chmod(0o644)
+    record.write_text("{")
+    assert "v0002/record.json: damaged version record" in error("models", "list")

@@ -145,7 +145,10 @@ def register(params: ParamsOpt = DEFAULT_PARAMS,
     p = _params(params)
     gate, metrics = _report(reports / "gate.json", "evaluate"), _report(reports / "metrics.json", "evaluate")
     outcome = run_register(p, model or Path(p.train.out_dir), gate, metrics, raw or Path(p.ingest.out_dir), reports)
-    if not outcome["registered"]:
+    if outcome.get("already_registered"):
+        typer.echo(outcome["message"])
+        outcome["reasons"] = outcome["reasons"][1:]  # the first is that same message
+    elif not outcome["registered"]:
         typer.echo("not registered: the gate refused the candidate")
     elif outcome["target"] == "vertex":
         typer.echo(f"registered {p.register.model_name} version {outcome['version']} on Vertex AI as "

@@ -10,6 +10,10 @@ sees it whole or not at all.
 
 Rollback walks back along an alias's history like a stack: `promote`/`register` push, `rollback` pops. After
 champion went v1 → v2 → v3, a rollback gives v2 and a second one v1 (never back to v3: that would be a toggle).
+
+Weights already held by a version are never registered again (AlreadyRegistered), so re-running registration
+(`dvc repro` after a rollback) cannot undo a promotion or rollback. Damaged metadata (aliases.json,
+alias_history.jsonl, record.json) and aliases naming no version are RegistryErrors that name the file.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -38,6 +41,15 @@ RECORD = "record.json"
 _ALIAS = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _VERSION_REF = re.compile(r"v?\d+")
 _READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+
+
+class AlreadyRegistered(RegistryError):
+    """The weights being registered are already those of `version`: nothing was written."""
+
+    def __init__(self, name: str, version: int, model_id: str):
+        super().__init__(f"{name}: weights {model_id} are already registered as v{version}")
+        self.version = version
+        self.model_id = model_id
 
 
 def check_alias(alias: str) -> str:
@@ -83,9 +95,35 @@ class LocalRegistry:
         return sorted(int(p.name[1:]) for p in self.dir.glob("v[0-9]*")
                       if p.name[1:].isdigit() and (p / RECORD).exists())
 
+    @property
+    def aliases_path(self) -> Path:
+        return self.dir / "aliases.json"
+
+    def _read_json(self, path: Path, what: str) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise RegistryError(f"{path}: damaged {what} ({exc})") from None
+
     def aliases(self) -> dict[str, int]:
-        path = self.dir / "aliases.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        """The alias table as stored; a damaged file is a RegistryError (see `target` for aliases naming no version)."""
+        path = self.aliases_path
+        if not path.exists():
+            return {}
+        table = self._read_json(path, "alias table")
+        if not isinstance(table, dict) or not all(type(v) is int and v > 0 for v in table.values()):
+            raise RegistryError(f"{path}: damaged alias table (expected {{\"alias\": version number, ...}}, got "
+                                f"{json.dumps(table)[:80]})")
+        return table
+
+    def target(self, alias: str) -> int | None:
+        """The version `alias` names (None: no such alias); an alias naming no version is a RegistryError."""
+        version = self.aliases().get(alias)
+        if version is not None and version not in self.versions():
+            raise RegistryError(f"{self.aliases_path}: dangling alias {alias!r}: it names v{version}, which is not a "
+                                f"registered version; point it at one with `chromify models promote VERSION "
+                                f"--alias {alias}`")
+        return version
 
     def aliases_of(self, version: int) -> list[str]:
         return sorted(alias for alias, v in self.aliases().items() if v == version)
@@ -94,7 +132,15 @@ class LocalRegistry:
         path = self.version_dir(version) / RECORD
         if not path.exists():
             raise RegistryError(f"{self.name}: no version {version}")
-        return json.loads(path.read_text())
+        record = self._read_json(path, "version record")
+        if not isinstance(record, dict):
+            raise RegistryError(f"{path}: damaged version record (not a JSON object)")
+        return record
+
+    def model_id(self, version: int) -> str:
+        """The weights hash of a version (as `chromify.evaluate.model_id_of` gives it)."""
+        record = self.record(version)
+        return record.get("model_id") or record.get("files", {}).get("model.safetensors", "")[:16]
 
     def version_dir(self, version: int) -> Path:
         return self.dir / f"v{version:04d}"
@@ -104,7 +150,7 @@ class LocalRegistry:
         text = str(ref)
         aliases = self.aliases()
         if text in aliases:
-            return aliases[text]
+            return self.target(text)
         digits = text[1:] if text.startswith("v") else text
         if digits.isdigit() and int(digits) in self.versions():
             return int(digits)
@@ -117,7 +163,7 @@ class LocalRegistry:
                             f"{''.join(f', {a}' for a in sorted(aliases))})")
 
     def champion(self) -> int | None:
-        return self.aliases().get(CHAMPION)
+        return self.target(CHAMPION)
 
     def model_dir(self, ref: str | int) -> Path:
         return self.version_dir(self.resolve(ref))
@@ -133,13 +179,29 @@ class LocalRegistry:
     def alias_history(self, alias: str | None = None) -> list[dict[str, Any]]:
         """Every alias move, oldest first: {alias, version, previous, action, at}; one alias's if given."""
         path = self.history_path
-        moves = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        moves = []
+        for n, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+            if not line.strip():
+                continue
+            try:
+                move = json.loads(line)
+            except ValueError as exc:
+                raise RegistryError(f"{path}: line {n} is damaged ({exc})") from None
+            if not (isinstance(move, dict) and isinstance(move.get("alias"), str)
+                    and type(move.get("version")) is int and isinstance(move.get("at"), str)):
+                raise RegistryError(f"{path}: line {n} is not an alias move (needs alias, version and at)")
+            moves.append(move)
         return [m for m in moves if alias is None or m["alias"] == alias]
 
     # -- writing (under the lock) --
 
     def register(self, model_dir: str | Path, record: dict[str, Any], aliases: tuple[str, ...] = ()) -> int:
-        """Copy a model in as the next version and point `aliases` at it; returns the version."""
+        """Copy a model in as the next version and point `aliases` at it; returns the version.
+
+        A record from `chromify.stages.registration_record` is checked under the lock: weights (`model_id`) that a
+        version already holds raise AlreadyRegistered, and a gate decided against a champion other than the current
+        one (`gate.champion_id`) is refused when the champion alias is to move.
+        """
         model_dir = Path(model_dir)
         for alias in aliases:
             check_alias(alias)
@@ -150,8 +212,12 @@ class LocalRegistry:
             # Staging folders are only made under this lock, so any found now belong to a killed writer.
             for stale in self.dir.glob(".staging-*"):
                 shutil.rmtree(stale, ignore_errors=True)
+            self._check_locked(record, aliases)
             version = max(self.versions(), default=0) + 1
-            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.dir))
+            # mkdir (not mkdtemp, which makes it 0700) so the version folder gets the umask's mode: another uid,
+            # such as a serving container, can read it. The name is unique: staging happens only under the lock.
+            staging = self.dir / f".staging-{os.getpid()}"
+            staging.mkdir()
             try:
                 files = {}
                 for f in MODEL_FILES:
@@ -167,6 +233,22 @@ class LocalRegistry:
                 raise
             self._move_locked(dict.fromkeys(aliases, version), "register")
         return version
+
+    def _check_locked(self, record: dict[str, Any], aliases: tuple[str, ...]) -> None:
+        self.aliases()  # a damaged alias table fails before a version is written, not after
+        model_id = record.get("model_id")
+        for v in self.versions() if model_id else ():
+            if self.model_id(v) == model_id:
+                raise AlreadyRegistered(self.name, v, model_id)
+        gate = record.get("gate") or {}
+        if CHAMPION in aliases and "champion_id" in gate:
+            current = self.champion()
+            current_id = None if current is None else self.model_id(current)
+            if gate["champion_id"] != current_id:
+                raise RegistryError(
+                    f"{self.name}: the gate compared the candidate with {gate['champion_id'] or 'no champion'}, "
+                    f"the champion is now {'none' if current is None else f'v{current} ({current_id})'}; "
+                    "re-run evaluate")
 
     def _move_locked(self, changes: dict[str, int], action: str) -> None:
         if not changes:

@@ -136,8 +136,13 @@ def registration_record(params: Params, candidate_dir: str | Path, gate: dict[st
 def run_register(params: Params, candidate_dir: str | Path, gate: dict[str, Any], metrics: dict[str, Any],
                  raw_dir: str | Path, reports_dir: str | Path | None = "reports") -> dict[str, Any]:
     """Register the candidate as a new champion version when the gate passed, in the local registry or on Vertex
-    AI (register.target); returns what happened, with the gate's reasons (also written to register.json)."""
-    from chromify.registry import CHAMPION, LocalRegistry
+    AI (register.target); returns what happened, with the gate's reasons (also written to register.json).
+
+    Locally, weights already registered are left where they are: the outcome says `already_registered` and which
+    version holds them, and no alias moves (a re-run must not undo a promotion or rollback made since). A gate
+    decided against a champion that is no longer the champion is a RegistryError: re-run evaluate.
+    """
+    from chromify.registry import CHAMPION, AlreadyRegistered, LocalRegistry
 
     target = _check_target(params)
     if target == "vertex":
@@ -156,9 +161,19 @@ def run_register(params: Params, candidate_dir: str | Path, gate: dict[str, Any]
             outcome = {**publish(params.register, candidate_dir, record), "reasons": reasons}
         else:
             reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
-            version = reg.register(candidate_dir, record, aliases=(CHAMPION,))
-            outcome = {"registered": True, "target": target, "version": version, "alias": CHAMPION,
-                       "path": str(reg.version_dir(version)), "reasons": reasons}
+            try:
+                version = reg.register(candidate_dir, record, aliases=(CHAMPION,))
+            except AlreadyRegistered as already:
+                champion = reg.champion()
+                # First among the reasons too, which every caller prints; "registered" stays False: nothing was.
+                note = (f"already registered as v{already.version} (weights {already.model_id}); no alias moved, "
+                        f"champion is {'none' if champion is None else f'v{champion}'}")
+                outcome = {"registered": False, "already_registered": True, "target": target,
+                           "version": already.version, "path": str(reg.version_dir(already.version)),
+                           "message": note, "reasons": [note, *reasons]}
+            else:
+                outcome = {"registered": True, "target": target, "version": version, "alias": CHAMPION,
+                           "path": str(reg.version_dir(version)), "reasons": reasons}
     if reports_dir is not None:
         atomic_write_json(Path(reports_dir) / "register.json", outcome)
     return outcome
