@@ -69,6 +69,20 @@ class Sent(Exception):
 
 
 NOT_FOUND = (404, {"error": {"code": 404, "message": "Model does not exist.", "status": "NOT_FOUND"}})
+LIST_VERSIONS = r".*/models/chromify-colorizer:listVersions"
+CHAMPION_GET = r".*/models/chromify-colorizer@champion"
+
+
+def version(version_id: str, model_id: str | None, aliases=(), artifact: str = "") -> tuple[int, dict]:
+    """A Vertex AI Model message (REST JSON) for one version, as models.get and models.listVersions return it."""
+    return (200, {"name": MODEL_PATH, "displayName": "chromify-colorizer", "versionId": version_id,
+                  "versionAliases": list(aliases), "artifactUri": artifact,
+                  "labels": {} if model_id is None else {"chromify-model-id": model_id, "gate": "passed"}})
+
+
+def versions(*found: tuple[int, dict]) -> tuple[int, dict]:
+    """A ListModelVersionsResponse page holding `found` (what the label filter matched), the last page."""
+    return (200, {"models": [body for _, body in found]})
 
 
 @pytest.fixture
@@ -169,6 +183,8 @@ def _objects(prefix: str) -> dict[str, bytes]:
 def test_publish_uploads_the_files_then_asks_for_a_new_version(gcs, vertex, model_dir):
     p = register_params(artifact_root=f"gs://{BUCKET}/publish")
     vertex.routes[("GET", r".*/models/chromify-colorizer")] = (200, {"name": MODEL_PATH, "versionId": "1"})
+    vertex.routes[("GET", LIST_VERSIONS)] = versions()  # no version holds these weights
+    vertex.routes[("GET", CHAMPION_GET)] = version("1", RECORD["gate"]["champion_id"], ("champion", "default"))
     vertex.routes[("POST", r".*/models:upload")] = Sent()
     with pytest.raises(Sent):
         vr.publish(p, model_dir, RECORD)
@@ -178,16 +194,67 @@ def test_publish_uploads_the_files_then_asks_for_a_new_version(gcs, vertex, mode
     for name in ("model.safetensors", "config.json"):
         assert stored[name] == (model_dir / name).read_bytes()
     assert json.loads(stored["record.json"]) == RECORD
-    (_, _, exists), (_, _, upload) = vertex.calls
-    assert exists is None and upload["parentModel"] == MODEL_PATH and upload["model"]["artifactUri"] == artifact
+    (_, exists, _), (_, listed, _), (_, champion, _), (_, _, upload) = vertex.calls
+    assert exists.endswith("/models/chromify-colorizer") and listed.endswith(":listVersions")
+    assert champion.endswith("@champion")
+    assert upload["parentModel"] == MODEL_PATH and upload["model"]["artifactUri"] == artifact
 
-    # The first registration creates the model under its stable id instead.
+    # The first registration creates the model under its stable id instead (no model: nothing to list).
     vertex.calls.clear()
     vertex.routes[("GET", r".*/models/chromify-colorizer")] = NOT_FOUND
+    first = {**RECORD, "gate": {**RECORD["gate"], "champion_id": None}}
     with pytest.raises(Sent):
-        vr.publish(p, model_dir, RECORD)  # same files again: write-once objects, same bytes, no error
+        vr.publish(p, model_dir, first)
+    assert [path.rsplit("/", 1)[-1] for _, path, _ in vertex.calls] == ["chromify-colorizer", "models:upload"]
     upload = vertex.calls[-1][2]
     assert upload["modelId"] == "chromify-colorizer" and "parentModel" not in upload
+
+
+def test_weights_a_version_already_holds_are_not_registered_again(gcs, vertex, model_dir):
+    """A re-run after a rollback (v4 holds the weights, the user moved champion back to v3) uploads nothing, asks
+    for no version and moves no alias: the user's choice stands."""
+    p = register_params(artifact_root=f"gs://{BUCKET}/already")
+    held_at = f"gs://{BUCKET}/already/chromify-colorizer/{RECORD['model_id']}-0badf00d"
+    vertex.routes[("GET", r".*/models/chromify-colorizer")] = version("3", "0123456789abcdef", ("champion",))
+    vertex.routes[("GET", LIST_VERSIONS)] = versions(version("4", RECORD["model_id"], artifact=held_at))
+    vertex.routes[("GET", CHAMPION_GET)] = version("3", "0123456789abcdef", ("champion", "default"))
+    vertex.routes[("POST", r".*/models:upload")] = Sent()
+    vertex.routes[("POST", r".*:mergeVersionAliases")] = Sent()
+    note = f"already registered as v4 (weights {RECORD['model_id']}); no alias moved, champion is v3"
+    assert vr.publish(p, model_dir, RECORD) == {
+        "registered": False, "already_registered": True, "target": "vertex", "version": "4",
+        "resource_name": MODEL_PATH, "artifact_uri": held_at, "path": held_at, "message": note}
+    assert [method for method, _, _ in vertex.calls] == ["GET", "GET", "GET"]  # nothing was written
+    assert _objects(vr.artifact_uri(p, RECORD)) == {}
+
+    # Two versions with these weights (registered twice before this was fixed): the champion's is named.
+    vertex.routes[("GET", LIST_VERSIONS)] = versions(version("4", RECORD["model_id"], artifact=held_at),
+                                                     version("6", RECORD["model_id"], ("champion",), held_at))
+    vertex.routes[("GET", CHAMPION_GET)] = version("6", RECORD["model_id"], ("champion", "default"))
+    assert vr.publish(p, model_dir, RECORD)["message"] == \
+        f"already registered as v6 (weights {RECORD['model_id']}); no alias moved, champion is v6"
+
+
+def test_a_gate_decided_against_another_champion_is_refused(gcs, vertex, model_dir):
+    p = register_params(artifact_root=f"gs://{BUCKET}/stale-gate")
+    vertex.routes[("GET", r".*/models/chromify-colorizer")] = version("5", "fedcba9876543210", ("champion",))
+    vertex.routes[("GET", LIST_VERSIONS)] = versions()
+    vertex.routes[("GET", CHAMPION_GET)] = version("5", "fedcba9876543210", ("champion", "default"))
+    vertex.routes[("POST", r".*/models:upload")] = Sent()
+    with pytest.raises(RegistryError, match=r"compared the candidate with 0123456789abcdef, the champion is now "
+                                            r"v5 \(fedcba9876543210\); re-run evaluate"):
+        vr.publish(p, model_dir, RECORD)
+    assert _objects(vr.artifact_uri(p, RECORD)) == {}
+    # No model yet, but the gate compared with a champion: refused too.
+    vertex.routes[("GET", r".*/models/chromify-colorizer")] = NOT_FOUND
+    with pytest.raises(RegistryError, match="the champion is now none; re-run evaluate"):
+        vr.publish(p, model_dir, RECORD)
+    assert not any(method == "POST" for method, _, _ in vertex.calls)
+    # A champion without chromify's label cannot be compared cheaply: the check is skipped, the upload goes on.
+    vertex.routes[("GET", r".*/models/chromify-colorizer")] = version("5", None, ("champion",))
+    vertex.routes[("GET", CHAMPION_GET)] = version("5", None, ("champion", "default"))
+    with pytest.raises(Sent):
+        vr.publish(p, model_dir, RECORD)
 
 
 def test_version_files_are_write_once(gcs, model_dir):
@@ -231,6 +298,24 @@ def test_run_register_dispatches_on_target(vertex, model_dir, tmp_path):
     assert outcome == {"registered": False, "target": "vertex", "reasons": ["ΔCF 31.00 > 15.00"]}
     assert json.loads((tmp_path / "reports/register.json").read_text()) == outcome
     assert vertex.calls == []  # a refused model costs no request
+
+    # A passed gate for weights that a version already holds: the outcome says so first among the reasons.
+    from chromify.evaluate import model_id_of
+
+    weights = model_id_of(model_dir)
+    vertex.routes[("GET", r".*/models/chromify-colorizer")] = version("2", "0123456789abcdef", ("champion",))
+    vertex.routes[("GET", LIST_VERSIONS)] = versions(version("7", weights, artifact=f"gs://{BUCKET}/x"))
+    vertex.routes[("GET", CHAMPION_GET)] = version("2", "0123456789abcdef", ("champion", "default"))
+    vertex.routes[("POST", r".*/models:upload")] = Sent()
+    passed = {"passed": True, "champion_id": "0123456789abcdef", "candidate_id": weights,
+              "reasons": ["PSNR 24.50 dB ≥ champion 24.30 dB"]}
+    outcome = run_register(params, model_dir, passed, {}, tmp_path / "raw", tmp_path / "reports")
+    note = f"already registered as v7 (weights {weights}); no alias moved, champion is v2"
+    assert outcome["registered"] is False and outcome["already_registered"] is True
+    assert (outcome["version"], outcome["message"]) == ("7", note)
+    assert outcome["reasons"] == [note, "PSNR 24.50 dB ≥ champion 24.30 dB"]
+    assert json.loads((tmp_path / "reports/register.json").read_text()) == outcome
+    assert not any(method == "POST" for method, _, _ in vertex.calls)
 
     broken = Params(register=register_params(vertex_project=""))
     with pytest.raises(ConfigError, match="vertex_project is empty"):

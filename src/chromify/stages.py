@@ -158,7 +158,10 @@ def run_register(params: Params, candidate_dir: str | Path, gate: dict[str, Any]
         if target == "vertex":
             from chromify.vertex_registry import publish
 
-            outcome = {**publish(params.register, candidate_dir, record), "reasons": reasons}
+            outcome = publish(params.register, candidate_dir, record)
+            # Weights a version already holds: nothing registered, no alias moved; the note goes first, as locally.
+            outcome = {**outcome, "reasons": [outcome["message"], *reasons] if outcome.get("already_registered")
+                       else reasons}
         else:
             reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
             try:

@@ -7,6 +7,10 @@ model `<model name>`, with the alias `champion` (Vertex moves an alias that anot
 lineage, and the serving container. The request is built by a pure function,
 `build_upload_request`, so what is sent can be checked without sending it.
 
+Weights that a version already holds (its `chromify-model-id` label) are never uploaded again: `publish` returns an
+`already_registered` outcome and moves no alias, so re-running registration (`dvc repro` after a promote or
+rollback) cannot undo the user's choice. A gate decided against a champion other than the current one is refused.
+
 google-cloud-aiplatform and google-cloud-storage are imported inside the functions that use them.
 """
 
@@ -26,6 +30,9 @@ from typing import Any
 from chromify.config import RegisterParams
 from chromify.errors import ConfigError, RegistryError
 from chromify.registry import CHAMPION, MODEL_FILES, RECORD, check_alias
+
+# The label that ties a Vertex model version to its weights (the record's model_id, a hash of model.safetensors).
+MODEL_ID_LABEL = "chromify-model-id"
 
 # The serving contract of `chromify serve` (containers/Dockerfile.serve): Vertex passes these to the container as
 # AIP_HTTP_PORT, AIP_PREDICT_ROUTE and AIP_HEALTH_ROUTE, which the app's settings read.
@@ -120,7 +127,7 @@ def lineage_labels(p: RegisterParams, record: Mapping[str, Any]) -> dict[str, st
     """The user's labels plus the model id, commit, data hash and gate verdict, sanitised to Vertex's rules."""
     gate = record.get("gate", {})
     ours = {
-        "chromify-model-id": record.get("model_id", ""),
+        MODEL_ID_LABEL: record.get("model_id", ""),
         "git-commit": str(record.get("git_commit", ""))[:12],
         "data-sha256": str(record.get("data_manifest_sha256", ""))[:16],
         "gate": "passed" if gate.get("passed") else "failed",
@@ -254,14 +261,78 @@ def model_exists(p: RegisterParams) -> bool:
     return True
 
 
+def versions_holding(p: RegisterParams, model_id: str) -> list[Any]:
+    """The versions of the Vertex model labelled with weights `model_id` (Model messages, lowest version first);
+    [] when there are none or the model does not exist yet."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud import aiplatform
+
+    value = sanitise_label_value(model_id)
+    registry = aiplatform.models.ModelRegistry(vertex_model_id(p.model_name), location=p.vertex_location,
+                                               project=p.vertex_project)
+    # Every version, filtered here: a model has tens of versions, and a server-side filter on a key holding '-'
+    # would rest on quoting rules the API documents loosely (a wrong guess would fail every registration).
+    try:
+        found = [m for m in registry.client.list_model_versions(request={"name": registry.model_resource_name})
+                 if m.labels.get(MODEL_ID_LABEL) == value]
+    except NotFound:
+        return []
+    return sorted(found, key=lambda m: int(m.version_id) if m.version_id.isdigit() else 0)
+
+
+def current_champion(p: RegisterParams):
+    """The version that holds the alias `champion` (an `aiplatform.Model`), or None."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud import aiplatform
+
+    try:
+        return aiplatform.Model(model_name=f"{vertex_model_id(p.model_name)}@{CHAMPION}", project=p.vertex_project,
+                                location=p.vertex_location)
+    except NotFound:
+        return None
+
+
+def _check_registrable(p: RegisterParams, record: Mapping[str, Any], exists: bool) -> dict[str, Any] | None:
+    """Before anything is written: the already-registered outcome when a version holds these weights, a
+    RegistryError when the gate compared the candidate with a champion that no longer is; None to go on."""
+    model_id = record.get("model_id")
+    gate = record.get("gate") or {}
+    held = versions_holding(p, model_id) if exists and model_id else []
+    if not held and "champion_id" not in gate:
+        return None
+    champion = current_champion(p) if exists else None
+    champion_text = "none" if champion is None else f"v{champion.version_id}"
+    if held:
+        holder = next((m for m in held if CHAMPION in m.version_aliases), held[0])
+        note = (f"already registered as v{holder.version_id} (weights {model_id}); no alias moved, "
+                f"champion is {champion_text}")
+        return {"registered": False, "already_registered": True, "target": "vertex", "version": holder.version_id,
+                "resource_name": holder.name.split("@")[0], "artifact_uri": holder.artifact_uri,
+                "path": holder.artifact_uri, "message": note}
+    current_id = None if champion is None else (champion.labels or {}).get(MODEL_ID_LABEL)
+    # A champion without the label (not registered by chromify) cannot be compared without downloading it: skipped.
+    if (champion is None or current_id) and gate["champion_id"] != current_id:
+        raise RegistryError(
+            f"{p.model_name}: the gate compared the candidate with {gate['champion_id'] or 'no champion'}, "
+            f"the champion is now {'none' if champion is None else f'{champion_text} ({current_id})'}; "
+            "re-run evaluate")
+    return None
+
+
 def publish(p: RegisterParams, candidate_dir: str | Path, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Upload a gated model's files to gs:// and register them as the new champion version on Vertex AI."""
+    """Upload a gated model's files to gs:// and register them as the new champion version on Vertex AI; weights
+    that a version already holds are not registered again (the outcome says `already_registered`, no alias moves).
+    """
     from google.cloud import aiplatform
 
     check_params(p)
+    exists = model_exists(p)
+    already = _check_registrable(p, record, exists)
+    if already is not None:
+        return already
     uri = artifact_uri(p, record)
     upload_version_files(candidate_dir, record, uri, p.vertex_project)
-    request = build_upload_request(p, record, uri, parent_exists=model_exists(p))
+    request = build_upload_request(p, record, uri, parent_exists=exists)
     # The SDK appends 'default' to version_aliases in place: give it a copy, keep the request as built.
     model = aiplatform.Model.upload(**{**request, "version_aliases": list(request["version_aliases"])})
     return {"registered": True, "target": "vertex", "version": model.version_id, "alias": CHAMPION,
@@ -270,19 +341,14 @@ def publish(p: RegisterParams, candidate_dir: str | Path, record: Mapping[str, A
 
 def fetch_champion(p: RegisterParams, cache_dir: str | Path) -> Path | None:
     """The champion version's files, downloaded once into `cache_dir/<model id>`; None if there is no champion."""
-    from google.api_core.exceptions import NotFound
-    from google.cloud import aiplatform
-
     check_params(p)
-    try:
-        model = aiplatform.Model(model_name=f"{vertex_model_id(p.model_name)}@{CHAMPION}",
-                                 project=p.vertex_project, location=p.vertex_location)
-    except NotFound:
+    model = current_champion(p)
+    if model is None:
         return None
     uri = model.uri
     if not uri:
         raise RegistryError(f"{model.resource_name}@{CHAMPION}: has no artifact_uri to load the champion from")
-    key = (model.labels or {}).get("chromify-model-id") or f"version-{model.version_id}"
+    key = (model.labels or {}).get(MODEL_ID_LABEL) or f"version-{model.version_id}"
     return download_version_files(uri, Path(cache_dir) / key, p.vertex_project)
 
 
