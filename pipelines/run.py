@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from chromify.config import Params, load_params
+from chromify.config import Params, load_params_named
 from chromify.errors import ChromifyError, ConfigError
 
 if TYPE_CHECKING:
@@ -28,17 +28,8 @@ def pipeline_arguments(params: Params) -> dict[str, Any]:
     return {"params_json": json.dumps(params.to_dict(), sort_keys=True)}
 
 
-DEFAULT_PARAMS = Path("params.yaml")
-
-
 def _params(params: str | Path | Params) -> Params:
-    """params.yaml here, or the library's defaults when there is none; any other file named must exist (the rule
-    and message of the CLI's stage commands: a typo must not run on defaults)."""
-    if isinstance(params, Params):
-        return params
-    if Path(params) != DEFAULT_PARAMS and not Path(params).is_file():
-        raise ConfigError(f"{Path(params)}: no such params file")
-    return load_params(params)
+    return params if isinstance(params, Params) else load_params_named(params)
 
 
 def compile_pipeline(out: str | Path, params_path: str | Path | Params = "params.yaml",

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from chromify.config import DEFAULT_PARAMS
 from chromify.errors import ChromifyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,17 +28,10 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file; no p
 ReportsOpt = Annotated[Path, typer.Option("--reports", help="Where reports are written.")]
 
 
-DEFAULT_PARAMS = Path("params.yaml")
-
-
 def _params(path: Path):
-    """params.yaml here, or the library's defaults when there is none; a file named with --params must exist."""
-    from chromify.config import load_params
-    from chromify.errors import ConfigError
+    from chromify.config import load_params_named
 
-    if path != DEFAULT_PARAMS and not path.is_file():
-        raise ConfigError(f"{path}: no such params file")
-    return load_params(path)
+    return load_params_named(path)
 
 
 def _report(path: Path, made_by: str) -> dict:

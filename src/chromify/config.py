@@ -211,6 +211,18 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
     return Params(**built)
 
 
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def load_params_named(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """What `--params PATH` means: params.yaml here, or the defaults when there is none; any other file named must
+    exist, so a typo never runs on the defaults."""
+    path = Path(path)
+    if path != DEFAULT_PARAMS and not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    return load_params(path)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read params.yaml (a missing file means all defaults)."""
     import yaml

@@ -196,7 +196,7 @@ def _list(source: str) -> Listing:
 
 
 def _images_in(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and _is_image_name(p))
+    return [p for p in _walk_files(root)[0] if _is_image_name(p)]
 
 
 def read_source_bytes(f: SourceFile) -> bytes:

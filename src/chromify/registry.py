@@ -52,6 +52,20 @@ class AlreadyRegistered(RegistryError):
         self.model_id = model_id
 
 
+def already_registered_note(version: object, model_id: str, champion: object | None) -> str:
+    """What a registration of weights a version already holds says, in the local registry and on Vertex AI."""
+    return f"already registered as v{version} (weights {model_id}); no alias moved, champion is " + \
+        ("none" if champion is None else f"v{champion}")
+
+
+def check_gate_is_current(name: str, gate: dict[str, Any], champion: object | None, champion_id: str | None) -> None:
+    """A gate decided against a champion that no longer is (moved since by promote or rollback) decides nothing."""
+    if "champion_id" in gate and gate["champion_id"] != champion_id:
+        raise RegistryError(f"{name}: the gate compared the candidate with {gate['champion_id'] or 'no champion'}, "
+                            f"the champion is now {'none' if champion is None else f'v{champion} ({champion_id})'}; "
+                            "re-run evaluate")
+
+
 def check_alias(alias: str) -> str:
     """Return `alias` if it is a usable alias name, else raise RegistryError saying why."""
     if _VERSION_REF.fullmatch(alias):
@@ -243,12 +257,7 @@ class LocalRegistry:
         gate = record.get("gate") or {}
         if CHAMPION in aliases and "champion_id" in gate:
             current = self.champion()
-            current_id = None if current is None else self.model_id(current)
-            if gate["champion_id"] != current_id:
-                raise RegistryError(
-                    f"{self.name}: the gate compared the candidate with {gate['champion_id'] or 'no champion'}, "
-                    f"the champion is now {'none' if current is None else f'v{current} ({current_id})'}; "
-                    "re-run evaluate")
+            check_gate_is_current(self.name, gate, current, None if current is None else self.model_id(current))
 
     def _move_locked(self, changes: dict[str, int], action: str) -> None:
         if not changes:

@@ -142,7 +142,7 @@ def run_register(params: Params, candidate_dir: str | Path, gate: dict[str, Any]
     version holds them, and no alias moves (a re-run must not undo a promotion or rollback made since). A gate
     decided against a champion that is no longer the champion is a RegistryError: re-run evaluate.
     """
-    from chromify.registry import CHAMPION, AlreadyRegistered, LocalRegistry
+    from chromify.registry import CHAMPION, AlreadyRegistered, LocalRegistry, already_registered_note
 
     target = _check_target(params)
     if target == "vertex":
@@ -158,25 +158,23 @@ def run_register(params: Params, candidate_dir: str | Path, gate: dict[str, Any]
         if target == "vertex":
             from chromify.vertex_registry import publish
 
-            outcome = publish(params.register, candidate_dir, record)
-            # Weights a version already holds: nothing registered, no alias moved; the note goes first, as locally.
-            outcome = {**outcome, "reasons": [outcome["message"], *reasons] if outcome.get("already_registered")
-                       else reasons}
+            outcome = {**publish(params.register, candidate_dir, record), "reasons": reasons}
         else:
             reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
             try:
                 version = reg.register(candidate_dir, record, aliases=(CHAMPION,))
             except AlreadyRegistered as already:
-                champion = reg.champion()
-                # First among the reasons too, which every caller prints; "registered" stays False: nothing was.
-                note = (f"already registered as v{already.version} (weights {already.model_id}); no alias moved, "
-                        f"champion is {'none' if champion is None else f'v{champion}'}")
                 outcome = {"registered": False, "already_registered": True, "target": target,
                            "version": already.version, "path": str(reg.version_dir(already.version)),
-                           "message": note, "reasons": [note, *reasons]}
+                           "message": already_registered_note(already.version, already.model_id, reg.champion()),
+                           "reasons": reasons}
             else:
                 outcome = {"registered": True, "target": target, "version": version, "alias": CHAMPION,
                            "path": str(reg.version_dir(version)), "reasons": reasons}
+        if outcome.get("already_registered"):
+            # Nothing registered, no alias moved ("registered" stays False): the note first among the reasons,
+            # which every caller prints.
+            outcome["reasons"] = [outcome["message"], *reasons]
     if reports_dir is not None:
         atomic_write_json(Path(reports_dir) / "register.json", outcome)
     return outcome

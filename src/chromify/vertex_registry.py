@@ -29,7 +29,14 @@ from typing import Any
 
 from chromify.config import RegisterParams
 from chromify.errors import ConfigError, RegistryError
-from chromify.registry import CHAMPION, MODEL_FILES, RECORD, check_alias
+from chromify.registry import (
+    CHAMPION,
+    MODEL_FILES,
+    RECORD,
+    already_registered_note,
+    check_alias,
+    check_gate_is_current,
+)
 
 # The label that ties a Vertex model version to its weights (the record's model_id, a hash of model.safetensors).
 MODEL_ID_LABEL = "chromify-model-id"
@@ -301,21 +308,16 @@ def _check_registrable(p: RegisterParams, record: Mapping[str, Any], exists: boo
     if not held and "champion_id" not in gate:
         return None
     champion = current_champion(p) if exists else None
-    champion_text = "none" if champion is None else f"v{champion.version_id}"
+    version = None if champion is None else champion.version_id
     if held:
         holder = next((m for m in held if CHAMPION in m.version_aliases), held[0])
-        note = (f"already registered as v{holder.version_id} (weights {model_id}); no alias moved, "
-                f"champion is {champion_text}")
         return {"registered": False, "already_registered": True, "target": "vertex", "version": holder.version_id,
                 "resource_name": holder.name.split("@")[0], "artifact_uri": holder.artifact_uri,
-                "path": holder.artifact_uri, "message": note}
+                "path": holder.artifact_uri, "message": already_registered_note(holder.version_id, model_id, version)}
     current_id = None if champion is None else (champion.labels or {}).get(MODEL_ID_LABEL)
     # A champion without the label (not registered by chromify) cannot be compared without downloading it: skipped.
-    if (champion is None or current_id) and gate["champion_id"] != current_id:
-        raise RegistryError(
-            f"{p.model_name}: the gate compared the candidate with {gate['champion_id'] or 'no champion'}, "
-            f"the champion is now {'none' if champion is None else f'{champion_text} ({current_id})'}; "
-            "re-run evaluate")
+    if champion is None or current_id:
+        check_gate_is_current(p.model_name, gate, version, current_id)
     return None
 
 
