@@ -109,6 +109,19 @@ def test_outputs_are_not_inputs_of_a_rerun_and_names_do_not_collide(tmp_path: Pa
     assert [rel.name for _, rel in expand_inputs([str(root)], exclude=root / "colour")] == ["a.jpg", "a.png"]
 
 
+def test_same_named_photos_of_several_folders_each_keep_their_output(tmp_path: Path, model_dir: Path) -> None:
+    """IMG_0001.jpg in every year's folder: each gets its own output, none replaces another's."""
+    years = []
+    for year, width in (("2019", 60), ("2020", 70), ("2021", 80)):
+        (tmp_path / year).mkdir()
+        Image.fromarray(data.astronaut()).resize((width, 40)).save(tmp_path / year / "IMG_0001.jpg")
+        years.append(str(tmp_path / year))
+    outcome = colorize_paths(years, tmp_path / "out", model_dir)
+    assert outcome.failed == []
+    assert len(set(outcome.written)) == 3
+    widths = sorted(Image.open(p).size[0] for p in (tmp_path / "out").iterdir())
+    assert widths == [60, 70, 80]
+
 def test_originals_are_never_replaced_only_earlier_outputs_are(tmp_path: Path, model_dir: Path) -> None:
     scans = tmp_path / "scans"
     scans.mkdir()

@@ -207,8 +207,11 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
         decoded: list[tuple[Path, Path, Path, np.ndarray]] = []
         for src, rel in chunk:
             target = (out_dir / rel).with_suffix(suffix)
-            if target in targets:  # a.jpg and a.png in one folder: keep both
-                target = target.with_name(f"{rel.stem}-{rel.suffix.lstrip('.')}{suffix}")
+            # a.jpg and a.png in one folder, or IMG_0001.jpg in several input folders: keep them all
+            base, n = f"{rel.stem}-{rel.suffix.lstrip('.')}", 1
+            while target in targets:
+                target = target.with_name(f"{base}{suffix}" if n == 1 else f"{base}-{n}{suffix}")
+                n += 1
             targets.add(target)
             if target.resolve() in inputs_seen:
                 outcome.failed.append((str(src), f"its output {target} would replace an input photo; "
