@@ -322,3 +322,21 @@ def test_run_register_dispatches_on_target(vertex, model_dir, tmp_path):
         run_register(broken, model_dir, refused, {}, tmp_path / "raw", None)
     with pytest.raises(ConfigError, match="expected one of local, vertex"):
         run_register(Params(register=RegisterParams(target="mlflow")), model_dir, refused, {}, tmp_path, None)
+
+
+def test_serve_on_vertex_fetches_the_version_its_storage_uri_names(gcs, model_dir, tmp_path, monkeypatch):
+    """A container restarted with its /tmp for another deployed version serves that version, not the cached one."""
+    from chromify.cli import serving_model_dir
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    monkeypatch.delenv("CHROMIFY_MODEL", raising=False)
+    served = {}
+    for version_id in ("v1", "v2"):
+        (model_dir / "config.json").write_text(json.dumps({"arch": "unet_s", "version": version_id}))
+        uri = f"gs://{BUCKET}/serve/chromify-colorizer/{version_id}"
+        vr.upload_version_files(model_dir, RECORD, uri)
+        monkeypatch.setenv("AIP_STORAGE_URI", uri + "/")
+        served[version_id] = json.loads((serving_model_dir("champion", tmp_path / "params.yaml", False)
+                                         / "config.json").read_text())["version"]
+    assert served == {"v1": "v1", "v2": "v2"}

@@ -240,13 +240,17 @@ def serve(model: Annotated[str | None, typer.Option(
 def serving_model_dir(ref: str, params: Path, explicit: bool) -> Path:
     """The model to serve. On a Vertex AI endpoint the container is told where the registered version's files
     are (AIP_STORAGE_URI, a gs:// folder) and has no local registry: fetch them unless a model was named."""
-    storage_uri = os.environ.get("AIP_STORAGE_URI", "")
+    storage_uri = os.environ.get("AIP_STORAGE_URI", "").rstrip("/")
     if storage_uri.startswith("gs://") and not explicit and not os.environ.get("CHROMIFY_MODEL"):
+        import hashlib
         import tempfile
 
         from chromify.vertex_registry import download_version_files
 
-        return download_version_files(storage_uri.rstrip("/"), Path(tempfile.gettempdir()) / "chromify-model")
+        # One folder per URI: a container restarted with its /tmp for another deployed version must not serve
+        # the files it fetched for the previous one.
+        key = hashlib.sha256(storage_uri.encode()).hexdigest()[:16]
+        return download_version_files(storage_uri, Path(tempfile.gettempdir()) / f"chromify-model-{key}")
     return resolve_model(ref, params)
 
 
