@@ -7,7 +7,8 @@ from components.images import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def train(params_json: str, shards: Input[Dataset], model: Output[Model], metrics: Output[Metrics],
           nproc: int = 1) -> float:
-    """Train the colorizer, in-process or, with nproc > 1, as `torchrun` ranks (one per GPU); returns validation L1."""
+    """Train the colorizer, in-process or, with nproc > 1, as `torchrun` ranks (one per GPU); returns validation L1
+    (NaN when the folder gave no validation photo)."""
     import json
 
     if nproc > 1:
@@ -32,7 +33,8 @@ def train(params_json: str, shards: Input[Dataset], model: Output[Model], metric
 
         result = run_train(params_from_dict(json.loads(params_json)), shards.path, model.path, reports_dir=None)
     for key in ("step", "train_seconds", "val_l1", "val_psnr_ab"):
-        metrics.log_metric(key, float(result[key]))
+        if key in result:  # no validation scores without validation photos
+            metrics.log_metric(key, float(result[key]))
     metrics.log_metric("processes", nproc)
     model.metadata.update({"framework": "pytorch", "format": "safetensors", "processes": nproc})
     from chromify.decode_search import DECODE_KEYS
@@ -42,4 +44,4 @@ def train(params_json: str, shards: Input[Dataset], model: Output[Model], metric
         metrics.log_metric("val_decode_psnr_gain_db", float(decode["psnr_gain_db"]))
         metrics.log_metric("val_decode_delta_cf", float(decode["delta_cf"]))
         model.metadata["decode"] = {k: decode[k] for k in DECODE_KEYS}
-    return float(result["val_l1"])
+    return float(result.get("val_l1", "nan"))

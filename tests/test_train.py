@@ -125,6 +125,32 @@ def test_a_run_shorter_than_log_every_still_logs_its_last_step(shard_dir, tmp_pa
     assert not list((tmp_path / "live0" / "plots" / "metrics").rglob("*.tsv"))
 
 
+def test_no_validation_photo_means_no_validation_scores_not_perfect_ones(shard_dir, tmp_path, capfd) -> None:
+    # A small folder can get no validation photo (the split is by hash): scores over nothing read 106 dB before.
+    data_dir = tmp_path / "processed"
+    shutil.copytree(shard_dir / "train", data_dir / "train")
+    (data_dir / "val").mkdir()
+    index = json.loads((shard_dir / "val" / "index.json").read_text())
+    (data_dir / "val" / "index.json").write_text(json.dumps({**index, "count": 0, "shards": []}))
+    p = replace(BASE, max_steps=12, val_every_steps=3, keep_best=True)
+    result = train(data_dir, tmp_path / "model", MODEL, p, SEED, callbacks=(TrainReport(tmp_path / "reports"),))
+    assert "holds no photo" in capfd.readouterr().err
+    assert "val_psnr_ab" not in result and "val_l1" not in result
+    assert result["history"] == [] and result["exported_step"] == 12
+    history = json.loads((tmp_path / "reports" / "train_history.json").read_text())
+    assert history["epochs"] == [] and [s["step"] for s in history["steps"]][-1] == 12
+    summary = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
+    assert "val" not in summary and "val_psnr_ab" not in summary.get("final", {}) and "loss" in summary["train"]
+
+
+def test_the_training_loss_of_a_validation_row_is_the_mean_since_the_last_one(trained) -> None:
+    losses = {e["step"]: e["loss"] for event, e in trained["events"] if event == "step"}  # log_every 1
+    rows = trained["result"]["history"]
+    for before, row in zip([0] + [r["step"] for r in rows[:-1]], rows, strict=True):
+        steps = range(before + 1, row["step"] + 1)
+        assert row["train_loss"] == pytest.approx(np.mean([losses[s] for s in steps]), rel=1e-5)
+
+
 def test_a_dry_run_never_replaces_a_real_run(trained, shard_dir, tmp_path) -> None:
     params = write_params(tmp_path / "params.yaml", MODEL, BASE)
     real = trained["root"] / "model"
@@ -246,7 +272,8 @@ def test_the_bins_head_and_scale_jitter_train_and_export_a_model_that_colours(sh
     assert ab.abs().mean() > 0.01  # not gray: the annealed mean commits to colours
 
 
-def test_the_decode_chosen_on_validation_is_exported_and_scores_as_evaluation_does(shard_dir, tmp_path) -> None:
+def test_the_decode_chosen_on_validation_is_exported_and_scores_as_evaluation_does(shard_dir, tmp_path,
+                                                                                   capfd) -> None:
     from chromify.decode_search import candidates
     from chromify.evaluate import predict_split, score
     from chromify.lab import dequantise_lab
@@ -276,6 +303,17 @@ def test_the_decode_chosen_on_validation_is_exported_and_scores_as_evaluation_do
     gray = score("gray", lab, None, None).summary
     assert model["psnr"] - gray["psnr"] == pytest.approx(chosen["psnr_gain_db"], abs=0.02)
     assert model["delta_cf"] == pytest.approx(chosen["delta_cf"], abs=0.05)
+    # Another floor re-decodes the finished run, as a `dvc repro` after editing params.yaml does: the same
+    # weights, exported again in seconds with the decode the new rule picks (none reaches +50 dB: the best PSNR).
+    weights = (tmp_path / "model" / "model.safetensors").read_bytes()
+    capfd.readouterr()
+    again = train(shard_dir, tmp_path / "model", mp, replace(p, decode_min_psnr_gain_db=50.0), SEED)
+    assert "resuming at step 40" in capfd.readouterr().err
+    assert again["step"] == 40 and (tmp_path / "model" / "model.safetensors").read_bytes() == weights
+    best_psnr = max(rows, key=lambda r: r["psnr_gain_db"])
+    assert again["decode"]["psnr_gain_db"] == pytest.approx(best_psnr["psnr_gain_db"])
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["model"]["chroma_gain"] == \
+        best_psnr["chroma_gain"]
 
 
 def test_the_decode_search_without_bins_scales_chroma_and_keeps_the_params_decode(shard_dir, tmp_path) -> None:

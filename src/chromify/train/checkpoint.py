@@ -28,9 +28,11 @@ CHECKPOINT_FORMAT = "chromify-train-checkpoint-v1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
-# Train params that change where output goes or how often it is reported, not the trajectory of the weights:
-# changing them keeps the checkpoint usable.
-BOOKKEEPING = frozenset({"out_dir", "checkpoint_every", "log_every", "val_every_steps", "num_threads"})
+# Train params that change where output goes, how often it is reported, or how the finished weights are decoded
+# (the decode search runs again at every export), not the trajectory of the weights: changing them keeps the
+# checkpoint usable, so a finished run re-exports in seconds with another decode floor instead of retraining.
+BOOKKEEPING = frozenset({"out_dir", "checkpoint_every", "log_every", "val_every_steps", "num_threads",
+                         "decode_search", "decode_min_psnr_gain_db", "decode_search_min_photos"})
 
 
 # The package's code that decides the weights (the train stage's code deps in dvc.yaml, less the params parsing and

@@ -233,6 +233,12 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         if cuda:
             torch.backends.cudnn.benchmark = True  # the crop size is fixed: pick the fastest conv algorithms once
         train_set, val_set = ShardSet(Path(data_dir) / "train"), ShardSet(Path(data_dir) / "val")
+        # A small folder can get no validation photo (the split is by hash): scores of nothing would read as a
+        # perfect model in the curves and `dvc exp show`, so there are none, and the last weights are exported.
+        validating = len(val_set) > 0
+        if env.is_main and not validating:
+            note(f"{Path(data_dir) / 'val'} holds no photo: no validation scores, no train.keep_best; "
+                 "the last step's weights are exported")
         per_rank = len(train_set) // env.world
         if per_rank < 1:
             raise DataError(f"{data_dir}/train: {len(train_set)} sample(s) cannot feed {env.world} process(es)")
@@ -276,6 +282,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         index_sha = hashlib.sha256((Path(data_dir) / "train" / "index.json").read_bytes()).hexdigest()
         fingerprint = params_fingerprint(mp, p, seed, env.world, index_sha)
         step, epoch, batch_in_epoch, elapsed_before, history = 0, 0, 0, 0.0, []
+        loss_sum, loss_steps = 0.0, 0  # the training loss since the last validation, for its mean
         best: dict[str, Any] | None = None  # the weights of the best validation so far (train.keep_best)
         state = load_checkpoint(out_dir)
         if state is not None and state.get("fingerprint") != fingerprint:
@@ -294,6 +301,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             step, elapsed_before = state["schedule"]["step"], state["schedule"]["elapsed_s"]
             epoch, batch_in_epoch = state["loader"]["epoch"], state["loader"]["batch_in_epoch"]
             history = state["history"]
+            loss_sum, loss_steps = state.get("loss_since_validation", (0.0, 0))
             best = state.get("best")
             restore_rng_state(state["rng"])
             if env.is_main:  # said in logs too (DVC, KFP), not only on a terminal
@@ -323,6 +331,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                     "schedule": {"step": step, "elapsed_s": elapsed_before + time.monotonic() - t0},
                     "loader": {"epoch": epoch, "batch_in_epoch": batch_in_epoch},
                     "rng": rng_state(), "history": history, "best": best,
+                    "loss_since_validation": (float(loss_sum), loss_steps),
                 })
 
         # SIGTERM (a preempted node, a cancelled pipeline) and SIGINT (Ctrl-C) end the run at a step boundary with
@@ -391,6 +400,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                         opt_d.step()
                     if ema is not None:
                         ema.update_parameters(model)
+                    loss_sum, loss_steps = terms["total"].detach().float() + loss_sum, loss_steps + 1  # no sync
                     step, batch_in_epoch, seen = step + 1, batch_in_epoch + 1, seen + len(batch) * env.world
 
                     if env.is_main and p.log_every and step % p.log_every == 0:
@@ -401,9 +411,11 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                     break
                 epoch, batch_in_epoch = epoch + 1, 0
                 since = step - (history[-1]["step"] if history else 0)
-                if env.is_main and since and (since >= p.val_every_steps or epoch == p.epochs):
+                if env.is_main and validating and since and (since >= p.val_every_steps or epoch == p.epochs):
                     shown = ema.module if ema is not None else model
-                    row = {"epoch": epoch, "step": step, "train_loss": terms["total"].item() if terms else math.nan,
+                    mean_loss = float(loss_sum) / loss_steps if loss_steps else math.nan
+                    loss_sum, loss_steps = 0.0, 0
+                    row = {"epoch": epoch, "step": step, "train_loss": mean_loss,
                            **validate(shown, val_set, env.device, resolution=p.resolution)}
                     history.append(row)
                     # With a discriminator, only its phase competes: the regression warm-up usually wins on PSNR,
@@ -429,7 +441,9 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         if env.is_main:
             save()
             kept = ema.module if ema is not None else model
-            final.update(validate(kept, val_set, env.device, resolution=p.resolution), exported_step=step)
+            final["exported_step"] = step
+            if validating:
+                final.update(validate(kept, val_set, env.device, resolution=p.resolution))
             if best is not None and best["val_psnr_ab"] > final["val_psnr_ab"]:
                 # Early stopping after the fact: on a few hundred photos the validation score can peak long
                 # before the budget ends, and the last weights are then only the most over-fitted ones.
