@@ -334,3 +334,24 @@ def test_damaged_registry_metadata_is_a_one_line_error_naming_the_file(two_runs)
     record.chmod(0o644)
     record.write_text("{")
     assert "v0002/record.json: damaged version record" in error("models", "list")
+
+
+def test_the_weights_reach_the_disk_before_the_champion_alias_points_at_them(tmp_path, model_dir, monkeypatch):
+    """The order of fsyncs, which is what survives a power cut: weights, their folder, the registry folder, then the
+    alias table (a durable champion pointing at weights still in the page cache could be a truncated model)."""
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    reg.register(model_dir, {"metrics": {}}, aliases=(CHAMPION,))
+    names = [re.sub(r"\.staging-\d+", "<staging>", re.sub(r"\.[a-z0-9_]{8}\.tmp$", ".tmp", p))
+             for p in (p.replace(str(reg.dir), "<reg>") for p in synced)]
+    assert names == ["<reg>/<staging>/model.safetensors", "<reg>/<staging>/config.json",
+                     "<reg>/<staging>/.record.json.tmp", "<reg>/<staging>",  # the version, whole
+                     "<reg>",  # its rename into v0001
+                     "<reg>/alias_history.jsonl", "<reg>/.aliases.json.tmp", "<reg>"]  # then the alias moves

@@ -37,6 +37,20 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)  # the rename itself survives a power cut only once its folder is on disk
+
+
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or a folder by path: data a durable pointer (an alias, a renamed folder) refers to must reach
+    the disk first. Filesystems that cannot fsync a folder (some network mounts) are let be."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not Path(path).is_dir():
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

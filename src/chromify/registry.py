@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from chromify.errors import RegistryError
-from chromify.io import atomic_write_json, file_sha256
+from chromify.io import atomic_write_json, file_sha256, fsync_path
 
 CHAMPION = "champion"
 MODEL_FILES = ("model.safetensors", "config.json")
@@ -236,12 +236,14 @@ class LocalRegistry:
                 files = {}
                 for f in MODEL_FILES:
                     shutil.copyfile(model_dir / f, staging / f)
+                    fsync_path(staging / f)  # on disk before any alias, itself fsynced, can point at it
                     files[f] = file_sha256(staging / f)
                 full = {**record, "name": self.name, "version": version, "registered_at": _now(), "files": files}
                 atomic_write_json(staging / RECORD, full)
                 for f in (*MODEL_FILES, RECORD):
                     os.chmod(staging / f, _READ_ONLY)
                 os.rename(staging, self.version_dir(version))
+                fsync_path(self.dir)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
