@@ -116,7 +116,9 @@ def test_an_interrupted_dvc_repro_resumes_training(repo_copy):
 
     from chromify.train.checkpoint import load_checkpoint
 
-    train = {"max_steps": 0, "max_minutes": 0.25, "checkpoint_every": 20, "val_every_steps": 10**6}
+    # The first checkpoint comes early (step 2), so that the kill lands mid-training even on a loaded machine
+    # (a slow one reaches fewer than 20 steps in the 15 s budget, and then its first checkpoint is the final one).
+    train = {"max_steps": 0, "max_minutes": 0.25, "checkpoint_every": 2, "val_every_steps": 10**6}
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(small_params(train=train), sort_keys=False))
     run(["dvc", "repro", "preprocess"], repo_copy)
     proc = subprocess.Popen(["dvc", "repro", "train"], cwd=repo_copy, env={**os.environ, "PATH": f"{BIN}:"
