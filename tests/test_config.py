@@ -33,11 +33,24 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
         ({"train": {"epochs": 2.5}}, "params key 'train.epochs' must be int"),
         ({"train": {"compile": "maybe"}}, "params key 'train.compile' must be bool"),
         ({"train": [1, 2]}, "params section 'train' must be a mapping"),
+        # a negative budget trained 0 steps, and the untrained model went on to evaluate and register
+        ({"train": {"max_minutes": -1}}, "train.max_minutes -1.0: must be >= 0 (0: no time limit)"),
+        ({"train": {"max_steps": -3, "epochs": 0}}, "train.max_steps -3: must be >= 0 (0: no step limit); "
+                                                    "train.epochs 0: must be >= 1"),
+        # kfp's own check at compile time was a traceback that named no params key
+        ({"cloud": {"memory_limit": "32GB"}}, "cloud.memory_limit '32GB': expected a whole number"),
+        ({"cloud": {"cpu_limit": "8 cores"}}, "cloud.cpu_limit '8 cores': expected a number of cores"),
     ],
 )
 def test_bad_params_are_one_line_errors(raw, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         params_from_dict(raw)
+
+
+def test_kubernetes_quantities_kfp_accepts_are_accepted():
+    for cpu, memory in (("8", "32G"), (8, "500Mi"), ("0.5", "1Ti"), ("500m", "64000000")):
+        cloud = params_from_dict({"cloud": {"cpu_limit": cpu, "memory_limit": memory}}).cloud
+        assert (cloud.cpu_limit, cloud.memory_limit) == (str(cpu), memory)
 
 
 def test_missing_file_means_defaults(tmp_path):

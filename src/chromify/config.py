@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,16 @@ class TrainParams:
     num_threads: int = 0
     out_dir: str = "models/candidate"
 
+    def __post_init__(self) -> None:
+        # A negative budget would stop at step 0 and export, evaluate and maybe register an untrained model.
+        _check_all([(getattr(self, key) >= low, f"train.{key} {getattr(self, key)}: must be >= {low}{why}")
+                    for key, low, why in (("max_minutes", 0, " (0: no time limit)"),
+                                          ("max_steps", 0, " (0: no step limit)"), ("epochs", 1, ""),
+                                          ("batch_size", 1, ""), ("lr", 0, ""), ("warmup_steps", 0, ""),
+                                          ("checkpoint_every", 0, " (0: only at the end)"),
+                                          ("log_every", 0, " (0: never)"), ("val_every_steps", 1, ""),
+                                          ("num_threads", 0, " (0: torch's default)"))])
+
 
 @dataclass(frozen=True)
 class EvaluateParams:
@@ -146,10 +157,21 @@ class CloudParams:
              "expected NoSchedule, PreferNoSchedule or NoExecute"),
             (self.preprocess_partitions >= 1,
              f"cloud.preprocess_partitions {self.preprocess_partitions}: must be >= 1"),
+            # Kubernetes quantities, as kfp checks them at compile time (there a traceback naming no key)
+            (re.fullmatch(r"([0-9]*[.])?[0-9]+m?", str(self.cpu_limit)) is not None,
+             f"cloud.cpu_limit {self.cpu_limit!r}: expected a number of cores (8, 0.5) or millicores (500m)"),
+            (re.fullmatch(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?", str(self.memory_limit)) is not None,
+             f"cloud.memory_limit {self.memory_limit!r}: expected a whole number with an optional unit "
+             "K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers of 1024), e.g. 32G"),
         ]
-        for ok, reason in checks:
-            if not ok:
-                raise ConfigError(reason)
+        _check_all(checks)
+
+
+def _check_all(checks: list[tuple[bool, str]]) -> None:
+    """Every failed check in one line, so a params file is mended in one go."""
+    reasons = [reason for ok, reason in checks if not ok]
+    if reasons:
+        raise ConfigError("; ".join(reasons))
 
 
 @dataclass(frozen=True)
