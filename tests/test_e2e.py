@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from chromify.config import params_from_dict
 
@@ -87,15 +88,17 @@ def test_dvc_repro_end_to_end_then_unchanged_then_params_flow(repo_copy):
     t0 = time.monotonic()
     again = run(["dvc", "repro"], repo_copy)
     unchanged_s = time.monotonic() - t0
-    assert "Data and pipelines are up to date" in again
-    assert "Running stage" not in again
+    # ingest re-lists its source (always_changed); nothing in it changed, so every other stage is skipped
+    assert "Running stage 'ingest'" in again and again.count("Running stage") == 1
+    for stage in ("preprocess", "train", "evaluate", "register"):
+        assert f"Stage '{stage}' didn't change, skipping" in again
     print(f"second dvc repro: {unchanged_s:.1f} s")
 
-    # A params change reruns train and what follows, not ingest or preprocess; the new model is gated
-    # against the first one (the champion) and, passing, becomes version 2.
+    # A params change reruns train and what follows, not preprocess (ingest re-lists, finding nothing new); the
+    # new model is gated against the first one (the champion) and, passing, becomes version 2.
     exp = run(["dvc", "exp", "run", "-S", "train.epochs=2"], repo_copy)
     assert "Running stage 'train'" in exp and "Running stage 'evaluate'" in exp
-    assert "Running stage 'ingest'" not in exp and "Running stage 'preprocess'" not in exp
+    assert "Running stage 'preprocess'" not in exp
     gate2 = json.loads((repo_copy / "reports/gate.json").read_text())
     assert gate2["champion_id"] == record["model_id"]
     assert {c["name"] for c in gate2["checks"]} >= {"psnr_vs_champion", "delta_cf_vs_champion"}
@@ -118,7 +121,7 @@ def test_an_interrupted_dvc_repro_resumes_training(repo_copy):
 
     # The first checkpoint comes early (step 2), so that the kill lands mid-training even on a loaded machine
     # (a slow one reaches fewer than 20 steps in the 15 s budget, and then its first checkpoint is the final one).
-    train = {"max_steps": 0, "max_minutes": 0.25, "checkpoint_every": 2, "val_every_steps": 10**6}
+    train = {"max_steps": 0, "max_minutes": 0.25, "checkpoint_every": 2, "val_every_steps": 10**6, "log_every": 1}
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(small_params(train=train), sort_keys=False))
     run(["dvc", "repro", "preprocess"], repo_copy)
     proc = subprocess.Popen(["dvc", "repro", "train"], cwd=repo_copy, env={**os.environ, "PATH": f"{BIN}:"
@@ -136,6 +139,28 @@ def test_an_interrupted_dvc_repro_resumes_training(repo_copy):
     again = run(["dvc", "repro", "train"], repo_copy)
     assert f"resuming at step {stopped} from models/candidate/checkpoint.pt" in again
     assert load_checkpoint(model)["schedule"]["step"] > stopped
+    # the curves span the resume: DVC kept them (persist), from the first logged step on
+    rows = (repo_copy / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
+    logged = [int(r.split("\t")[0]) for r in rows]
+    assert logged[0] <= stopped < logged[-1] and logged == sorted(set(logged))
+
+
+def test_dvc_repro_sees_photos_added_to_the_source_folder(repo_copy, tmp_path):
+    # No dep can tell DVC that a folder (or bucket) gained photos: before always_changed, `dvc repro` skipped
+    # ingest and trained on the old manifest.
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        Image.fromarray(getattr(data, name)()[..., :3]).save(photos / f"{name}.png")
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(small_params(ingest={"source": str(photos)}),
+                                                          sort_keys=False))
+    run(["dvc", "repro", "ingest"], repo_copy)
+    assert json.loads((repo_copy / "reports/ingest.json").read_text())["accepted"] == 3
+    Image.fromarray(data.rocket()).save(photos / "rocket.png")
+    run(["dvc", "repro", "ingest"], repo_copy)
+    assert json.loads((repo_copy / "reports/ingest.json").read_text())["accepted"] == 4
 
 
 def test_dvc_stages_use_the_folders_params_yaml_names(repo_copy):
