@@ -51,7 +51,7 @@ def test_a_version_is_read_only_and_its_files_are_verified(tmp_path, model_dir):
     folder = reg.version_dir(v)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "record.json"]
     assert all(f.stat().st_mode & 0o222 == 0 for f in folder.iterdir())  # no write bit for anyone
-    assert reg.record(v)["files"]["model.safetensors"][:16] == model_id_of(model_dir)
+    assert reg.model_id(v) == model_id_of(model_dir)  # from the files' hashes, as the record names no model_id
     assert reg.verify(v) == []
     weights = folder / "model.safetensors"
     weights.chmod(0o644)
@@ -260,7 +260,7 @@ def test_registering_weights_already_registered_changes_nothing(two_runs):
     _write_reports(root, gate2, METRICS_2)
     # A second `chromify register` of the same candidate: no v3.
     out = chromify(root, "register", "--model", "run2", "--raw", "raw")
-    assert out.splitlines()[0] == f"already registered as v2 (weights {model_id_of(second)}); no alias moved, " \
+    assert out.splitlines()[0] == f"already registered as v2 (model {model_id_of(second)}); no alias moved, " \
                                   "champion is v2"
     assert "gate refused" not in out and out.count("already registered") == 1
     assert reg.versions() == [1, 2] and reg.champion() == 2
@@ -270,7 +270,7 @@ def test_registering_weights_already_registered_changes_nothing(two_runs):
     outcome = run_register(params, second, gate2, METRICS_2, root / "raw", root / "reports")
     assert outcome["registered"] is False and outcome["already_registered"] is True
     assert (outcome["version"], outcome["path"]) == (2, str(reg.version_dir(2)))
-    assert outcome["reasons"][0] == f"already registered as v2 (weights {model_id_of(second)}); no alias moved, " \
+    assert outcome["reasons"][0] == f"already registered as v2 (model {model_id_of(second)}); no alias moved, " \
                                     "champion is v1"
     assert json.loads((root / "reports/register.json").read_text()) == outcome
     assert reg.versions() == [1, 2] and reg.champion() == 1 and reg.alias_history() == moves
@@ -355,3 +355,17 @@ def test_the_weights_reach_the_disk_before_the_champion_alias_points_at_them(tmp
                      "<reg>/<staging>/.record.json.tmp", "<reg>/<staging>",  # the version, whole
                      "<reg>",  # its rename into v0001
                      "<reg>/alias_history.jsonl", "<reg>/.aliases.json.tmp", "<reg>"]  # then the alias moves
+
+
+def test_the_same_weights_with_another_decode_are_another_model(tmp_path, model_dir):
+    # A new decode floor re-exports the finished run's weights with the decode it now picks: a model that colours
+    # otherwise, which evaluate must compare with the champion (it refused it as "the same weights" before).
+    first = model_id_of(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    redecoded = tmp_path / "redecoded"
+    redecoded.mkdir()
+    (redecoded / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes())
+    (redecoded / "config.json").write_text(json.dumps({**config, "model": {**config["model"], "chroma_gain": 1.4}}))
+    assert model_id_of(redecoded) != first
+    (redecoded / "config.json").write_bytes((model_dir / "config.json").read_bytes())
+    assert model_id_of(redecoded) == first

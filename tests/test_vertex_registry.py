@@ -220,7 +220,7 @@ def test_weights_a_version_already_holds_are_not_registered_again(gcs, vertex, m
     vertex.routes[("GET", CHAMPION_GET)] = version("3", "0123456789abcdef", ("champion", "default"))
     vertex.routes[("POST", r".*/models:upload")] = Sent()
     vertex.routes[("POST", r".*:mergeVersionAliases")] = Sent()
-    note = f"already registered as v4 (weights {RECORD['model_id']}); no alias moved, champion is v3"
+    note = f"already registered as v4 (model {RECORD['model_id']}); no alias moved, champion is v3"
     assert vr.publish(p, model_dir, RECORD) == {
         "registered": False, "already_registered": True, "target": "vertex", "version": "4",
         "resource_name": MODEL_PATH, "artifact_uri": held_at, "path": held_at, "message": note}
@@ -232,7 +232,7 @@ def test_weights_a_version_already_holds_are_not_registered_again(gcs, vertex, m
                                                      version("6", RECORD["model_id"], ("champion",), held_at))
     vertex.routes[("GET", CHAMPION_GET)] = version("6", RECORD["model_id"], ("champion", "default"))
     assert vr.publish(p, model_dir, RECORD)["message"] == \
-        f"already registered as v6 (weights {RECORD['model_id']}); no alias moved, champion is v6"
+        f"already registered as v6 (model {RECORD['model_id']}); no alias moved, champion is v6"
 
 
 def test_a_gate_decided_against_another_champion_is_refused(gcs, vertex, model_dir):
@@ -310,7 +310,7 @@ def test_run_register_dispatches_on_target(vertex, model_dir, tmp_path):
     passed = {"passed": True, "champion_id": "0123456789abcdef", "candidate_id": weights,
               "reasons": ["PSNR 24.50 dB ≥ champion 24.30 dB"]}
     outcome = run_register(params, model_dir, passed, {}, tmp_path / "raw", tmp_path / "reports")
-    note = f"already registered as v7 (weights {weights}); no alias moved, champion is v2"
+    note = f"already registered as v7 (model {weights}); no alias moved, champion is v2"
     assert outcome["registered"] is False and outcome["already_registered"] is True
     assert (outcome["version"], outcome["message"]) == ("7", note)
     assert outcome["reasons"] == [note, "PSNR 24.50 dB ≥ champion 24.30 dB"]

@@ -44,14 +44,17 @@ class Scored:
 
 
 def model_id_of(model_dir: str | Path) -> str:
-    """A model's identity is the hash of its weights: two names for one model compare equal."""
+    """A model's identity is the hash of its weights and its config, which holds the decode: two names for one
+    model compare equal, and the same weights re-decoded (a new decode floor) are another model."""
     from chromify.errors import ModelLoadError
     from chromify.io import file_sha256
+    from chromify.registry import model_id_from_hashes
 
-    weights = Path(model_dir) / "model.safetensors"
-    if not weights.is_file():
-        raise ModelLoadError(f"{model_dir}: no trained model here ({weights.name} missing); train one first")
-    return file_sha256(weights)[:16]
+    files = [Path(model_dir) / "model.safetensors", Path(model_dir) / "config.json"]
+    for f in files:
+        if not f.is_file():
+            raise ModelLoadError(f"{model_dir}: no trained model here ({f.name} missing); train one first")
+    return model_id_from_hashes(*(file_sha256(f) for f in files))
 
 
 def score(name: str, lab_truth: np.ndarray, ab_pred: np.ndarray | None, model_id: str | None) -> Scored:

@@ -19,6 +19,7 @@ alias_history.jsonl, record.json) and aliases naming no version are RegistryErro
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -53,8 +54,8 @@ class AlreadyRegistered(RegistryError):
 
 
 def already_registered_note(version: object, model_id: str, champion: object | None) -> str:
-    """What a registration of weights a version already holds says, in the local registry and on Vertex AI."""
-    return f"already registered as v{version} (weights {model_id}); no alias moved, champion is " + \
+    """What a registration of a model a version already holds says, in the local registry and on Vertex AI."""
+    return f"already registered as v{version} (model {model_id}); no alias moved, champion is " + \
         ("none" if champion is None else f"v{champion}")
 
 
@@ -78,6 +79,11 @@ def check_alias(alias: str) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def model_id_from_hashes(weights_sha256: str, config_sha256: str) -> str:
+    """The model id from its files' sha256: weights and config (the decode) together decide what a model does."""
+    return hashlib.sha256(f"{weights_sha256}:{config_sha256}".encode()).hexdigest()[:16]
 
 
 class LocalRegistry:
@@ -152,9 +158,11 @@ class LocalRegistry:
         return record
 
     def model_id(self, version: int) -> str:
-        """The weights hash of a version (as `chromify.evaluate.model_id_of` gives it)."""
+        """A version's model id (as `chromify.evaluate.model_id_of` gives it)."""
         record = self.record(version)
-        return record.get("model_id") or record.get("files", {}).get("model.safetensors", "")[:16]
+        files = record.get("files", {})
+        return record.get("model_id") or model_id_from_hashes(files.get("model.safetensors", ""),
+                                                               files.get("config.json", ""))
 
     def version_dir(self, version: int) -> Path:
         return self.dir / f"v{version:04d}"
