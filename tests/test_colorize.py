@@ -90,6 +90,18 @@ def test_html_contact_sheet_is_self_contained(photos: Path, model_dir: Path, tmp
     page = sheet.read_text()
     assert page.count("data:image/jpeg;base64,") == 2 * 5 and "1935/rotated.jpg" in page
     assert "http://" not in page and "https://" not in page and "src=\"/" not in page
+    # A re-run replaces its own sheet; another file, an input photo above all, is never replaced by one.
+    again = run_cli(str(photos / "album"), "-o", str(tmp_path / "out"), "--model", str(model_dir), "--html", str(sheet))
+    assert again.exit_code == 0, again.output
+    notes = tmp_path / "notes.html"
+    notes.write_text("<html>my notes</html>")
+    photo = photos / "album" / "coffee.png"
+    before = photo.read_bytes()
+    for target in (notes, photo):
+        with pytest.raises(ConfigError, match=f"{target}: exists and was not written by chromify"):
+            run_cli(str(photos / "album"), "-o", str(tmp_path / "out"), "--model", str(model_dir),
+                    "--html", str(target))
+    assert notes.read_text() == "<html>my notes</html>" and photo.read_bytes() == before
 
 
 def test_nothing_coloured_exits_non_zero(photos: Path, model_dir: Path, tmp_path: Path) -> None:

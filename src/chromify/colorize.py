@@ -29,6 +29,7 @@ THUMB_SIDE = 640  # px, long side of the contact sheet's images: a sheet of a fe
 # Every image written carries this (PNG "Software" text, JPEG comment): a re-run may replace its own outputs,
 # never a photo it did not write.
 MARK = "chromify"
+GENERATOR = f'<meta name="generator" content="{MARK}">'  # the contact sheet's mark
 
 
 def output_format(name: str) -> tuple[str, str]:
@@ -55,7 +56,13 @@ def save_image(rgb: np.ndarray | Image.Image, f: IO[bytes], fmt: str, fast: bool
 
 
 def written_by_chromify(path: Path) -> bool:
-    """Whether the file at `path` is an image this tool wrote (its mark, read from the header only)."""
+    """Whether the file at `path` is an image or contact sheet this tool wrote (its mark, read from the head only)."""
+    if path.suffix.lower() in (".html", ".htm"):
+        try:
+            with open(path, "rb") as f:
+                return GENERATOR.encode() in f.read(4096)
+        except OSError:
+            return False
     try:
         with Image.open(path) as im:
             return im.info.get("Software") == MARK or im.info.get("comment") == MARK.encode()
@@ -137,7 +144,7 @@ def contact_sheet_html(rows: list[tuple[str, str, str]], title: str) -> str:
         for name, before, after in rows
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{html.escape(title)}</title>
 <style>
 body{{font-family:system-ui,sans-serif;margin:1.5em;background:#f6f4ef;color:#222}}
 figure{{margin:0 0 2em}} figcaption{{font-size:14px;margin-bottom:.4em;word-break:break-all}}
@@ -189,6 +196,10 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
             inside = Path(i).is_dir() and out_dir.resolve().is_relative_to(Path(i).resolve())
             outcome.failed.append((i, "no image files found" + (" outside the output folder" if inside else "")))
     inputs_seen = {src.resolve() for src, _ in files}
+    if html_path is not None and (Path(html_path).resolve() in inputs_seen or (
+            Path(html_path).exists() and not written_by_chromify(Path(html_path)))):
+        raise ConfigError(f"{html_path}: exists and was not written by chromify; the contact sheet never replaces "
+                          "another file: name a new .html file")
     col = Colorizer(model_dir, device=device, render_size=render_size, temperature=temperature,
                     prior_correction=prior_correction, chroma_gain=chroma_gain)
     if files:
