@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +33,23 @@ class IngestParams:
     val_fraction: float = 0.1
     test_fraction: float = 0.15  # params.yaml sets 0.25: at 0.15 the bundled sample would have no test photo
 
+    def __post_init__(self) -> None:
+        _check_ranges("ingest", self, {"min_side": _ge(1), "max_pixels": _ge(1), "min_chroma": _ge(0),
+                                       "val_fraction": _within(0, 1), "test_fraction": _within(0, 1)})
+        if not self.val_fraction + self.test_fraction < 1:
+            raise ConfigError(f"ingest.val_fraction + ingest.test_fraction = {self.val_fraction + self.test_fraction:g}"
+                              ": must be < 1, or no photo is left to train on")
+
 
 @dataclass(frozen=True)
 class PreprocessParams:
     size: int = 256
     shard_mb: int = 256
     workers: int = 2
+
+    def __post_init__(self) -> None:
+        _check_ranges("preprocess", self, {"size": _ge(16), "shard_mb": _ge(1),
+                                           "workers": _ge(0, " (0: one per core)")})
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,10 @@ class ModelParams:
     temperature: float = 0.38
     prior_correction: float = 0.5
     chroma_gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_ranges("model", self, {"base_width": _ge(1), "depth": _ge(1), "bin_grid": _ge(1), "bin_stride": _ge(1),
+                                      "temperature": _gt(0), "prior_correction": _ge(0), "chroma_gain": _gt(0)})
 
 
 @dataclass(frozen=True)
@@ -91,19 +107,25 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         # A negative budget would stop at step 0 and export, evaluate and maybe register an untrained model.
-        _check_all([(getattr(self, key) >= low, f"train.{key} {getattr(self, key)}: must be >= {low}{why}")
-                    for key, low, why in (("max_minutes", 0, " (0: no time limit)"),
-                                          ("max_steps", 0, " (0: no step limit)"), ("epochs", 1, ""),
-                                          ("batch_size", 1, ""), ("lr", 0, ""), ("warmup_steps", 0, ""),
-                                          ("checkpoint_every", 0, " (0: only at the end)"),
-                                          ("log_every", 0, " (0: never)"), ("val_every_steps", 1, ""),
-                                          ("num_threads", 0, " (0: torch's default)"))])
+        _check_ranges("train", self, {
+            "max_minutes": _ge(0, " (0: no time limit)"), "max_steps": _ge(0, " (0: no step limit)"),
+            "epochs": _ge(1), "batch_size": _ge(1), "lr": _gt(0), "weight_decay": _ge(0), "warmup_steps": _ge(0),
+            "grad_clip": _ge(0, " (0: off)"), "ema_decay": _within(0, 1), "decode_search_min_photos": _ge(1),
+            "decode_min_psnr_gain_db": FINITE, "regression_weight": _ge(0), "rebalance": _within(0, 1, closed=True),
+            "colourfulness_weight": _ge(0), "perceptual_weight": _ge(0), "gan_weight": _ge(0),
+            "gan_start_fraction": _within(0, 1), "gan_lr": _gt(0),
+            "checkpoint_every": _ge(0, " (0: only at the end)"), "log_every": _ge(0, " (0: never)"),
+            "val_every_steps": _ge(1), "num_threads": _ge(0, " (0: torch's default)"),
+        })
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = 16
     gallery_size: int = 6
+
+    def __post_init__(self) -> None:
+        _check_ranges("evaluate", self, {"batch_size": _ge(1), "gallery_size": _ge(0)})
 
 
 @dataclass(frozen=True)
@@ -172,6 +194,29 @@ def _check_all(checks: list[tuple[bool, str]]) -> None:
     reasons = [reason for ok, reason in checks if not ok]
     if reasons:
         raise ConfigError("; ".join(reasons))
+
+
+def _ge(low: float, note: str = "") -> tuple[Any, str]:
+    return (lambda v: v >= low), f">= {low}{note}"  # NaN fails every comparison, so it is refused too
+
+
+def _gt(low: float) -> tuple[Any, str]:
+    return (lambda v: v > low), f"> {low}"
+
+
+def _within(low: float, high: float, closed: bool = False) -> tuple[Any, str]:
+    if closed:
+        return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+    return (lambda v: low <= v < high), f"in [{low}, {high})"
+
+
+FINITE = (math.isfinite, "a finite number")
+
+
+def _check_ranges(section: str, obj: Any, rules: dict[str, tuple[Any, str]]) -> None:
+    """Out-of-range values fail here, naming the key, not later as a traceback (or a silently untrained model)."""
+    _check_all([(ok(getattr(obj, key)), f"{section}.{key} {getattr(obj, key)!r}: must be {text}")
+                for key, (ok, text) in rules.items()])
 
 
 @dataclass(frozen=True)
