@@ -49,7 +49,11 @@ def test_an_invalid_serve_setting_is_one_line(tmp_path):
 
     proc = chromify("serve", "--model", str(tmp_path), cwd=tmp_path, env={**os.environ, "CHROMIFY_CONCURRENCY": "abc"})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("chromify: error: invalid serve setting(s): concurrency = 'abc': ")
+    assert proc.stderr.startswith("chromify: error: invalid serve setting(s): CHROMIFY_CONCURRENCY = 'abc': ")
+    # the variable the user set is named, not the first of the setting's names (AIP_HTTP_PORT, which Vertex sets)
+    proc = chromify("serve", "--model", str(tmp_path), cwd=tmp_path, env={**os.environ, "CHROMIFY_PORT": "70000"})
+    assert proc.stderr == ("chromify: error: invalid serve setting(s): CHROMIFY_PORT = '70000': Input should be less "
+                           "than or equal to 65535\n")
     proc = chromify("serve", "--model", str(tmp_path), "--port", "99999", cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (2, "chromify: error: invalid serve setting(s): port = 99999: Input "
                                                  "should be less than or equal to 65535\n")

@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -233,8 +233,26 @@ def serve(model: Annotated[str | None, typer.Option(
         settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:  # from an option or a CHROMIFY_* / AIP_* variable
         raise ConfigError("invalid serve setting(s): " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors())) from None
+            f"{_setting_name(e['loc'], ServeSettings, overrides)} = {e.get('input')!r}: {e['msg']}"
+            for e in exc.errors())) from None
     run_server(settings, serving_model_dir(settings.model, Path(settings.params), explicit=model is not None))
+
+
+def _setting_name(loc: tuple, settings_cls: Any, options: dict[str, Any]) -> str:
+    """What the user set: the option's field name, else the variable. pydantic names a setting read through
+    AliasChoices by its first choice (AIP_HTTP_PORT) even when the value came from another (CHROMIFY_PORT), and a
+    prefixed variable (CHROMIFY_CONCURRENCY) by its field."""
+    name = ".".join(map(str, loc))
+    if options.get(name) is not None:
+        return name
+    for field_name, field in settings_cls.model_fields.items():
+        choices = getattr(field.validation_alias, "choices", ())
+        if name in choices:
+            return next((c for c in choices if isinstance(c, str) and c in os.environ), name)
+        variable = settings_cls.model_config.get("env_prefix", "") + field_name.upper()
+        if name == field_name and variable in os.environ:
+            return variable
+    return name
 
 
 def serving_model_dir(ref: str, params: Path, explicit: bool) -> Path:
