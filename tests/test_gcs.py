@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
 import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -64,3 +71,116 @@ def test_gcs_ingest_reports_bad_objects_and_reruns_without_reading(tmp_path, buc
 def test_missing_bucket_is_a_config_error(tmp_path, gcs_server):
     with pytest.raises(ConfigError, match="not found"):
         ingest(IngestParams(source="gs://no-such-bucket/x", out_dir=str(tmp_path)), tmp_path)
+
+
+@pytest.mark.parametrize("uri", ["gs://-photos/x", "gs://photos-/x", "gs://Bad_Bucket!/x", "gs://ab/x",
+                                 f"gs://{'a' * 64}/x"])
+def test_invalid_bucket_name_is_a_config_error_before_any_request(uri):
+    with pytest.raises(ConfigError, match="is not a valid bucket name"):
+        gcs.split_uri(uri)
+
+
+def test_valid_bucket_names_pass():
+    for name in ("chromify-photos", "a_b", "my.photos.example.com", ".".join(["a" * 63] * 3)):
+        assert gcs.split_uri(f"gs://{name}/x/") == (name, "x/")
+
+
+def test_a_prefix_names_a_folder_with_or_without_the_slash(tmp_path, gcs_server, bad_folder):
+    root, expected = bad_folder
+    usable = sorted(k for k, v in expected.items() if v is None)[:2]
+    bkt = gcs.client().create_bucket("chromify-siblings")
+    for name in usable:
+        bkt.blob(f"colour/{name}").upload_from_filename(str(root / name))
+    for sibling in ("colour_holdout/held.png", "colourful/other.png", "colour.png"):
+        bkt.blob(sibling).upload_from_filename(str(root / usable[0]))
+    want = [f"gs://chromify-siblings/colour/{name}" for name in usable]
+    assert [f.uri for f in gcs.list_gcs_images("gs://chromify-siblings/colour")] == want
+    assert [f.uri for f in gcs.list_gcs_images("gs://chromify-siblings/colour/")] == want
+
+    # Photos ingested under one spelling keep their URIs and splits under the other, and are not read again
+    # (only the manifest's `source` column follows the spelling).
+    def run(source: str) -> tuple[dict, list]:
+        counts = ingest(IngestParams(source=source, out_dir=str(tmp_path / "raw")), tmp_path)
+        return counts, sorted((r["uri"], r["split"], r["sha256"]) for r in read_manifest(tmp_path / "raw"))
+
+    counts, rows = run("gs://chromify-siblings/colour/")
+    assert (counts["accepted"], counts["decoded_this_run"], [r[0] for r in rows]) == (2, 2, want)
+    again, rows_again = run("gs://chromify-siblings/colour")
+    assert (again["accepted"], again["decoded_this_run"], rows_again) == (2, 0, rows)
+
+
+@pytest.fixture
+def storage_at(monkeypatch):
+    """Point a fresh client at a URL (STORAGE_EMULATOR_HOST), with a short listing deadline so that retries end fast."""
+    monkeypatch.setattr(gcs, "LIST_DEADLINE_S", 0.5)
+
+    def point(url: str) -> None:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+        gcs.client.cache_clear()
+
+    yield point
+    gcs.client.cache_clear()  # before monkeypatch restores the emulator's address
+
+
+@contextmanager
+def gcs_answering(status: int):
+    """A stand-in for GCS on 127.0.0.1 answering every request with `status` and GCS's JSON error body."""
+    body = json.dumps({"error": {"code": status, "message": "Anonymous caller does not have storage.objects.list "
+                                 "access to the Google Cloud Storage bucket."}}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_connection_refused_is_one_line_and_quick(storage_at):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        storage_at(f"http://127.0.0.1:{closed.getsockname()[1]}")
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match=r"^gs://photos/colour: cannot list the bucket: .*Connection refused"
+                                              r" \(gave up after 0.5 s of retries\)$") as err:
+            gcs.list_gcs_images("gs://photos/colour")
+    assert time.monotonic() - start < 5 and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("status", "message"), [
+    # An anonymous client answered 401 makes google-auth try to refresh it: InvalidOperation.
+    (401, r"^gs://private/x/: access denied: no usable Google credentials \(Anonymous credentials cannot be "
+          r"refreshed.\); run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS$"),
+    (503, r"^gs://private/x/: cannot list the bucket: HTTP 503: .*Anonymous caller .* \(gave up after 0.5 s"),
+    (400, r"^gs://private/x/: cannot list the bucket: HTTP 400: .*Anonymous caller [^(]*$"),
+])
+def test_http_errors_while_listing_are_one_line(storage_at, status, message):
+    with gcs_answering(status) as url:
+        storage_at(url)
+        with pytest.raises(ConfigError, match=message) as err:
+            gcs.list_gcs_images("gs://private/x/")
+    assert "\n" not in str(err.value)
+
+
+def test_cli_says_so_in_one_line_and_exits_2(tmp_path, monkeypatch):
+    with gcs_answering(401) as url:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+        for source, message in (
+                ("gs://-photos/colour/", "gs://-photos/colour/: '-photos' is not a valid bucket name ("),
+                ("gs://private/photos/", "gs://private/photos/: access denied: no usable Google credentials (")):
+            proc = subprocess.run([sys.executable, "-m", "chromify.cli", "ingest", "--source", source], cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+            assert proc.stderr.startswith(f"chromify: error: {message}"), proc.stderr
