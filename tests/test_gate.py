@@ -100,12 +100,14 @@ def test_default_thresholds_and_a_decimal_boundary():
     assert decide(score("v2", 20.0, 5.0), GRAY, None, defaults).passed  # no gain needed by default
 
 
-def test_comparing_a_model_with_itself_raises():
+def test_the_champion_itself_is_refused_as_a_decision_not_an_error():
+    # A self-comparison would pass every check; an unchanged re-run (a cached cloud training step) is a green
+    # run that registers nothing, not a failed one.
     same = score("v7", 22.0, 4.0)
-    with pytest.raises(GateError, match="v7"):
-        decide(same, GRAY, same, T)
-    with pytest.raises(GateError, match="itself"):
-        decide(score("v7", 22.0, 4.0), GRAY, score("v7", 10.0, 40.0), T)
+    for champion in (same, score("v7", 10.0, 40.0)):
+        decision = decide(same, GRAY, champion, T)
+        assert not decision.passed and decision.champion_id == "v7"
+        assert decision.reasons == ["the candidate is the champion 'v7' itself: nothing new to register"]
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

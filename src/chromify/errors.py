@@ -25,7 +25,7 @@ class DataError(ChromifyError):
 
 
 class GateError(ChromifyError):
-    """The evaluation gate was asked an ill-posed question (e.g. a model compared with itself)."""
+    """The evaluation gate was asked an ill-posed question (e.g. a metric missing or not finite)."""
 
 
 class RegistryError(ChromifyError):

@@ -106,11 +106,14 @@ def decide(
 ) -> GateDecision:
     """Gate a candidate against the gray baseline's metrics and, if there is one, the champion's.
 
-    Raises GateError if a needed metric is missing or not finite, or if the champion is the candidate itself
-    (a self-comparison always passes, which would let any model through).
+    Raises GateError if a needed metric is missing or not finite. A candidate that is the champion itself (an
+    unchanged re-run, a cached training step) fails: a self-comparison would pass, but there is nothing new to
+    register, and that is a decision (a green run that registers nothing), not an error.
     """
     if champion is not None and champion.model_id == candidate.model_id:
-        raise GateError(f"candidate '{candidate.model_id}' is being compared with itself as champion")
+        return GateDecision(False, (Check("not_the_champion", False, 0.0, 0.0, f"the candidate is the champion "
+                                          f"'{champion.model_id}' itself: nothing new to register"),),
+                            champion.model_id)
     who = f"candidate '{candidate.model_id}'"
     psnr = _metric(candidate.metrics, "psnr", who)
     dcf = _metric(candidate.metrics, "delta_cf", who)
