@@ -5,8 +5,12 @@ machine. A request to any other host fails the test."""
 import dataclasses
 import inspect
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -21,6 +25,7 @@ from chromify.config import Params, RegisterParams
 from chromify.errors import ConfigError, RegistryError
 from chromify.stages import run_register
 
+ROOT = Path(__file__).resolve().parents[1]
 PROJECT, LOCATION, BUCKET = "chromify-test", "europe-west4", "chromify-models"
 API = f"https://{LOCATION}-aiplatform.googleapis.com/v1/projects/{PROJECT}/locations/{LOCATION}"
 MODEL_PATH = f"projects/{PROJECT}/locations/{LOCATION}/models/chromify-colorizer"
@@ -340,3 +345,19 @@ def test_serve_on_vertex_fetches_the_version_its_storage_uri_names(gcs, model_di
         served[version_id] = json.loads((serving_model_dir("champion", tmp_path / "params.yaml", False)
                                          / "config.json").read_text())["version"]
     assert served == {"v1": "v1", "v2": "v2"}
+
+
+def test_no_credentials_is_one_line_naming_what_was_being_done(tmp_path):
+    # `dvc repro` with register.target vertex on a machine without ADC: evaluate looks up the champion first
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_vertex_registry import register_params;"
+            "from chromify import vertex_registry as vr; from chromify.errors import ConfigError\n"
+            "try: vr.fetch_champion(register_params(), 'cache')\n"
+            "except ConfigError as exc: print(exc)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_"))}
+    env.update(GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "missing-key.json"), HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"Vertex AI model 'chromify-colorizer' in {PROJECT}/{LOCATION}: fetching the "
+                                  "champion: no usable Google credentials (")
+    assert proc.stdout.rstrip().endswith("run `gcloud auth application-default login` or set "
+                                         "GOOGLE_APPLICATION_CREDENTIALS") and proc.stdout.count("\n") == 1

@@ -184,6 +184,30 @@ def build_upload_request(p: RegisterParams, record: Mapping[str, Any], artifact:
     return request
 
 
+def _one_line(what: str):
+    """Google's auth and API failures as one line naming what was being done, not a traceback through the SDK."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(p: RegisterParams, *args, **kwargs):
+            from google.api_core.exceptions import GoogleAPICallError
+            from google.auth.exceptions import GoogleAuthError
+
+            from chromify.gcs import CREDENTIALS_HINT
+
+            where = f"Vertex AI model {p.model_name!r} in {p.vertex_project}/{p.vertex_location}: {what}"
+            try:
+                return fn(p, *args, **kwargs)
+            except GoogleAuthError as exc:
+                raise ConfigError(f"{where}: no usable Google credentials ({' '.join(str(exc).split())[:200]}); "
+                                  f"{CREDENTIALS_HINT}") from None
+            except GoogleAPICallError as exc:
+                raise RegistryError(f"{where}: HTTP {exc.code}: {' '.join(str(exc.message).split())}") from None
+        return call
+    return wrap
+
+
 def _storage_client(project: str | None = None):
     from google.cloud import storage
 
@@ -321,6 +345,7 @@ def _check_registrable(p: RegisterParams, record: Mapping[str, Any], exists: boo
     return None
 
 
+@_one_line("registering the candidate")
 def publish(p: RegisterParams, candidate_dir: str | Path, record: Mapping[str, Any]) -> dict[str, Any]:
     """Upload a gated model's files to gs:// and register them as the new champion version on Vertex AI; weights
     that a version already holds are not registered again (the outcome says `already_registered`, no alias moves).
@@ -341,6 +366,7 @@ def publish(p: RegisterParams, candidate_dir: str | Path, record: Mapping[str, A
             "resource_name": model.resource_name, "artifact_uri": uri, "path": uri}
 
 
+@_one_line("fetching the champion")
 def fetch_champion(p: RegisterParams, cache_dir: str | Path) -> Path | None:
     """The champion version's files, downloaded once into `cache_dir/<model id>`; None if there is no champion."""
     check_params(p)
@@ -354,6 +380,7 @@ def fetch_champion(p: RegisterParams, cache_dir: str | Path) -> Path | None:
     return download_version_files(uri, Path(cache_dir) / key, p.vertex_project)
 
 
+@_one_line("moving the alias")
 def promote(p: RegisterParams, version_id: str, alias: str = CHAMPION) -> None:
     """Move `alias` to Vertex model version `version_id` (Vertex takes it off the version that held it)."""
     from google.cloud import aiplatform
