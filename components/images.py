@@ -9,24 +9,15 @@ the images with (`COMMIT_SHA`).
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
+
+from chromify.stages import git_commit
 
 PLACEHOLDER_REGISTRY = "us-central1-docker.pkg.dev/chromify-project/chromify"
 NO_COMMIT = "dev"
 
-
-def _git_commit() -> str:
-    try:  # the repository this file is in, wherever the command runs from
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else NO_COMMIT
-    except (OSError, subprocess.SubprocessError):
-        return NO_COMMIT
-
-
 REGISTRY = os.environ.get("CHROMIFY_IMAGE_REGISTRY", PLACEHOLDER_REGISTRY).rstrip("/")
-TAG = os.environ.get("CHROMIFY_IMAGE_TAG") or _git_commit()
+# The repository this file is in, wherever the command runs from (the same one stages.git_commit records).
+TAG = os.environ.get("CHROMIFY_IMAGE_TAG") or git_commit(__file__) or NO_COMMIT
 if TAG == "latest":
     raise ValueError("CHROMIFY_IMAGE_TAG=latest: use the git commit the images were built from "
                      "(KFP caches by image reference)")

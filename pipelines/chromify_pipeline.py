@@ -9,6 +9,7 @@ from kfp.dsl import PipelineTask
 from kfp.dsl.graph_component import GraphComponent
 
 from chromify.config import CloudParams, Params
+from components import images
 from components.evaluate import evaluate
 from components.ingest import ingest
 from components.preprocess import collect_shards, preprocess_partition
@@ -46,10 +47,10 @@ def build_pipeline(params: Params, target: str) -> GraphComponent:
     partitions = cloud.preprocess_partitions
     nproc = cloud.accelerator_count if target != "local" and cloud.accelerator_count > 1 else 1
     # Caching keys on the params JSON and the image, never on what a source holds: a folder or gs:// prefix is a
-    # live listing, and a cached ingest would silently miss photos added since. So ingest is cached only for the
-    # bundled sample (fixed with the image). A fresh ingest gives the later steps a new input artifact, so they
-    # rerun too: the price of seeing new photos. Preprocess, collect and train are deterministic in their inputs.
-    cache_ingest = params.ingest.source == "sample"
+    # live listing, and a cached ingest would silently miss photos added since. So ingest is never cached: whether
+    # the source is the fixed sample is known only at run time (params_json can be overridden per run). A fresh
+    # ingest gives the later steps a new input artifact, so they rerun too: the price of seeing new photos.
+    # Preprocess, collect and train are deterministic in their inputs.
 
     @dsl.pipeline(name=PIPELINE_NAME)
     def chromify_pipeline(params_json: str = "{}"):
@@ -62,7 +63,7 @@ def build_pipeline(params: Params, target: str) -> GraphComponent:
         6. register: only when the gate passed, as a new version and the champion.
         """
         ing = ingest(params_json=params_json).set_display_name("1 · ingest photos")
-        ing.set_caching_options(cache_ingest)
+        ing.set_caching_options(False)
         with dsl.ParallelFor(list(range(partitions)), name="preprocess-partitions") as i:
             part = preprocess_partition(params_json=params_json, raw=ing.outputs["raw"], partition=i,
                                         partitions=partitions).set_display_name("2 · Lab shards (one partition)")
@@ -72,7 +73,8 @@ def build_pipeline(params: Params, target: str) -> GraphComponent:
         pre.set_caching_options(True)
         fit = train(params_json=params_json, shards=pre.outputs["shards"], nproc=nproc)
         fit.set_display_name("4 · train U-Net").set_caching_options(True)
-        fit.set_retry(num_retries=2, backoff_duration="60s")  # preemptible GPU nodes: resume from checkpoint
+        # preemptible GPU nodes: resume from checkpoint, 60 s then 120 s after a failure (cloud.md)
+        fit.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2)
         place_training(fit, cloud, target)
         ev = evaluate(params_json=params_json, shards=pre.outputs["shards"], model=fit.outputs["model"])
         ev.set_display_name("5 · evaluate & gate").set_caching_options(False)  # reads the current champion
@@ -80,5 +82,9 @@ def build_pipeline(params: Params, target: str) -> GraphComponent:
             reg = register(params_json=params_json, model=fit.outputs["model"], gate=ev.outputs["gate"],
                            raw=ing.outputs["raw"])
             reg.set_display_name("6 · register model").set_caching_options(False)
+            if target != "local" and images.TAG != images.NO_COMMIT:
+                # the lineage's git commit: the cloud images have neither git nor .git, and TAG is their commit
+                # (kfp.local runs this checkout, whose commit git_commit finds itself)
+                reg.set_env_variable("CHROMIFY_GIT_COMMIT", images.TAG)
 
     return chromify_pipeline

@@ -9,7 +9,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ import yaml
 
 from chromify.config import Params, load_params_named
 from chromify.errors import ChromifyError, ConfigError
+from chromify.gcs import BUCKET_NAME_RULE, CREDENTIALS_HINT, is_bucket_name
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -182,9 +183,9 @@ def check_pipeline_root(pipeline_root: str | None) -> str:
     if not root.startswith("gs://"):
         raise ConfigError(f"--pipeline-root {pipeline_root}: must be a path in a bucket, gs://bucket/some/path")
     bucket, _, path = root.removeprefix("gs://").partition("/")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", bucket):
-        raise ConfigError(f"--pipeline-root {pipeline_root}: {bucket!r} is not a valid bucket name (3-63 lowercase "
-                          "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")
+    if not is_bucket_name(bucket):
+        raise ConfigError(f"--pipeline-root {pipeline_root}: {bucket!r} is not a valid bucket name "
+                          f"({BUCKET_NAME_RULE})")
     if not path:
         raise ConfigError(f"--pipeline-root {pipeline_root}: a folder inside the bucket, not the bucket itself: "
                           f"gs://{bucket}/some/path")
@@ -220,6 +221,13 @@ def cloud_problems(params: Params) -> list[str]:
     if params.ingest.source != "sample" and not params.ingest.source.startswith("gs://"):
         problems.append(f"ingest.source {params.ingest.source} is a path on this machine, which the cloud's steps "
                         "cannot read: upload the photos and set ingest.source to their gs://bucket/prefix")
+    if params.register.target == "vertex":  # else evaluate's champion lookup fails, after the GPU was paid for
+        from chromify.vertex_registry import check_params
+
+        try:
+            check_params(params.register)
+        except ConfigError as exc:
+            problems.append(str(exc))
     return problems
 
 
@@ -269,6 +277,46 @@ def build_kfp_run(template_path: str | Path, params: Params, experiment: str | N
             "enable_caching": None}  # None: the compiled per-task caching holds (see build_vertex_job)
 
 
+@contextmanager
+def _one_line_errors(where: str) -> Iterator[None]:
+    """The SDKs' failures to authenticate or to reach `where` (Vertex AI, a Kubeflow host) as one line that says
+    what to do, instead of their tracebacks: missing or expired credentials are the likeliest first-submit error."""
+    import requests
+    import urllib3
+    from google.api_core.exceptions import GoogleAPIError
+    from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError, RefreshError
+    from kfp_server_api import ApiException
+
+    def text(exc: BaseException) -> str:  # google.auth's errors carry (message, response) as their args
+        message = exc.args[0] if isinstance(exc, GoogleAuthError) and exc.args else exc
+        return " ".join(str(message).split())  # the SDKs' messages span lines
+
+    try:
+        yield
+    except DefaultCredentialsError as exc:
+        raise ConfigError(f"{where}: no Google credentials ({text(exc)}): {CREDENTIALS_HINT}") from None
+    except RefreshError as exc:
+        raise ConfigError(f"{where}: the Google credentials were refused ({text(exc)}): {CREDENTIALS_HINT}") from None
+    except (GoogleAuthError, GoogleAPIError) as exc:  # PermissionDenied, NotFound, quota, unreachable API...
+        raise ChromifyError(f"{where}: {type(exc).__name__}: {text(exc)}") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError, ApiException, TimeoutError) as exc:
+        # kfp.Client: the host refuses or is not a Kubeflow Pipelines API; requests: Cloud Storage unreachable
+        raise ChromifyError(f"{where}: cannot reach or use the API: {type(exc).__name__}: {text(exc)}") from None
+
+
+def default_credentials() -> Credentials:
+    """The application default credentials, refreshed now: the SDK's first call (the pipeline root's bucket) logs
+    a refusal as a traceback and goes on, to fail later with another."""
+    import google.auth
+    from google.auth.transport.requests import Request
+
+    with _one_line_errors("Vertex AI"):
+        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        if not credentials.valid:
+            credentials.refresh(Request())
+    return credentials
+
+
 def submit(target: str | None, project: str | None, region: str, pipeline_root: str | None,
            service_account: str | None, experiment: str | None, host: str | None, dry_run: bool,
            params_path: str | Path) -> dict[str, Any]:
@@ -289,21 +337,24 @@ def submit(target: str | None, project: str | None, region: str, pipeline_root: 
     problems = cloud_problems(params)
     if problems and not dry_run:
         raise ConfigError("not submitted: " + "; ".join(problems))
-    spec_path = Path(tempfile.mkdtemp(prefix="chromify-pipeline-")) / "chromify_pipeline.yaml"
-    compile_pipeline(spec_path, params, target)
-    summary = summarize_spec(*load_spec(spec_path))
     if target == "vertex":
-        credentials = None
         if dry_run:  # nothing is sent, so no account is needed to build the request
             from google.auth.credentials import AnonymousCredentials
 
             credentials = AnonymousCredentials()
+        else:
+            credentials = default_credentials()
+    spec_path = Path(tempfile.mkdtemp(prefix="chromify-pipeline-")) / "chromify_pipeline.yaml"
+    compile_pipeline(spec_path, params, target)
+    summary = summarize_spec(*load_spec(spec_path))
+    if target == "vertex":
         job = build_vertex_job(spec_path, params, project, region, pipeline_root, service_account, credentials)
         request = {"target": "vertex", "request": vertex_request(job, project, region),
                    "experiment": experiment, "spec": summary}
         if dry_run:
             return {"dry_run": True, **request, "problems": problems}
-        job.submit(service_account=service_account, experiment=experiment)
+        with _one_line_errors("Vertex AI"):
+            job.submit(service_account=service_account, experiment=experiment)
         return {"target": "vertex", "job": job.resource_name, "experiment": experiment,
                 "console": f"https://console.cloud.google.com/vertex-ai/locations/{region}/pipelines/runs/"
                            f"{job.job_id}?project={project}"}
@@ -311,7 +362,12 @@ def submit(target: str | None, project: str | None, region: str, pipeline_root: 
     request = {"target": "kfp", "host": host, "request": run_kwargs, "spec": summary}
     if dry_run:
         return {"dry_run": True, **request, "problems": problems}
+    import warnings
+
     import kfp
 
-    run = kfp.Client(host=host).create_run_from_pipeline_package(**run_kwargs)
+    with _one_line_errors(f"--host {host}"), warnings.catch_warnings():
+        # kfp.Client warns on every use that it needs a 2.x backend, which cloud.md already requires
+        warnings.filterwarnings("ignore", "This client only works with Kubeflow Pipeline", FutureWarning)
+        run = kfp.Client(host=host).create_run_from_pipeline_package(**run_kwargs)
     return {"target": "kfp", "host": host, "run_id": run.run_id}

@@ -232,6 +232,17 @@ def test_cloudbuild_pushes_all_three_images_tagged_with_the_commit(cloudbuild: d
         assert built[image] == f"containers/Dockerfile.{role}"
 
 
+@pytest.mark.parametrize("role", sorted(DOCKERFILES))
+def test_images_carry_the_commit_they_are_built_from(role: str, stages: dict[str, list[Stage]],
+                                                     cloudbuild: dict) -> None:
+    # no git nor .git inside: a registration made in the image records this commit as its lineage
+    final = stages[role][-1]
+    assert "COMMIT_SHA" in [arg.split("=")[0] for arg in final.args("ARG")]
+    assert any(re.fullmatch(r"CHROMIFY_GIT_COMMIT=\$\{?COMMIT_SHA\}?", env) for env in final.args("ENV"))
+    (step,) = [s for s in cloudbuild["steps"] if f"--file=containers/Dockerfile.{role}" in s["args"]]
+    assert "--build-arg=COMMIT_SHA=${COMMIT_SHA}" in step["args"]
+
+
 def test_image_check_script_is_valid_bash() -> None:
     script = CONTAINERS / "image-check.sh"
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30, check=False)

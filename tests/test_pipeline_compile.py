@@ -159,14 +159,38 @@ def test_caching_is_on_for_deterministic_steps_and_off_for_the_champion_and_a_li
     def cached(name: str) -> bool:
         return tasks[name].get("cachingOptions", {}).get("enableCache", False)
 
-    assert cached("ingest")  # the bundled sample is fixed
+    # the compiled source is the bundled sample, but params_json, which names the source, can change per run
+    assert not cached("ingest")
     assert cached("preprocess-partition") and cached("collect-shards") and cached("train")
     assert not cached("evaluate") and not cached("register")  # champion lookup, registry writes
-    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2  # preemptible GPU nodes
-    assert tasks["train"]["retryPolicy"]["backoffDuration"] == "60s"
+    retry = tasks["train"]["retryPolicy"]  # preemptible GPU nodes: 60 s, then 120 s after a failure (cloud.md)
+    assert (retry["maxRetryCount"], retry["backoffDuration"], retry["backoffFactor"]) == (2, "60s", 2)
 
     spec, _ = compiled(tmp_path, "vertex", ingest={"source": "gs://photos/incoming"})
     assert not spec["root"]["dag"]["tasks"]["ingest"].get("cachingOptions", {}).get("enableCache", False)
+
+
+@pytest.mark.parametrize("target", ["vertex", "kfp"])
+def test_the_register_task_records_the_images_commit(tmp_path, target):
+    from components.images import TAG
+
+    spec, _ = compiled(tmp_path, target)
+    register_env = spec["deploymentSpec"]["executors"]["exec-register"]["container"]["env"]
+    assert register_env == [{"name": "CHROMIFY_GIT_COMMIT", "value": TAG}]  # the images have no git
+    spec, _ = compiled(tmp_path, "local")  # kfp.local runs this checkout, whose commit git finds
+    assert "env" not in spec["deploymentSpec"]["executors"]["exec-register"]["container"]
+
+
+def test_git_commit_prefers_the_images_commit_and_else_finds_the_packages_repository_from_anywhere(tmp_path):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    show = [sys.executable, "-c", "from chromify.stages import git_commit; print(git_commit())"]
+    env = {k: v for k, v in os.environ.items() if k != "CHROMIFY_GIT_COMMIT"}
+    outside = subprocess.run(show, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert outside.stdout.strip() == head.stdout.strip(), outside.stderr  # run-local started outside the checkout
+    # a cloud image: no git binary, no .git, the commit in the environment
+    env.update(CHROMIFY_GIT_COMMIT="0123456789abcdef0123456789abcdef01234567", PATH=str(tmp_path))
+    image = subprocess.run(show, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert image.stdout.strip() == "0123456789abcdef0123456789abcdef01234567", image.stderr
 
 
 @pytest.mark.parametrize("target", ["vertex", "kfp"])

@@ -17,7 +17,7 @@ import yaml
 from conftest import GoogleCloudAPI
 
 from chromify.config import load_params
-from chromify.errors import ConfigError
+from chromify.errors import ChromifyError, ConfigError
 from pipelines.run import build_kfp_run, build_vertex_job, check_pipeline_root, compile_pipeline, load_spec, submit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,36 +232,62 @@ def ready_params(params_path: Path, monkeypatch) -> Path:
     monkeypatch.setattr(images, "REGISTRY", "europe-west4-docker.pkg.dev/proj-1/chromify")
     monkeypatch.setattr(images, "TAG", "0123456789abcdef0123456789abcdef01234567")
     raw = yaml.safe_load(params_path.read_text())
-    raw["register"] = {**raw["register"], "target": "vertex"}
+    raw["register"] = {**raw["register"], "target": "vertex", "vertex_project": "proj-1",
+                       "artifact_root": "gs://proj-1-chromify/models",
+                       "serving_image": "europe-west4-docker.pkg.dev/proj-1/chromify/chromify-serve:0123456789ab"}
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return params_path
 
 
-def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_experiment(params_path, monkeypatch):
-    from google.auth.credentials import AnonymousCredentials
+def test_incomplete_vertex_registry_params_are_refused_before_the_gpu_is_paid_for(params_path, monkeypatch):
+    params_path = ready_params(params_path, monkeypatch)
+    raw = yaml.safe_load(params_path.read_text())
+    raw["register"] = {**raw["register"], "vertex_project": "", "artifact_root": "", "serving_image": ""}
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    common = {"target": "vertex", "project": "proj-1", "region": "us-central1", "pipeline_root": "gs://bkt/root",
+              "service_account": None, "experiment": None, "host": None, "params_path": params_path}
+    (problem,) = submit(dry_run=True, **common)["problems"]
+    assert problem.startswith("register.target vertex: register.vertex_project is empty")
+    assert "register.artifact_root '' is not gs://" in problem and "register.serving_image is empty" in problem
+    with pytest.raises(ConfigError, match="not submitted: register.target vertex: register.vertex_project"):
+        submit(dry_run=False, **common)  # evaluate's champion lookup would fail only after training
+
+
+def vertex_api(monkeypatch, *hosts: str) -> tuple[GoogleCloudAPI, str, str]:
+    """The Google Cloud REST calls a submission makes up to the job's creation, answered in process over REST
+    (as aiplatform.init(api_transport="rest") sets it), so that requests carries every call of the real SDK:
+    (api, the request's parent, the created job's name)."""
     from google.cloud.aiplatform import initializer
 
-    # resource names; their REST paths are "/v1/" + name
     parent = "projects/proj-1/locations/europe-west4"
-    store, job = f"{parent}/metadataStores/default", f"{parent}/pipelineJobs/chromify-colorization-1"
-    experiment, run_context = f"{store}/contexts/chromify-exp", f"{store}/contexts/run-1"
-    api = GoogleCloudAPI("europe-west4-aiplatform.googleapis.com", "storage.googleapis.com").answer(monkeypatch)
+    api = GoogleCloudAPI("europe-west4-aiplatform.googleapis.com", "storage.googleapis.com", *hosts).answer(monkeypatch)
     api.routes.update({
-        ("GET", f"/v1/{store}"): (200, {"name": store}),
-        ("GET", f"/v1/{experiment}"): (200, {
-            "name": experiment, "displayName": "chromify-exp", "schemaTitle": "system.Experiment", "metadata": {}}),
         # The pipeline root's bucket: absent, so the SDK creates it and lets the run's service account use it.
         ("GET", "/storage/v1/b/bkt"): (404, {"error": {"code": 404, "message": "No such bucket."}}),
         ("POST", "/storage/v1/b"): (200, {"kind": "storage#bucket", "name": "bkt"}),
         ("GET", "/storage/v1/b/bkt/iam"): (200, {"kind": "storage#policy", "bindings": [], "etag": "CAE="}),
         ("PUT", "/storage/v1/b/bkt/iam"): (200, {"kind": "storage#policy", "bindings": [], "etag": "CAE="}),
+    })
+    monkeypatch.setattr(initializer.global_config, "_api_transport", "rest")
+    monkeypatch.setattr(initializer.global_config, "_credentials", None)  # the SDK keeps the first it found
+    return api, parent, f"{parent}/pipelineJobs/chromify-colorization-1"
+
+
+def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_experiment(params_path, monkeypatch):
+    from google.auth.credentials import AnonymousCredentials
+
+    # resource names; their REST paths are "/v1/" + name
+    api, parent, job = vertex_api(monkeypatch)
+    store = f"{parent}/metadataStores/default"
+    experiment, run_context = f"{store}/contexts/chromify-exp", f"{store}/contexts/run-1"
+    api.routes.update({
+        ("GET", f"/v1/{store}"): (200, {"name": store}),
+        ("GET", f"/v1/{experiment}"): (200, {
+            "name": experiment, "displayName": "chromify-exp", "schemaTitle": "system.Experiment", "metadata": {}}),
         ("POST", f"/v1/{parent}/pipelineJobs"): (200, {"name": job, "state": 2}),
         ("GET", f"/v1/{job}"): (200, {"name": job, "jobDetail": {"pipelineRunContext": {"name": run_context}}}),
         ("POST", f"/v1/{experiment}:addContextChildren"): (200, {}),
     })
-    # REST, as aiplatform.init(api_transport="rest") sets it (undone after the test), so that requests carries
-    # every call of the real SDK
-    monkeypatch.setattr(initializer.global_config, "_api_transport", "rest")
     monkeypatch.setattr("google.auth.default", lambda *a, **kw: (AnonymousCredentials(), "proj-1"))
     out = submit(target="vertex", project="proj-1", region="europe-west4", pipeline_root="gs://bkt/chromify/root",
                  service_account=SA, experiment="chromify-exp", host=None, dry_run=False,
@@ -300,10 +326,10 @@ def test_submit_sends_the_kfp_run_to_the_host(params_path, monkeypatch, kfp_api)
     assert sent["train"]["lr"] == 0.005 and sent["cloud"]["accelerator_count"] == 2
 
 
-def chromify(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def chromify(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     # No credentials and a dead proxy: a dry run must need neither.
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent.json",
-           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", **(env or {})}
     return subprocess.run(["chromify", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
 
 
@@ -336,3 +362,95 @@ def test_cli_reports_a_missing_pipeline_root_in_one_line(params_path):
                     "--dry-run")
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("chromify: error: --pipeline-root") and len(proc.stderr.splitlines()) == 1
+
+
+def vertex_submit(params_path: Path, monkeypatch) -> dict:
+    return submit(target="vertex", project="proj-1", region="europe-west4", pipeline_root="gs://bkt/chromify/root",
+                  service_account=SA, experiment=None, host=None, dry_run=False,
+                  params_path=ready_params(params_path, monkeypatch))
+
+
+@pytest.mark.parametrize(("status", "reason", "said"), [
+    (403, "PERMISSION_DENIED", r"Vertex AI: (PermissionDenied|Forbidden): .*aiplatform\.pipelineJobs\.create"),
+    (429, "RESOURCE_EXHAUSTED", r"Vertex AI: (ResourceExhausted|TooManyRequests): .*[Qq]uota")])
+def test_a_request_vertex_ai_refuses_is_one_line(params_path, monkeypatch, status, reason, said):
+    from google.auth.credentials import AnonymousCredentials
+
+    message = {403: "Permission 'aiplatform.pipelineJobs.create' denied on resource '//aiplatform.googleapis.com/'\n"
+                    "(or it may not exist).",
+               429: "Quota exceeded for aiplatform.googleapis.com/custom_model_training_nvidia_l4_gpus."}[status]
+    api, parent, _ = vertex_api(monkeypatch)
+    api.routes[("POST", f"/v1/{parent}/pipelineJobs")] = (status, {
+        "error": {"code": status, "message": message, "status": reason}})
+    monkeypatch.setattr("google.auth.default", lambda *a, **kw: (AnonymousCredentials(), "proj-1"))
+    with pytest.raises(ChromifyError, match=said) as refused:
+        vertex_submit(params_path, monkeypatch)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.fixture
+def token_endpoint():
+    """An OAuth token endpoint on 127.0.0.1 that refuses every refresh token, as Google's does a revoked one."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            data = json.dumps({"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data.encode())
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/token"
+    server.shutdown()
+    server.server_close()
+
+
+def test_expired_google_credentials_are_one_line_with_the_login_hint(params_path, monkeypatch, tmp_path,
+                                                                     token_endpoint):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    # a service account key whose token requests are refused (a deleted key, a disabled account); its token_uri
+    # is honoured, unlike a user credential's
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    adc = tmp_path / "key.json"
+    adc.write_text(json.dumps({"type": "service_account", "project_id": "proj-1", "private_key_id": "1",
+                               "private_key": key, "client_email": SA, "client_id": "1", "token_uri": token_endpoint}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
+    vertex_api(monkeypatch)
+    with pytest.raises(ConfigError, match=r"^Vertex AI: the Google credentials were refused \(.*invalid_grant.*\): "
+                                          r"run `gcloud auth application-default login`") as refused:
+        vertex_submit(params_path, monkeypatch)
+    assert "\n" not in str(refused.value)
+
+
+def test_cli_submit_without_google_credentials_is_one_line_with_the_login_hint(params_path, monkeypatch):
+    ready_params(params_path, monkeypatch)
+    proc = chromify("pipeline", "submit", "--target", "vertex", "--project", "proj-1", "--region", "europe-west4",
+                    "--pipeline-root", "gs://proj-1-chromify/pipeline-root", "--params", str(params_path),
+                    env={"CHROMIFY_IMAGE_REGISTRY": "europe-west4-docker.pkg.dev/proj-1/chromify"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("chromify: error: Vertex AI: no Google credentials (File /nonexistent.json was not found")
+    assert "run `gcloud auth application-default login`" in line and "GOOGLE_APPLICATION_CREDENTIALS" in line
+
+
+def test_cli_submit_to_an_unreachable_kfp_host_is_one_line(params_path, monkeypatch):
+    ready_params(params_path, monkeypatch)
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        host = f"http://127.0.0.1:{free.getsockname()[1]}"
+    proc = chromify("pipeline", "submit", "--target", "kfp", "--host", host, "--params", str(params_path),
+                    env={"CHROMIFY_IMAGE_REGISTRY": "europe-west4-docker.pkg.dev/proj-1/chromify", "NO_PROXY": "*"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"chromify: error: --host {host}: cannot reach or use the API: MaxRetryError")
+    assert "Connection refused" in line

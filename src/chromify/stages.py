@@ -62,12 +62,22 @@ def manifest_hash(raw_dir: str | Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
+def git_commit(inside: str | Path = __file__) -> str:
+    """The commit of the code that runs, "" if unknown: CHROMIFY_GIT_COMMIT (set in the cloud images and tasks,
+    which have neither git nor .git), else HEAD of the repository holding the file `inside` (default: this
+    package, wherever the command runs from), else of the current folder's (a package installed as a wheel)."""
+    import os
+
+    if commit := os.environ.get("CHROMIFY_GIT_COMMIT", "").strip():
+        return commit
+    for cwd in (Path(inside).resolve().parent, None):
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return ""
 
 
 REGISTER_TARGETS = ("local", "vertex")
@@ -102,9 +112,6 @@ def run_evaluate(params: Params, data_dir: str | Path, candidate_dir: str | Path
 
     champ = champion_dir(params)
     candidate_id = model_id_of(candidate_dir)
-    if champ is not None and model_id_of(champ) == candidate_id:
-        raise GateError(f"{candidate_dir}: the candidate has the same weights as the champion ({champ}); "
-                        "comparing a model with itself decides nothing — retrain or change params first")
     summary, decision = evaluate(data_dir, candidate_dir, champ, params.gate, reports_dir,
                                  params.evaluate.batch_size, params.evaluate.gallery_size, params.base.seed)
     from chromify.figures import write_figures
