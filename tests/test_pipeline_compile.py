@@ -118,7 +118,7 @@ def test_kfp_train_task_gets_the_gpu_limit_node_selector_and_toleration(tmp_path
     resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert resources["accelerator"]["resourceCount"] == "2"
-    assert resources["resourceCpuLimit"] == "8" and resources["resourceMemoryLimit"] == "32G"
+    assert resources["resourceCpuLimit"] == "7" and resources["resourceMemoryLimit"] == "26G"
     assert spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["nproc"]["runtimeValue"]["constant"] == 2
     executors = platform["deploymentSpec"]["executors"]
     assert list(executors) == ["exec-train"]  # CPU steps stay off the GPU pool

@@ -159,8 +159,8 @@ class CloudParams:
     target: str = "vertex"
     accelerator_type: str = "NVIDIA_L4"
     accelerator_count: int = 1
-    cpu_limit: str = "8"
-    memory_limit: str = "32G"
+    cpu_limit: str = "7"  # below a g2-standard-8's allocatable: on Kubeflow the limits are the pod's requests too
+    memory_limit: str = "26G"
     kfp_gpu_node_selector_key: str = "chromify-pool"
     kfp_gpu_node_selector_value: str = "gpu"
     kfp_gpu_toleration_key: str = "nvidia.com/gpu"
