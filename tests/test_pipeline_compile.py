@@ -208,6 +208,14 @@ def test_images_refuse_a_moving_tag_and_follow_the_registry():
     proc = subprocess.run([sys.executable, "-c", "import components.images"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "CHROMIFY_IMAGE_TAG=latest" in proc.stderr
+    # through the CLI, a moving tag or a reference no node could pull is one line (it was a traceback)
+    for name, value, message in (("CHROMIFY_IMAGE_TAG", "latest", "use the git commit the images were built from"),
+                                 ("CHROMIFY_IMAGE_TAG", "my tag", "not an image tag"),
+                                 ("CHROMIFY_IMAGE_REGISTRY", "https://x.io/p", "not an image registry path")):
+        proc = subprocess.run([sys.executable, "-m", "chromify.cli", "pipeline", "compile", "-o", "x.yaml"],
+                              cwd=ROOT, env={**os.environ, name: value}, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"chromify: error: {name}=") and message in proc.stderr
+        assert proc.stderr.count("\n") == 1 and not (ROOT / "x.yaml").exists()
     env = {**os.environ, "CHROMIFY_IMAGE_TAG": "abc123", "CHROMIFY_IMAGE_REGISTRY": "europe-west4-docker.pkg.dev/p/r"}
     proc = subprocess.run([sys.executable, "-c", "from components.images import GPU_IMAGE; print(GPU_IMAGE)"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
