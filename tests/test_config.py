@@ -47,7 +47,7 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
         ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size 0: must be >= 1"),
         ({"preprocess": {"size": 0}}, "preprocess.size 0: must be >= 16"),
         ({"ingest": {"val_fraction": 0.9, "test_fraction": 0.15}}, "ingest.val_fraction + ingest.test_fraction = 1.05: "
-                                                                   "must be < 1, or no photo is left to train on"),
+                                                                   "must be <= 1 (what is left trains)"),
         ({"model": {"chroma_gain": -1, "base_width": 0}}, "model.base_width 0: must be >= 1; model.chroma_gain -1.0: "
                                                           "must be > 0"),
     ],

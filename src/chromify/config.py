@@ -35,10 +35,12 @@ class IngestParams:
 
     def __post_init__(self) -> None:
         _check_ranges("ingest", self, {"min_side": _ge(1), "max_pixels": _ge(1), "min_chroma": _ge(0),
-                                       "val_fraction": _within(0, 1), "test_fraction": _within(0, 1)})
-        if not self.val_fraction + self.test_fraction < 1:
+                                       "val_fraction": _within(0, 1, closed=True),
+                                       "test_fraction": _within(0, 1, closed=True)})
+        # 1 is allowed (a folder held out whole, to evaluate a model on); more is a mistake
+        if not self.val_fraction + self.test_fraction <= 1:
             raise ConfigError(f"ingest.val_fraction + ingest.test_fraction = {self.val_fraction + self.test_fraction:g}"
-                              ": must be < 1, or no photo is left to train on")
+                              ": must be <= 1 (what is left trains)")
 
 
 @dataclass(frozen=True)
