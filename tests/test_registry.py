@@ -199,7 +199,7 @@ def test_models_cli_lists_shows_promotes_and_rolls_back(two_runs):
     lines = chromify(root, "models", "list").splitlines()
     assert lines[0] == "chromify-colorizer: 2 version(s) in models/registry/chromify-colorizer; champion v2"
     assert lines[1].split() == ["version", "PSNR", "dB", "vs", "gray", "ΔCF", "gated", "vs", "registered", "(UTC)",
-                                "commit", "weights", "aliases"]
+                                "commit", "model", "id", "aliases"]
     date = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
     assert re.fullmatch(rf"v1 +24\.31 +\+2\.31 +3\.1  -  +{date}  \S+ +{model_id_of(first)}  -", lines[2])
     assert re.fullmatch(rf"v2 +24\.50 +\+2\.50 +2\.9  v1 +{date}  \S+ +{model_id_of(second)}  champion", lines[3])

@@ -321,7 +321,7 @@ def models_list(params: ParamsOpt = DEFAULT_PARAMS,
     typer.echo(f"{reg.name}: {len(rows)} version(s) in {reg.dir}; champion "
                f"{'none' if champion is None else f'v{champion}'}")
     typer.echo(f"{'version':<8} {'PSNR dB':>7} {'vs gray':>7} {'ΔCF':>6}  {'gated vs':<8}  {'registered (UTC)':<19}  "
-               f"{'commit':<8}  {'weights':<16}  aliases")
+               f"{'commit':<8}  {'model id':<16}  aliases")
     for row in rows:
         typer.echo(f"{'v' + str(row['version']):<8} {_num(row['psnr'], '.2f'):>7} "
                    f"{_num(row['psnr_gain_db'], '+.2f'):>7} {_num(row['delta_cf'], '.1f'):>6}  "
