@@ -26,6 +26,10 @@ def evaluate(
     from chromify.stages import run_evaluate
 
     reports = Path(gate.path).parent / "reports"
+    history = Path(model.path) / "reports" / "train_history.json"  # written by the train step: its curves figure
+    if history.is_file():
+        reports.mkdir(parents=True, exist_ok=True)
+        shutil.copy(history, reports / history.name)
     summary, decision = run_evaluate(params_from_dict(json.loads(params_json)), shards.path, model.path, reports)
     for who in ("candidate", "gray", "champion"):
         for key, value in summary.get(who, {}).items():

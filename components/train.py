@@ -10,11 +10,14 @@ def train(params_json: str, shards: Input[Dataset], model: Output[Model], metric
     """Train the colorizer, in-process or, with nproc > 1, as `torchrun` ranks (one per GPU); returns validation L1
     (NaN when the folder gave no validation photo)."""
     import json
+    from pathlib import Path
 
+    # The curves, the validation grid and the decodes tried travel with the model (evaluate draws the curves from
+    # them), as reports/ does under dvc repro; DVCLive's files land beside them.
+    reports = Path(model.path) / "reports"
     if nproc > 1:
         import subprocess
         import tempfile
-        from pathlib import Path
 
         with tempfile.TemporaryDirectory(prefix="chromify-train-") as tmp:
             work = Path(tmp)
@@ -24,14 +27,14 @@ def train(params_json: str, shards: Input[Dataset], model: Output[Model], metric
             subprocess.run(["torchrun", "--standalone", "--nproc-per-node", str(nproc), "--redirects", "1",
                             "--log-dir", str(work / "logs"), "-m", "chromify.cli", "train",
                             "--params", str(work / "params.json"), "--data", shards.path, "--out", model.path,
-                            "--reports", str(work / "reports")], cwd=work, check=True)
+                            "--reports", str(reports)], cwd=work, check=True)
             rank0 = max(work.glob("logs/**/attempt_*/0/stdout.log"), key=lambda p: p.stat().st_mtime).read_text()
         result = json.loads(rank0[rank0.rfind("\n{\n") + 1:])  # the CLI's JSON is the last thing it prints
     else:
         from chromify.config import params_from_dict
         from chromify.stages import run_train
 
-        result = run_train(params_from_dict(json.loads(params_json)), shards.path, model.path, reports_dir=None)
+        result = run_train(params_from_dict(json.loads(params_json)), shards.path, model.path, reports_dir=reports)
     for key in ("step", "train_seconds", "val_l1", "val_psnr_ab"):
         if key in result:  # no validation scores without validation photos
             metrics.log_metric(key, float(result[key]))

@@ -196,6 +196,12 @@ def test_kfp_local_dag_registers_only_when_the_gate_passes(tmp_path, monkeypatch
     assert registered["parameterValues"]["Output"] == 1
     gallery = next((tmp_path / "run1").glob("*/evaluate/gallery")).read_text()
     assert gallery.count("data:image/png;base64,") >= 6
+    # the training reports travel with the model, and evaluate draws the curves from them, as under dvc repro
+    trained = next((tmp_path / "run1").glob("*/train/model"))
+    history = json.loads((trained / "reports" / "train_history.json").read_text())
+    assert history["steps"][-1]["step"] == record["params"]["train"]["max_steps"]
+    assert (trained / "reports" / "decode_search.json").is_file()
+    assert next((tmp_path / "run1").glob("*/evaluate/reports/figures/training_curves.png")).stat().st_size > 0
 
     # Second run: another seed (so another model) and a bar no model can clear → gated out, not registered.
     strict = dataclasses.replace(p, base=dataclasses.replace(p.base, seed=7),
