@@ -163,6 +163,15 @@ def test_params_comments_are_read_per_section_and_key(docgen):
                              ("gate", "b"): ["about b", "b's comment"]}
 
 
+def test_a_wrapped_inline_comment_stays_with_its_key(docgen):
+    # params.yaml wraps long inline comments on indented comment lines; they were read as the next key's
+    comments = docgen.read_yaml_comments(
+        "train:\n  a: 1      # a, first line,\n           # a, second line\n  # about b\n  b: 2  # b\n"
+        "  c: 3      # c\n                # c, more\n\n  d: 4\n")
+    assert comments.keys == {("train", "a"): ["a, first line,", "a, second line"], ("train", "b"): ["about b", "b"],
+                             ("train", "c"): ["c", "c, more"], ("train", "d"): []}
+
+
 def test_mermaid_is_served_from_the_site_or_the_diagram_stays_text(build):
     log, site = build
     pipeline = page(site, "pipeline.html")

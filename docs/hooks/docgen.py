@@ -64,15 +64,23 @@ def read_yaml_comments(text: str) -> YamlComments:
     out = YamlComments([], {}, {})
     section: str | None = None
     pending: list[str] = []
+    # A comment-only line indented past the previous key, right after it, continues that key's inline comment
+    # (params.yaml wraps long ones so); a comment at the keys' indentation belongs to the key below it.
+    continued: tuple[list[str], int] | None = None
     for line in text.splitlines():
         if not line.strip():
             if section is None and pending:  # a blank line ends the file header
                 out.header, pending = pending, []
+            continued = None
             continue
         comment = _COMMENT.match(line)
         if comment:
-            pending.append(comment["text"].strip())
+            if continued is not None and not pending and line.index("#") >= continued[1]:
+                continued[0].append(comment["text"].strip())
+            else:
+                pending.append(comment["text"].strip())
             continue
+        continued = None
         top = _SECTION.match(line)
         if top:
             if section is None and not out.header:
@@ -80,6 +88,8 @@ def read_yaml_comments(text: str) -> YamlComments:
             section = top["name"]
             out.sections[section] = pending + ([top["comment"].strip()] if top["comment"] else [])
             pending = []
+            if top["comment"]:
+                continued = (out.sections[section], line.index("#"))
             continue
         key = _KEY.match(line)
         if key and section is not None:
@@ -89,6 +99,8 @@ def read_yaml_comments(text: str) -> YamlComments:
             inline = _inline_comment(key["rest"])
             out.keys[(section, key["name"])] = pending + ([inline] if inline else [])
             pending = []
+            if inline:
+                continued = (out.keys[(section, key["name"])], len(line) - len(line.lstrip()) + 1)
     return out
 
 
