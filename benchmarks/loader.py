@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cli_args import folder, non_negative_int, positive_int, run_main
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 H100_BF16_FLOPS = 989e12  # dense bf16, H100 SXM datasheet
@@ -77,10 +78,10 @@ def gpu_estimate(size: int) -> tuple[float, float, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", nargs="?", type=Path, default=DEFAULT_DIR)
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("folder", nargs="?", type=folder, default=DEFAULT_DIR)
+    ap.add_argument("--size", type=positive_int, default=256)
+    ap.add_argument("--batch", type=positive_int, default=64)
+    ap.add_argument("--workers", type=non_negative_int, default=2)
     ap.add_argument("--seconds", type=float, default=8.0)
     args = ap.parse_args()
 
@@ -147,4 +148,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

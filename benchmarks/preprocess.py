@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np  # noqa: E402
+from cli_args import folder, positive_int, run_main  # noqa: E402
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 
@@ -128,10 +129,10 @@ def run(paths: list[Path], size: int, rounds: int, work: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", nargs="?", type=Path, default=DEFAULT_DIR)
-    ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("folder", nargs="?", type=folder, default=DEFAULT_DIR)
+    ap.add_argument("--count", type=positive_int, default=200)
     ap.add_argument("--sizes", default="256,128", help="comma-separated px")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=positive_int, default=3)
     args = ap.parse_args()
 
     paths = pick(args.folder, args.count)
@@ -145,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -26,36 +26,41 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from cli_args import non_negative_int, positive_int, run_main
 from PIL import Image
 
 PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "photos"
 
 
 def resolve_model(ref: str, params: str, scratch: Path) -> tuple[Path, str]:
-    """(model dir, how it was obtained): a directory, a registry ref, or an untrained default unet_s."""
+    """(model dir, how it was obtained): a directory, a registry ref, or, when no --model was named and nothing is
+    registered, an untrained model of params.yaml's architecture (the same cost per request as a trained one)."""
     if Path(ref).is_dir():
         return Path(ref), f"directory {ref}"
-    from chromify.errors import ChromifyError
+    from dataclasses import asdict
+
+    from chromify.config import load_params
+    from chromify.errors import ChromifyError, ConfigError
     from chromify.registry import LocalRegistry
 
+    p = load_params(params)
     try:
-        from chromify.config import load_params
-
-        p = load_params(params)
         reg = LocalRegistry(p.register.registry_dir, p.register.model_name)
         version = reg.resolve(ref)
         return reg.version_dir(version), f"registry {reg.name} {ref} = v{version}"
     except ChromifyError as exc:
-        print(f"no registered model ({exc}); exporting an untrained unet_s (base_width 16, depth 4)", file=sys.stderr)
+        if ref != "champion":  # a named model that is not there: a typo must not benchmark another model
+            raise ConfigError(f"--model {ref}: neither a model folder nor a registered version ({exc})") from None
+        print(f"no registered model ({exc}); exporting an untrained {p.model.arch} of params.yaml's model section",
+              file=sys.stderr)
     from chromify.models import get_model
     from chromify.train.checkpoint import export_model
 
-    arch = {"arch": "unet_s", "base_width": 16, "depth": 4, "norm": "batch", "upsample": "bilinear",
-            "pretrained": False}
+    model = asdict(p.model)
     out = scratch / "untrained"
-    export_model(out, get_model("unet_s", **arch), {"format": "chromify-model-v1", "arch": "unet_s", "model": arch,
-                                                   "size": 256})
-    return out, "untrained unet_s base_width 16 depth 4"
+    export_model(out, get_model(p.model.arch, **model), {"format": "chromify-model-v1", "arch": p.model.arch,
+                                                        "model": model, "size": 256})
+    return out, f"untrained {p.model.arch} (head {p.model.head}, base_width {p.model.base_width})"
 
 
 def test_photo(side: int) -> bytes:
@@ -201,8 +206,8 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--render-size", type=int, default=256)
     ap.add_argument("--concurrency", type=int, default=None, help="server's --concurrency (default: its own)")
-    ap.add_argument("--runs", type=int, default=20, help="sequential requests per latency cell")
-    ap.add_argument("--requests", type=int, default=1000, help="load run size; 0 skips the load run")
+    ap.add_argument("--runs", type=positive_int, default=20, help="sequential requests per latency cell")
+    ap.add_argument("--requests", type=non_negative_int, default=1000, help="load run size; 0 skips the load run")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--no-breakdown", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -264,4 +269,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

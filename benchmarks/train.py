@@ -18,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from cli_args import positive_int, run_main
 from torch.utils.flop_counter import FlopCounterMode
 
 from chromify.models import get_model
@@ -82,9 +83,9 @@ def main() -> None:
     ap.add_argument("--arch", default="unet_s")
     ap.add_argument("--base-width", type=int, default=None)
     ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=None, help="default 64 on CUDA, 4 on CPU")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps; default 30 on CUDA, 3 on CPU")
+    ap.add_argument("--size", type=positive_int, default=256)
+    ap.add_argument("--batch", type=positive_int, default=None, help="default 64 on CUDA, 4 on CPU")
+    ap.add_argument("--steps", type=positive_int, default=None, help="timed steps; default 30 on CUDA, 3 on CPU")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps; default 5 on CUDA, 1 on CPU")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="include the torch.compile variant (default: on CUDA only)")
@@ -104,6 +105,9 @@ def main() -> None:
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     do_compile = cuda if args.compile is None else args.compile
     kwargs = {"depth": args.depth, **({"base_width": args.base_width} if args.base_width else {})}
+    multiple = get_model(args.arch, **kwargs).multiple
+    if args.size % multiple:
+        ap.error(f"--size {args.size}: must divide by {multiple} for {args.arch} at depth {args.depth}")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     peak_key = args.peak or (peak_for(name) if cuda else None)
     flops = flops_per_image(args.arch, args.size, **kwargs)
@@ -133,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
