@@ -78,7 +78,8 @@ def main() -> None:
     bins = params.model.head == "bins"
     grid = candidates(bins)
     print(f"data {data}: {len(train_set)} train, {len(val)} val, {len(test)} test photos; "
-          f"{args.minutes:g} min a fraction; work in {work}", flush=True)
+          f"{f'{args.max_steps} steps' if args.max_steps else f'{args.minutes:g} min'} a fraction; work in {work}",
+          flush=True)
     lines = []
     for fraction in (float(f) for f in args.fractions.split(",")):
         tag = f"f{fraction:g}"

@@ -197,6 +197,13 @@ def main() -> None:
     if not Path(photos).is_dir():
         raise SystemExit(f"no photo folder at {photos}: pass --photos DIR")
     sets = parse_sets(args.set)
+    try:  # before any training: a typo here would otherwise end the run after the first method's minutes
+        decodes = [tuple(map(float, d.split(":"))) for d in args.decodes.split(",") if d]
+        floors = [float(f) for f in args.floors.split(",") if f]
+    except ValueError:
+        ap.error(f"--decodes {args.decodes!r} / --floors {args.floors!r}: expected T:β[:gain],… and dB,… numbers")
+    if any(len(d) not in (2, 3) for d in decodes):
+        ap.error(f"--decodes {args.decodes!r}: each is T:β or T:β:gain")
     plans = {name: method_params(name, photos, args.minutes, sets) for name in args.methods.split(",")}
     work = Path(args.workdir or tempfile.mkdtemp(prefix="chromify-quality-"))
 
@@ -205,8 +212,7 @@ def main() -> None:
         row, tried = run_method(name, params, work)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        extra = rescore(row, tried, [tuple(map(float, d.split(":"))) for d in args.decodes.split(",") if d],
-                        [float(f) for f in args.floors.split(",") if f])
+        extra = rescore(row, tried, decodes, floors)
         for r in extra:
             print(json.dumps(r), flush=True)
         rows += extra

@@ -96,6 +96,10 @@ def test_api_reference_is_rendered_from_docstrings(build):
     assert "A loaded model plus how to run it" in page(site, "api/inference.html")
     assert "Read params.yaml" in page(site, "api/config.html")
     assert "write_figures" in page(site, "api/evaluation.html")
+    # members without a docstring are listed too: the API index's own example calls them
+    for name, where in (("chromify.config.TrainParams", "config"), ("chromify.registry.LocalRegistry.model_dir",
+                        "registry"), ("chromify.inference.Colorizer.colorize", "inference")):
+        assert f'id="{name}"' in page(site, f"api/{where}.html"), name
 
 
 def test_no_page_loads_or_links_anything_from_another_host(build):

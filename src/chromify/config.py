@@ -113,7 +113,7 @@ class TrainParams:
             "max_minutes": _ge(0, " (0: no time limit)"), "max_steps": _ge(0, " (0: no step limit)"),
             "epochs": _ge(1), "batch_size": _ge(1), "lr": _gt(0), "weight_decay": _ge(0), "warmup_steps": _ge(0),
             "grad_clip": _ge(0, " (0: off)"), "ema_decay": _within(0, 1), "decode_search_min_photos": _ge(1),
-            "decode_min_psnr_gain_db": FINITE, "regression_weight": _ge(0), "rebalance": _within(0, 1, closed=True),
+            "decode_min_psnr_gain_db": _FINITE, "regression_weight": _ge(0), "rebalance": _within(0, 1, closed=True),
             "colourfulness_weight": _ge(0), "perceptual_weight": _ge(0), "gan_weight": _ge(0),
             "gan_start_fraction": _within(0, 1), "gan_lr": _gt(0),
             "checkpoint_every": _ge(0, " (0: only at the end)"), "log_every": _ge(0, " (0: never)"),
@@ -212,7 +212,7 @@ def _within(low: float, high: float, closed: bool = False) -> tuple[Any, str]:
     return (lambda v: low <= v < high), f"in [{low}, {high})"
 
 
-FINITE = (math.isfinite, "a finite number")
+_FINITE = (math.isfinite, "a finite number")
 
 
 def _check_ranges(section: str, obj: Any, rules: dict[str, tuple[Any, str]]) -> None:
