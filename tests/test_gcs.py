@@ -184,3 +184,18 @@ def test_cli_says_so_in_one_line_and_exits_2(tmp_path, monkeypatch):
                                   capture_output=True, text=True, timeout=60)
             assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
             assert proc.stderr.startswith(f"chromify: error: {message}"), proc.stderr
+
+
+def test_a_named_but_unusable_key_file_is_said_not_read_anonymously(tmp_path, monkeypatch):
+    # Reading anonymously would turn the wrong path into an "access denied" on a private bucket, naming nothing.
+    from chromify import gcs
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
+    gcs.client.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=rf"GOOGLE_APPLICATION_CREDENTIALS={tmp_path}/missing-key.json: "
+                                              r"unusable \(File .*missing-key.json was not found"):
+            gcs.client()
+    finally:
+        gcs.client.cache_clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 
@@ -44,7 +45,11 @@ def client():
 
     try:
         return storage.Client()
-    except DefaultCredentialsError:
+    except DefaultCredentialsError as exc:
+        key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        if key:  # named, but unusable: reading anonymously would hide the mistake behind an "access denied"
+            raise ConfigError(f"GOOGLE_APPLICATION_CREDENTIALS={key}: unusable "
+                              f"({' '.join(str(exc).split())})") from None
         # No credentials on this machine: public buckets still read anonymously; private ones fail on listing.
         return storage.Client.create_anonymous_client()
 
