@@ -112,7 +112,7 @@ def test_a_prefix_names_a_folder_with_or_without_the_slash(tmp_path, gcs_server,
 @pytest.fixture
 def storage_at(monkeypatch):
     """Point a fresh client at a URL (STORAGE_EMULATOR_HOST), with a short listing deadline so that retries end fast."""
-    monkeypatch.setattr(gcs, "LIST_DEADLINE_S", 0.5)
+    monkeypatch.setattr(gcs, "RETRY_DEADLINE_S", 0.5)
 
     def point(url: str) -> None:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
@@ -172,6 +172,18 @@ def test_http_errors_while_listing_are_one_line(storage_at, status, message):
         with pytest.raises(ConfigError, match=message) as err:
             gcs.list_gcs_images("gs://private/x/")
     assert "\n" not in str(err.value)
+
+
+def test_reading_an_object_gives_up_at_the_same_deadline(storage_at):
+    # Listed, then unreachable: each object waited out the library's 120 s before ingest called it unreadable.
+    from google.api_core.exceptions import RetryError
+
+    with gcs_answering(503) as url:
+        storage_at(url)
+        start = time.monotonic()
+        with pytest.raises(RetryError):
+            gcs.read_gcs_bytes("gs://photos/colour/a.jpg", "1")
+    assert time.monotonic() - start < 5
 
 
 def test_cli_says_so_in_one_line_and_exits_2(tmp_path, monkeypatch):

@@ -11,10 +11,10 @@ from chromify.errors import ConfigError
 
 BUCKET_NAME_RULE = ("3-63 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit; "
                     "up to 222 with dots, 63 between dots")
-# Listing retries transient errors (connection refused, DNS, 5xx) until this deadline: a user without network is
-# told within half a minute, not after google-cloud-storage's 120 s of silence.
-LIST_DEADLINE_S = 30.0
-LIST_TIMEOUT_S = (10.0, 60.0)  # per request: connect, read (a page lists up to 1000 objects)
+# Listing and reading retry transient errors (connection refused, DNS, 5xx) until this deadline: a user without
+# network is told within half a minute, not after google-cloud-storage's 120 s of silence (per object, for reads).
+RETRY_DEADLINE_S = 30.0
+REQUEST_TIMEOUT_S = (10.0, 60.0)  # per request: connect, read (a page lists up to 1000 objects)
 CREDENTIALS_HINT = "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
 
 
@@ -70,8 +70,8 @@ def list_gcs_images(uri: str) -> list:
         prefix += "/"
     files = []
     try:
-        for blob in client().list_blobs(bucket, prefix=prefix, timeout=LIST_TIMEOUT_S,
-                                        retry=DEFAULT_RETRY.with_timeout(LIST_DEADLINE_S)):
+        for blob in client().list_blobs(bucket, prefix=prefix, timeout=REQUEST_TIMEOUT_S,
+                                        retry=DEFAULT_RETRY.with_timeout(RETRY_DEADLINE_S)):
             if blob.name.endswith("/") or not blob.name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             files.append(SourceFile(f"gs://{bucket}/{blob.name}", int(blob.size or 0), str(blob.generation)))
@@ -87,7 +87,7 @@ def _listing_error(uri: str, bucket: str, exc: Exception) -> ConfigError:
 
     retried = ""
     if isinstance(exc, exceptions.RetryError) and exc.cause is not None:
-        retried = f" (gave up after {LIST_DEADLINE_S:g} s of retries)"
+        retried = f" (gave up after {RETRY_DEADLINE_S:g} s of retries)"
         exc = exc.cause
     if isinstance(exc, exceptions.NotFound):
         return ConfigError(f"{uri}: bucket {bucket!r} not found")
@@ -116,4 +116,7 @@ def read_gcs_bytes(uri: str, generation: str | None = None) -> bytes:
     """The object's bytes; with `generation`, exactly the version that was listed (an overwrite raises NotFound)."""
     bucket, name = split_uri(uri)
     gen = int(generation) if generation and generation.isdigit() else None
-    return client().bucket(bucket).blob(name, generation=gen).download_as_bytes()
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return client().bucket(bucket).blob(name, generation=gen).download_as_bytes(
+        timeout=REQUEST_TIMEOUT_S, retry=DEFAULT_RETRY.with_timeout(RETRY_DEADLINE_S))
