@@ -17,7 +17,7 @@ import yaml
 
 from chromify.config import Params, load_params_named
 from chromify.errors import ChromifyError, ConfigError
-from chromify.gcs import BUCKET_NAME_RULE, CREDENTIALS_HINT, is_bucket_name
+from chromify.gcs import CREDENTIALS_HINT, split_uri
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -182,10 +182,10 @@ def check_pipeline_root(pipeline_root: str | None) -> str:
     root = pipeline_root.rstrip("/")
     if not root.startswith("gs://"):
         raise ConfigError(f"--pipeline-root {pipeline_root}: must be a path in a bucket, gs://bucket/some/path")
-    bucket, _, path = root.removeprefix("gs://").partition("/")
-    if not is_bucket_name(bucket):
-        raise ConfigError(f"--pipeline-root {pipeline_root}: {bucket!r} is not a valid bucket name "
-                          f"({BUCKET_NAME_RULE})")
+    try:
+        bucket, path = split_uri(root)  # the bucket-name rule of every gs:// path
+    except ConfigError as exc:
+        raise ConfigError(f"--pipeline-root {exc}") from None
     if not path:
         raise ConfigError(f"--pipeline-root {pipeline_root}: a folder inside the bucket, not the bucket itself: "
                           f"gs://{bucket}/some/path")

@@ -11,9 +11,9 @@ sees it whole or not at all.
 Rollback walks back along an alias's history like a stack: `promote`/`register` push, `rollback` pops. After
 champion went v1 → v2 → v3, a rollback gives v2 and a second one v1 (never back to v3: that would be a toggle).
 
-Weights already held by a version are never registered again (AlreadyRegistered), so re-running registration
-(`dvc repro` after a rollback) cannot undo a promotion or rollback. Damaged metadata (aliases.json,
-alias_history.jsonl, record.json) and aliases naming no version are RegistryErrors that name the file.
+A model (weights and decode: its model id) already held by a version is never registered again (AlreadyRegistered),
+so re-running registration (`dvc repro` after a rollback) cannot undo a promotion or rollback. Damaged metadata
+(aliases.json, alias_history.jsonl, record.json) and aliases naming no version are RegistryErrors that name the file.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ _READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
 class AlreadyRegistered(RegistryError):
-    """The weights being registered are already those of `version`: nothing was written."""
+    """The model being registered is already `version` (the same model id): nothing was written."""
 
     def __init__(self, name: str, version: int, model_id: str):
-        super().__init__(f"{name}: weights {model_id} are already registered as v{version}")
+        super().__init__(f"{name}: model {model_id} is already registered as v{version}")
         self.version = version
         self.model_id = model_id
 
@@ -220,7 +220,7 @@ class LocalRegistry:
     def register(self, model_dir: str | Path, record: dict[str, Any], aliases: tuple[str, ...] = ()) -> int:
         """Copy a model in as the next version and point `aliases` at it; returns the version.
 
-        A record from `chromify.stages.registration_record` is checked under the lock: weights (`model_id`) that a
+        A record from `chromify.stages.registration_record` is checked under the lock: a model (`model_id`) that a
         version already holds raise AlreadyRegistered, and a gate decided against a champion other than the current
         one (`gate.champion_id`) is refused when the champion alias is to move.
         """

@@ -131,8 +131,8 @@ def registration_record(params: Params, candidate_dir: str | Path, gate: dict[st
     model_id = model_id_of(candidate_dir)
     decided_on = gate.get("candidate_id")
     if decided_on and decided_on != model_id:
-        raise GateError(f"{candidate_dir}: weights {model_id} are not the ones the gate decided on ({decided_on}); "
-                        "re-run evaluate")
+        raise GateError(f"{candidate_dir}: files (model {model_id}) are not the ones the gate decided on "
+                        f"({decided_on}); re-run evaluate")
     return {
         "metrics": metrics, "gate": gate, "params": params.to_dict(),
         "data_manifest_sha256": manifest_hash(raw_dir), "git_commit": git_commit(),

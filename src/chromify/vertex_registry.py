@@ -1,13 +1,13 @@
 """Vertex AI Model Registry backend (`register.target: vertex`).
 
-A gated model's files go to `<artifact_root>/<model name>/<model id>-<record id>/` (hashes of the weights and of
-the lineage record, so the prefix is immutable, a retried registration rewrites nothing and a re-registration of the
-same weights gets a prefix of its own), then one `aiplatform.Model.upload` makes them a new version of the Vertex
-model `<model name>`, with the alias `champion` (Vertex moves an alias that another version holds), labels for
-lineage, and the serving container. The request is built by a pure function,
+A gated model's files go to `<artifact_root>/<model name>/<model id>-<record id>/` (hashes of the model, weights
+and config, and of the lineage record, so the prefix is immutable, a retried registration rewrites nothing and a
+re-registration of the same model gets a prefix of its own), then one `aiplatform.Model.upload` makes them a new
+version of the Vertex model `<model name>`, with the alias `champion` (Vertex moves an alias that another version
+holds), labels for lineage, and the serving container. The request is built by a pure function,
 `build_upload_request`, so what is sent can be checked without sending it.
 
-Weights that a version already holds (its `chromify-model-id` label) are never uploaded again: `publish` returns an
+A model that a version already holds (its `chromify-model-id` label) is never uploaded again: `publish` returns an
 `already_registered` outcome and moves no alias, so re-running registration (`dvc repro` after a promote or
 rollback) cannot undo the user's choice. A gate decided against a champion other than the current one is refused.
 
@@ -38,7 +38,8 @@ from chromify.registry import (
     check_gate_is_current,
 )
 
-# The label that ties a Vertex model version to its weights (the record's model_id, a hash of model.safetensors).
+# The label that ties a Vertex model version to its files (the record's model_id: weights and config, see
+# chromify.registry.model_id_from_hashes).
 MODEL_ID_LABEL = "chromify-model-id"
 
 # The serving contract of `chromify serve` (containers/Dockerfile.serve): Vertex passes these to the container as
@@ -293,7 +294,7 @@ def model_exists(p: RegisterParams) -> bool:
 
 
 def versions_holding(p: RegisterParams, model_id: str) -> list[Any]:
-    """The versions of the Vertex model labelled with weights `model_id` (Model messages, lowest version first);
+    """The versions of the Vertex model labelled with `model_id` (Model messages, lowest version first);
     [] when there are none or the model does not exist yet."""
     from google.api_core.exceptions import NotFound
     from google.cloud import aiplatform
@@ -324,7 +325,7 @@ def current_champion(p: RegisterParams):
 
 
 def _check_registrable(p: RegisterParams, record: Mapping[str, Any], exists: bool) -> dict[str, Any] | None:
-    """Before anything is written: the already-registered outcome when a version holds these weights, a
+    """Before anything is written: the already-registered outcome when a version holds this model, a
     RegistryError when the gate compared the candidate with a champion that no longer is; None to go on."""
     model_id = record.get("model_id")
     gate = record.get("gate") or {}
@@ -347,8 +348,8 @@ def _check_registrable(p: RegisterParams, record: Mapping[str, Any], exists: boo
 
 @_one_line("registering the candidate")
 def publish(p: RegisterParams, candidate_dir: str | Path, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Upload a gated model's files to gs:// and register them as the new champion version on Vertex AI; weights
-    that a version already holds are not registered again (the outcome says `already_registered`, no alias moves).
+    """Upload a gated model's files to gs:// and register them as the new champion version on Vertex AI; a model
+    that a version already holds is not registered again (the outcome says `already_registered`, no alias moves).
     """
     from google.cloud import aiplatform
 
