@@ -52,11 +52,29 @@ def lab_truth(data_dir):
     return dequantise_lab(np.load(data_dir / "test/test-0000.npy").transpose(0, 2, 3, 1))
 
 
-def tiny_model(path, seed):
+def tiny_model(path, seed, size=SIZE):
     torch.manual_seed(seed)
     export_model(path, get_model("unet_s", base_width=4, depth=2),
-                 {"arch": "unet_s", "model": {"base_width": 4, "depth": 2}, "size": SIZE})
+                 {"arch": "unet_s", "model": {"base_width": 4, "depth": 2}, "size": size})
     return path
+
+
+def test_the_model_is_scored_at_the_size_it_was_trained_at(data_dir, tmp_path):
+    """A model trained at half the stored size sees area-downscaled L, and its ab comes back bilinear, as in
+    `chromify colorize`; at the stored size it would answer differently (and be scored on what it never saw)."""
+    from chromify.inference import Colorizer
+
+    model = tiny_model(tmp_path / "half", 3, size=SIZE // 2)
+    data = np.load(data_dir / "test/test-0000.npy")
+    got = ev.predict_split(model, data, batch_size=2)
+    assert got.shape == (len(PHOTOS), SIZE, SIZE, 2)
+    lum = torch.from_numpy(data[:, :1].astype(np.float32) / 255.0)
+    col = Colorizer(model)
+    small = col.predict_ab(torch.nn.functional.interpolate(lum, size=(SIZE // 2, SIZE // 2), mode="area"))
+    want = torch.nn.functional.interpolate(small, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(got, want.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    at_full = col.predict_ab(lum).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got - at_full).mean() > 1e-3
 
 
 @pytest.fixture
@@ -120,6 +138,12 @@ def test_evaluate_reports_three_models_and_skips_fid_lpips_without_weights(data_
     gate_json = json.loads((reports / "gate.json").read_text())
     assert gate_json["passed"] is decision.passed is True
     assert gate_json["champion_id"] == ev.model_id_of(champion) != gate_json["candidate_id"]
+    # The champion checks measure the candidate against the champion's own scores, not its own.
+    assert metrics["champion"]["psnr"] != metrics["candidate"]["psnr"]
+    checks = {c["name"]: c for c in gate_json["checks"]}
+    assert checks["psnr_vs_champion"]["value"] == pytest.approx(metrics["candidate"]["psnr"])
+    assert checks["psnr_vs_champion"]["threshold"] == pytest.approx(metrics["champion"]["psnr"] - 100.0)
+    assert checks["delta_cf_vs_champion"]["threshold"] == pytest.approx(metrics["champion"]["delta_cf"] + 1000.0)
 
     table = (reports / "metrics.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
