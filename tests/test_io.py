@@ -36,3 +36,14 @@ def test_outputs_get_the_ordinary_file_mode_not_mkstemps_0600(tmp_path):
     target = tmp_path / "photo.png"
     atomic_write_bytes(target, b"x")
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_reader_holding_the_old_file_keeps_reading_it_whole(tmp_path):
+    """Replaced by a rename, not rewritten in place: an open reader (the API, dvc) never sees a half-written file."""
+    target = tmp_path / "aliases.json"
+    atomic_write_bytes(target, b"old contents " * 1000)
+    with open(target, "rb") as old:
+        atomic_write_bytes(target, b"new")
+        assert os.stat(target).st_ino != os.fstat(old.fileno()).st_ino
+        assert old.read() == b"old contents " * 1000
+    assert target.read_bytes() == b"new"

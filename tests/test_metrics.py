@@ -156,6 +156,19 @@ def test_lab_round_trip_and_any_leading_shape():
     np.testing.assert_allclose(rgb_to_lab(np.zeros(3, dtype=np.uint8)), [0.0, 0.0, 0.0], atol=1e-5)
 
 
+def test_8_bit_rendering_rounds_back_to_the_pixels_it_came_from():
+    """What evaluation scores and users see: an 8-bit photo through Lab and back is the same photo."""
+    from chromify.lab import lab_to_rgb8
+
+    grays = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    colours = np.random.default_rng(2).integers(0, 256, (4096, 3), dtype=np.uint8)
+    for rgb in (grays, colours, PHOTOS["astronaut"]):
+        back = lab_to_rgb8(rgb_to_lab(rgb))
+        assert back.dtype == np.uint8
+        np.testing.assert_array_equal(back, rgb)
+    assert lab_to_rgb8(np.array([100.0, 0.0, 0.0])).tolist() == [255, 255, 255]
+
+
 # --- PSNR and SSIM ---------------------------------------------------------------------------------------
 
 

@@ -45,6 +45,17 @@ def test_versions_are_numbered_immutable_and_aliases_move(tmp_path, model_dir):
     assert reg.set_alias(CHAMPION, "2") == 2
 
 
+def test_a_removed_version_number_is_never_reused(tmp_path, model_dir):
+    import shutil
+
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    for _ in range(3):
+        reg.register(model_dir, {})
+    shutil.rmtree(reg.version_dir(2))  # a bad model deleted by hand
+    assert reg.register(model_dir, {}) == 4
+    assert reg.versions() == [1, 3, 4]
+
+
 def test_a_version_is_read_only_and_its_files_are_verified(tmp_path, model_dir):
     reg = LocalRegistry(tmp_path / "registry", "m")
     v = reg.register(model_dir, {})
