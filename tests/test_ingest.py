@@ -213,6 +213,34 @@ def test_rerun_is_a_noop_and_thresholds_rejudge_without_decoding(tmp_path, bad_f
     assert run_ingest(p, tmp_path / "reports")["decoded_this_run"] == 1
 
 
+def test_thresholds_judge_the_short_side_and_a_raised_pixel_limit_reads_what_was_refused(tmp_path, photos):
+    """min_side is the *short* side (a 1000x40 strip would be a 40 px square once cropped), and a photo refused
+    from its header was never stored: raising max_pixels must read it, not accept an empty path."""
+    root = tmp_path / "folder"
+    root.mkdir()
+    Image.fromarray(photos["astronaut"]).resize((1000, 40)).save(root / "strip.png")
+    Image.fromarray(photos["chelsea"]).resize((64, 1000)).save(root / "tall.png")  # short side exactly 64
+    Image.fromarray(photos["coffee"]).save(root / "coffee.png")  # 600x400 = 240,000 pixels
+    Image.fromarray(photos["astronaut"]).resize((200, 150)).save(root / "small.png")
+    raw, reports = tmp_path / "raw", tmp_path / "reports"
+    p = IngestParams(source=str(root), out_dir=str(raw), min_side=64, max_pixels=200_000)
+
+    first = run_ingest(p, reports)
+    assert _rejects(reports) == {str(root / "strip.png"): "too_small", str(root / "coffee.png"): "too_many_pixels"}
+    assert [r["uri"] for r in read_manifest(raw)] == [str(root / "small.png"), str(root / "tall.png")]
+
+    raised = run_ingest(replace(p, max_pixels=40_000_000), reports)
+    assert first["decoded_this_run"] == 4 and raised["decoded_this_run"] == 1  # coffee, never stored, is read now
+    coffee = {r["uri"]: r for r in read_manifest(raw)}[str(root / "coffee.png")]
+    assert (raw / coffee["path"]).is_file() and (coffee["width"], coffee["height"]) == (600, 400)
+    assert coffee["chroma"] > 2.0
+
+    # Lowered below tall.png's 64,000 pixels: re-judged from what the cache knows, nothing decoded.
+    lowered = run_ingest(replace(p, max_pixels=63_999), reports)
+    assert lowered["decoded_this_run"] == 0 and lowered["accepted"] == 1
+    assert _rejects(reports)[str(root / "tall.png")] == "too_many_pixels"
+
+
 def test_split_is_a_function_of_the_hash_with_the_asked_fractions():
     shas = [hashlib.sha256(str(k).encode()).hexdigest() for k in range(4000)]
     splits = [split_for(s, 0.1, 0.2) for s in shas]
