@@ -106,6 +106,34 @@ def test_partitions_cover_the_same_samples(tmp_path, derived_raw, small_shards):
     assert all(np.array_equal(mine[k], whole[k]) for k in whole)
 
 
+def test_shards_do_not_depend_on_the_manifest_order(derived_raw):
+    """Sorted by content hash: a shard is a random sample of its split, and a new file name moves no photo."""
+    rows = read_manifest(derived_raw)
+    plan = shards.plan_shards(rows, 32, 0.05, shards.Partition(0, 1))
+    assert plan == shards.plan_shards(rows[::-1], 32, 0.05, shards.Partition(0, 1))
+    for groups in plan.values():
+        shas = [r["sha256"] for g in groups for r in g]
+        assert shas == sorted(shas) and len(groups) > 1
+
+
+def test_a_photo_swapped_for_another_redoes_its_shard(tmp_path, derived_raw):
+    """Same split, same count, another photo: the old shard must not pass for the new one."""
+    rows = read_manifest(derived_raw)
+    val = [r for r in rows if r["split"] == "val"]
+    assert shards.preprocess(val, derived_raw, tmp_path, 16, 1, workers=1)["shards_written"] == 1
+    newcomer = {**next(r for r in rows if r["split"] == "train"), "split": "val"}
+    swapped = val[:-1] + [newcomer]
+    again = shards.preprocess(swapped, derived_raw, tmp_path, 16, 1, workers=1)
+    assert (again["shards_written"], again["shards_skipped"]) == (1, 0)
+    [npy] = sorted((tmp_path / "val").glob("*.npy"))
+    images = json.loads(npy.with_suffix(".json").read_text())["images"]
+    assert sorted(images) == sorted(r["sha256"] for r in swapped)
+    stored = dict(zip(images, np.load(npy), strict=True))
+    want = shards.lab_sample(str(derived_raw / newcomer["path"]), newcomer["uri"], 16, newcomer["decoder"],
+                             newcomer["orientation"])
+    np.testing.assert_array_equal(stored[newcomer["sha256"]], want)
+
+
 def test_a_new_size_redoes_the_shards(tmp_path, derived_raw):
     rows = [r for r in read_manifest(derived_raw) if r["split"] == "val"]
     assert shards.preprocess(rows, derived_raw, tmp_path, 16, 1, workers=1)["shards_written"] == 1
