@@ -132,3 +132,22 @@ def test_a_shard_that_disagrees_with_the_index_is_refused(tmp_path, small_shards
     np.save(tmp_path / "val" / index["shards"][0]["file"], np.zeros((1, 3, 32, 32), np.uint8))
     with pytest.raises(DataError, match="index says"):
         ShardSet(tmp_path / "val")
+
+
+def test_model_tensors_are_the_stored_lab_in_the_models_units():
+    """L/100 and ab/128, the units the losses, the bins and the decode assume: 8-bit ab 128 is gray (0.0)."""
+    import torch
+
+    from chromify.lab import dequantise_lab, quantise_lab, rgb_to_lab
+    from chromify.loader import to_model_tensors
+
+    rgb = np.random.default_rng(3).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    stored = quantise_lab(rgb_to_lab(rgb)).transpose(0, 3, 1, 2)
+    lab = dequantise_lab(stored.transpose(0, 2, 3, 1))
+    for batch in (stored, torch.from_numpy(stored.copy())):
+        lum, ab = to_model_tensors(batch)
+        assert lum.shape == (2, 1, 8, 8) and ab.shape == (2, 2, 8, 8) and ab.dtype == torch.float32
+        np.testing.assert_allclose(lum.numpy()[:, 0], lab[..., 0] / 100.0, atol=1e-6)
+        np.testing.assert_allclose(ab.numpy().transpose(0, 2, 3, 1), lab[..., 1:] / 128.0, atol=1e-6)
+    gray = np.full((1, 3, 2, 2), 128, dtype=np.uint8)
+    assert to_model_tensors(gray)[1].abs().max().item() == 0.0
