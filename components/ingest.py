@@ -16,7 +16,7 @@ def ingest(params_json: str, raw: Output[Dataset], metrics: Output[Metrics], rej
 
     params = params_from_dict(json.loads(params_json))
     reports = Path(raw.path).parent / "reports"
-    counts = run_ingest(params, out_dir=raw.path, reports_dir=reports)
+    counts = run_ingest(params, out_dir=raw.path, reports_dir=reports, progress=True)  # a line every 30 s in the log
     shutil.copy(reports / "ingest_rejects.csv", rejects.path)
     for key, value in counts.items():
         metrics.log_metric(key, value)

@@ -14,7 +14,7 @@ def preprocess_partition(params_json: str, raw: Input[Dataset], partition: int, 
     from chromify.stages import run_preprocess
 
     counts = run_preprocess(params_from_dict(json.loads(params_json)), raw.path, shards.path,
-                            partition=f"{partition}/{partitions}", write_index=False)
+                            partition=f"{partition}/{partitions}", write_index=False, progress=True)
     shards.metadata.update(counts)
     return counts["images"]
 

@@ -34,7 +34,8 @@ def train(params_json: str, shards: Input[Dataset], model: Output[Model], metric
         from chromify.config import params_from_dict
         from chromify.stages import run_train
 
-        result = run_train(params_from_dict(json.loads(params_json)), shards.path, model.path, reports_dir=reports)
+        result = run_train(params_from_dict(json.loads(params_json)), shards.path, model.path, reports_dir=reports,
+                           progress=True)
     for key in ("step", "train_seconds", "val_l1", "val_psnr_ab"):
         if key in result:  # no validation scores without validation photos
             metrics.log_metric(key, float(result[key]))

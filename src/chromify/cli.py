@@ -63,7 +63,7 @@ def ingest(params: ParamsOpt = DEFAULT_PARAMS, source: Annotated[str | None, typ
     p = _params(params)
     if source:
         p = replace(p, ingest=replace(p.ingest, source=source))
-    counts = run_ingest(p, out, reports, progress=sys.stderr.isatty())
+    counts = run_ingest(p, out, reports, progress=True)
     _echo_json(counts)
 
 
@@ -78,7 +78,7 @@ def preprocess(params: ParamsOpt = DEFAULT_PARAMS,
     from chromify.stages import run_preprocess
 
     p = _params(params)
-    _echo_json(run_preprocess(p, raw or Path(p.ingest.out_dir), out, partition, index, progress=sys.stderr.isatty()))
+    _echo_json(run_preprocess(p, raw or Path(p.ingest.out_dir), out, partition, index, progress=True))
 
 
 @app.command()
@@ -106,7 +106,7 @@ def train(params: ParamsOpt = DEFAULT_PARAMS, data: Path = Path("data/processed"
             from chromify.errors import ConfigError
 
             raise ConfigError(f"{out}: holds a checkpoint a --dry-run would replace; name an empty --out")
-    result = run_train(p, data, out or Path(p.train.out_dir), reports, progress=sys.stderr.isatty())
+    result = run_train(p, data, out or Path(p.train.out_dir), reports, progress=True)
     from chromify.stages import is_rank_zero
 
     if is_rank_zero():
@@ -197,7 +197,7 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
     output_format(fmt)  # an unknown format fails before the model loads
     outcome = colorize_paths(inputs, out, resolve_model(model, params), render_size=render_size, fmt=fmt,
                              side_by_side_output=side_by_side, html_path=html, batch_size=batch_size,
-                             progress=sys.stderr.isatty(), temperature=temperature,
+                             progress=True, temperature=temperature,
                              prior_correction=prior_correction, chroma_gain=chroma_gain)
     for path, reason in outcome.failed:
         typer.echo(f"skipped {path}: {reason}", err=True)

@@ -19,6 +19,7 @@ from PIL import Image, PngImagePlugin
 from chromify.decode import IMAGE_SUFFIXES, decode_rgb, read_bytes
 from chromify.errors import ConfigError, InputImageError
 from chromify.io import atomic_write, atomic_write_text
+from chromify.progress import Progress
 
 # A 12,000 × 10,000 scan; refused from the header above that. Memory stays ~6 bytes a pixel plus fixed strips.
 MAX_PIXELS = 120_000_000
@@ -210,10 +211,8 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
     sheet: list[tuple[str, str, str]] = []
     targets: set[Path] = set()
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(files), desc="colorize", unit="img")
+    if progress and files:
+        bar = Progress(len(files), "colorize")
     for chunk in _chunks(files, batch_size):
         decoded: list[tuple[Path, Path, Path, np.ndarray]] = []
         for src, rel in chunk:

@@ -40,6 +40,7 @@ from chromify.decode import (
 from chromify.errors import ChromifyError, ConfigError, InputImageError
 from chromify.io import atomic_write
 from chromify.lab import AB_OFFSET
+from chromify.progress import Progress
 from chromify.shards import lab8_table, rgb_to_lab8
 
 # What is known about a file once read: the manifest holds the accepted ones (plus their split), the reject
@@ -431,11 +432,13 @@ def ingest(p: IngestParams, reports_dir: str | Path = "reports", workers: int | 
 
     workers = workers or min(os.cpu_count() or 1, 8)
     with _inspected(todo, out, p.max_pixels, workers) as it:
-        if progress:
-            from tqdm import tqdm
-
-            it = tqdm(it, total=len(todo), desc="ingest", unit="img")
-        known.extend(it)
+        bar = Progress(len(todo), "ingest") if progress and todo else None
+        for item in it:
+            known.append(item)
+            if bar:
+                bar.update()
+        if bar:
+            bar.close()
 
     accepted: list[dict] = []
     rejected: list[dict] = []

@@ -25,6 +25,7 @@ from chromify.decode import DECODER_PIL, load_square, read_bytes
 from chromify.errors import DataError, InputImageError
 from chromify.io import atomic_write_json, file_sha256
 from chromify.lab import AB_OFFSET, L_SCALE
+from chromify.progress import Progress
 
 SPLITS = ("train", "val", "test")
 FORMAT = "chromify-lab8-v1"  # the storage encoding, which readers check
@@ -282,11 +283,8 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
         pool.submit(int).result()  # forks every worker now, before tqdm starts its monitor thread
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=total - sum(len(g) for _, g in todo), desc=f"preprocess {partition.tag}",
-                   unit="img")
+    if progress and todo:
+        bar = Progress(total, f"preprocess {partition.tag}", initial=total - sum(len(g) for _, g in todo))
     try:
         if pool is None:
             torch.set_num_threads(1)  # in this process, as in each worker (_init_worker)

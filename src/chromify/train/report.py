@@ -17,6 +17,7 @@ import numpy as np
 
 from chromify.io import atomic_write_bytes, atomic_write_json
 from chromify.lab import dequantise_lab, lab_to_rgb
+from chromify.progress import LogClock, is_terminal
 
 
 def _note(message: str) -> None:
@@ -64,6 +65,9 @@ class TrainReport:
                  dvclive_dir: str | Path | None = None, live: bool = True):
         self.reports = Path(reports_dir) if reports_dir is not None else None
         self.progress = progress
+        self.terminal = is_terminal(sys.stderr)  # a live line on a terminal; in a log, a line every half minute
+        self._clock = LogClock()
+        self._open_line = False
         self.steps: list[dict[str, float]] = []
         if dvclive_dir is None and self.reports is not None:
             dvclive_dir = self.reports.parent / "dvclive"
@@ -74,17 +78,21 @@ class TrainReport:
             self.live(event, data)
         if event == "step":
             self.steps.append({k: float(v) for k, v in data.items()})
-            if self.progress:
-                print(f"\rstep {data['step']:>6}  loss {data['loss']:.4f}  {data['images_per_s']:.1f} img/s",
-                      end="", file=sys.stderr, flush=True)
+            line = f"step {data['step']:>6}  loss {data['loss']:.4f}  {data['images_per_s']:.1f} img/s"
+            if self.progress and self.terminal:
+                print(f"\r{line}", end="", file=sys.stderr, flush=True)
+                self._open_line = True
+            elif self.progress and self._clock.due():
+                print(f"chromify: train {line}", file=sys.stderr, flush=True)
         elif event == "epoch":
             if self.progress:
-                print(f"\nepoch {data['epoch']}: val L1 {data['val_l1']:.4f}, "
-                      f"val PSNR(ab) {data['val_psnr_ab']:.2f} dB", file=sys.stderr)
+                self._end_line()
+                print(f"epoch {data['epoch']}: val L1 {data['val_l1']:.4f}, "
+                      f"val PSNR(ab) {data['val_psnr_ab']:.2f} dB", file=sys.stderr, flush=True)
             self.write_grid(data["samples"])
         elif event == "end":
             if self.progress:
-                print(file=sys.stderr)
+                self._end_line()
             if self.reports is not None:
                 atomic_write_json(self.reports / "train_history.json",
                                   {"steps": self.steps, "epochs": data["history"]})
@@ -92,6 +100,11 @@ class TrainReport:
                     "chosen": None, "note": "train.decode_search is off: the model decodes as params.yaml says"})
                 self.plot(data["history"])
             self.write_grid(data["samples"])
+
+    def _end_line(self) -> None:
+        if self._open_line:
+            print(file=sys.stderr)
+            self._open_line = False
 
     def write_grid(self, samples: dict[str, np.ndarray]) -> None:
         if self.reports is not None and len(samples["lab_truth"]):
