@@ -23,6 +23,7 @@ from skimage import data
 
 from chromify import shards
 from chromify.config import ModelParams, Params, TrainParams
+from chromify.errors import ConfigError
 from chromify.loader import ShardSet, to_model_tensors
 from chromify.models import get_model
 from chromify.train.checkpoint import CHECKPOINT, load_checkpoint, load_model
@@ -404,6 +405,58 @@ def test_a_checkpoint_written_with_other_params_is_not_resumed(shard_dir, tmp_pa
     train(shard_dir, tmp_path, MODEL, replace(p, max_steps=3, checkpoint_every=1), SEED,
           callbacks=(lambda e, d: steps.append(d["resumed_from_step"]) if e == "start" else None,))
     assert steps == [0, 3]
+
+
+def test_new_training_data_starts_afresh_instead_of_resuming_the_old_run(shard_dir, tmp_path, capfd) -> None:
+    data = tmp_path / "processed"
+    shutil.copytree(shard_dir, data)
+    p = replace(BASE, max_steps=2, log_every=0, val_every_steps=10_000)
+    train(data, tmp_path / "run", MODEL, p, SEED)
+    index = data / "train" / "index.json"
+    index.write_text(index.read_text() + "\n")  # re-preprocessed: any other index is other data
+    capfd.readouterr()
+    steps = []
+    train(data, tmp_path / "run", MODEL, p, SEED,
+          callbacks=(lambda e, d: steps.append(d["resumed_from_step"]) if e == "start" else None,))
+    assert steps == [0] and "starting fresh" in capfd.readouterr().err
+
+
+def test_every_param_that_decides_the_weights_is_in_the_fingerprint() -> None:
+    """Changing any model or train param that is not bookkeeping (or the seed, world size, data) starts afresh;
+    the bookkeeping ones, listed here on purpose, keep the checkpoint."""
+    import dataclasses
+
+    from chromify.train.checkpoint import params_fingerprint
+
+    bookkeeping = {"out_dir", "checkpoint_every", "log_every", "val_every_steps", "num_threads", "decode_search",
+                   "decode_min_psnr_gain_db", "decode_search_min_photos"}
+
+    def other(params, name):
+        """params with `name` moved to another valid value."""
+        value = getattr(params, name)
+        if isinstance(value, bool):
+            tries = [not value]
+        elif isinstance(value, (int, float)):
+            tries = [value + 1, value * 0.5 + 0.1, value * 2 + 1]
+        else:
+            tries = ["unet_b", "group", "transposed", "bins", "regression", "huber", f"{value}-other"]
+        for v in tries:
+            if v != value:
+                try:
+                    return replace(params, **{name: type(value)(v)})
+                except (ConfigError, ValueError):
+                    continue
+        raise AssertionError(f"no other valid value for {name}")
+
+    base = params_fingerprint(MODEL, BASE, SEED, 1, "index-a")
+    for f in dataclasses.fields(BASE):
+        moved = params_fingerprint(MODEL, other(BASE, f.name), SEED, 1, "index-a")
+        assert (moved == base) == (f.name in bookkeeping), f.name
+    for f in dataclasses.fields(MODEL):
+        assert params_fingerprint(other(MODEL, f.name), BASE, SEED, 1, "index-a") != base, f.name
+    assert len({base, params_fingerprint(MODEL, BASE, SEED + 1, 1, "index-a"),
+                params_fingerprint(MODEL, BASE, SEED, 2, "index-a"),
+                params_fingerprint(MODEL, BASE, SEED, 1, "index-b")}) == 4
 
 
 # The subprocess hides the optional packages, as on the bare GPU box (torch, numpy, pyarrow): the loop and its
