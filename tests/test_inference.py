@@ -132,3 +132,30 @@ def test_decode_and_render_values_are_checked_before_the_model_loads(kwargs: dic
     # no model at tmp_path: the value is refused first, so a bad option costs nothing (and no 20 GB render)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         Colorizer(tmp_path / "no-model", **kwargs)
+
+
+def test_decode_overrides_reach_the_prediction(tmp_path: Path) -> None:
+    """`chromify colorize --chroma-gain/--temperature/--prior-correction` and the API's overrides act: a gain of 2
+    doubles the ab (up to the clamp), a lower temperature is bolder, a prior correction changes the colours."""
+    from chromify.models import get_model
+    from chromify.train.checkpoint import export_model
+
+    torch.manual_seed(1)
+    model = get_model("unet_s", base_width=4, depth=2, head="bins", temperature=1.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)  # more confident logits than at initialisation, so the decodes differ clearly
+        model.log_prior.copy_(torch.randn(len(model.bins)).log_softmax(0))  # a training set's colour prior
+    mp = {"arch": "unet_s", "base_width": 4, "depth": 2, "head": "bins", "temperature": 1.0}
+    out = tmp_path / "bins"
+    export_model(out, model, {"arch": "unet_s", "model": mp, "size": 32})
+    lum = torch.from_numpy(rgb_to_lab(data.astronaut()[::16, ::16])[..., 0][None, None] / 100.0).float()
+
+    def ab(**kw) -> torch.Tensor:
+        return Colorizer(out, device="cpu", **kw).predict_ab(lum)
+
+    plain = ab()
+    assert plain.abs().mean() > 1.0
+    torch.testing.assert_close(ab(chroma_gain=2.0), (plain * 2.0).clamp(-128, 128), atol=1e-3, rtol=1e-4)
+    assert ab(temperature=0.2).abs().mean() > 1.2 * plain.abs().mean()
+    assert (ab(prior_correction=0.8) - plain).abs().mean() > 0.5
