@@ -57,3 +57,42 @@ def test_an_invalid_serve_setting_is_one_line(tmp_path):
     proc = chromify("serve", "--model", str(tmp_path), "--port", "99999", cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (2, "chromify: error: invalid serve setting(s): port = 99999: Input "
                                                  "should be less than or equal to 65535\n")
+
+
+def test_a_file_system_refusal_is_one_line_naming_the_file(tmp_path):
+    """A folder where an output file belongs (as a read-only file, a full disk): the user's to fix, so one line
+    naming the file, and the good data already there untouched."""
+    from PIL import Image
+    from skimage import data
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(data.astronaut()).save(tmp_path / "photos" / "a.png")
+    blocked = tmp_path / "raw" / "manifest.parquet"
+    blocked.mkdir(parents=True)
+    (blocked / "keep.txt").write_text("mine")
+    proc = chromify("ingest", "--source", "photos", "--out", "raw", "--reports", "reports", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 2, proc.stderr
+    first, last = proc.stderr.splitlines()
+    assert first.startswith("chromify: ingest: raw/manifest.parquet: unreadable (")
+    assert last == "chromify: error: raw/manifest.parquet: Is a directory"
+    assert (blocked / "keep.txt").read_text() == "mine"
+    assert not [p for p in (tmp_path / "raw").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_damaged_manifest_is_read_afresh_by_ingest_and_one_line_for_preprocess(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(data.astronaut()).save(tmp_path / "photos" / "a.png")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "manifest.parquet").write_bytes(b"PAR1 cut short by a crash")
+    proc = chromify("preprocess", "--raw", "raw", "--out", "processed", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("chromify: error: raw/manifest.parquet: unreadable (")
+    assert proc.stderr.endswith("); run `chromify ingest` again\n")
+    proc = chromify("ingest", "--source", "photos", "--out", "raw", "--reports", "reports", cwd=tmp_path)
+    assert proc.returncode == 0 and "unreadable" in proc.stderr and "reading every photo again" in proc.stderr
+    import pyarrow.parquet as pq
+
+    assert [r["uri"] for r in pq.read_table(tmp_path / "raw" / "manifest.parquet").to_pylist()] == ["photos/a.png"]

@@ -5,6 +5,7 @@ Heavy imports (torch, kfp) happen inside the commands, so `chromify --help` answ
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -432,6 +433,9 @@ def pipeline_submit(
                       params_path=params))
 
 
+_USER_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main() -> None:
     """Entry point: ChromifyError → one line on stderr and exit 2; CHROMIFY_DEBUG=1 shows the traceback."""
     try:
@@ -440,6 +444,16 @@ def main() -> None:
         if os.environ.get("CHROMIFY_DEBUG"):
             traceback.print_exc()
         print(f"chromify: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        # The file system refused a write or read (permissions, a full or read-only disk, a folder where a file
+        # belongs): the user's to fix, so one line naming the file. Other OSErrors are bugs and keep the traceback.
+        where = exc.filename2 or exc.filename
+        if where is None and exc.errno not in _USER_FIXABLE:
+            raise
+        if os.environ.get("CHROMIFY_DEBUG"):
+            traceback.print_exc()
+        print(f"chromify: error: {f'{where}: ' if where is not None else ''}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("chromify: interrupted", file=sys.stderr)

@@ -374,7 +374,12 @@ def _read_rows(path: Path) -> dict[tuple[str, int, str], dict]:
         return {}
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:  # pyarrow's errors are both; a cache is only a cache: read afresh
+        print(f"chromify: ingest: {path}: unreadable ({str(exc).splitlines()[0]}); reading every photo again",
+              file=sys.stderr)
+        return {}
     if not {"uri", "size_bytes", "stamp", "sha256"} <= set(table.column_names):
         return {}
     return {(r["uri"], r["size_bytes"], r["stamp"]): r for r in table.to_pylist()}
@@ -491,5 +496,8 @@ def read_manifest(out_dir: str | Path, split: str | None = None) -> list[dict]:
     path = Path(out_dir) / "manifest.parquet"
     if not path.exists():
         raise ChromifyError(f"{path}: no manifest; run `chromify ingest` first")
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as exc:
+        raise ChromifyError(f"{path}: unreadable ({str(exc).splitlines()[0]}); run `chromify ingest` again") from None
     return [r for r in rows if split is None or r["split"] == split]
