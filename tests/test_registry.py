@@ -287,6 +287,28 @@ def test_registering_weights_already_registered_changes_nothing(two_runs):
     assert reg.versions() == [1, 2] and reg.champion() == 1 and reg.alias_history() == moves
 
 
+@pytest.mark.parametrize("history_line_written", [False, True])
+def test_a_registration_killed_before_the_champion_moved_is_finished_by_the_rerun(two_runs, history_line_written):
+    """kill -9 between the version's rename and the alias table (with or without the history's line): the version
+    is in place, the champion is not; `dvc repro` re-runs register, which must finish the promotion the gate
+    decided, not call it already registered."""
+    from chromify.stages import registration_record
+
+    root, params, _, (first, second) = two_runs
+    reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
+    third = _export(root / "run3", 3)
+    gate = {"passed": True, "champion_id": model_id_of(second), "reasons": [], "candidate_id": model_id_of(third)}
+    assert reg.register(third, registration_record(params, third, gate, METRICS_2, root / "raw")) == 3
+    if history_line_written:
+        with open(reg.history_path, "a") as f:
+            f.write(json.dumps({"alias": CHAMPION, "version": 3, "previous": 2, "action": "register",
+                                "at": "2026-11-24T20:00:00Z"}) + "\n")
+    assert reg.champion() == 2
+    outcome = run_register(params, third, gate, METRICS_2, root / "raw", None)
+    assert (outcome["registered"], outcome["version"], reg.champion(), reg.versions()) == (True, 3, 3, [1, 2, 3])
+    assert reg.rollback(CHAMPION) == 2  # the history holds the move, so a rollback undoes it
+
+
 def test_a_gate_decided_against_a_former_champion_is_refused(two_runs):
     root, params, _, (first, second) = two_runs
     reg = LocalRegistry(params.register.registry_dir, params.register.model_name)

@@ -234,6 +234,10 @@ class LocalRegistry:
             # Staging folders are only made under this lock, so any found now belong to a killed writer.
             for stale in self.dir.glob(".staging-*"):
                 shutil.rmtree(stale, ignore_errors=True)
+            unfinished = self._unfinished_locked(record, aliases)
+            if unfinished is not None:
+                self._move_locked(dict.fromkeys(aliases, unfinished), "register")
+                return unfinished
             self._check_locked(record, aliases)
             version = max(self.versions(), default=0) + 1
             # mkdir (not mkdtemp, which makes it 0700) so the version folder gets the umask's mode: another uid,
@@ -257,6 +261,23 @@ class LocalRegistry:
                 raise
             self._move_locked(dict.fromkeys(aliases, version), "register")
         return version
+
+    def _unfinished_locked(self, record: dict[str, Any], aliases: tuple[str, ...]) -> int | None:
+        """The newest version, when it holds this model and a kill stopped its registration before the champion
+        alias moved to it (no move to it in the table, or only the history's last line); None otherwise. A version
+        that was champion and was moved from since (a rollback, a promote) is not unfinished: finishing it would
+        undo the user's move."""
+        model_id, versions = record.get("model_id"), self.versions()
+        if CHAMPION not in aliases or not model_id or not versions or self.model_id(versions[-1]) != model_id:
+            return None
+        newest, current = versions[-1], self.champion()
+        moves = self.alias_history(CHAMPION)
+        reached = [k for k, m in enumerate(moves) if m["version"] == newest and k != len(moves) - 1]
+        if current == newest or reached:
+            return None
+        check_gate_is_current(self.name, record.get("gate") or {}, current,
+                              None if current is None else self.model_id(current))
+        return newest
 
     def _check_locked(self, record: dict[str, Any], aliases: tuple[str, ...]) -> None:
         self.aliases()  # a damaged alias table fails before a version is written, not after

@@ -146,7 +146,8 @@ def run_register(params: Params, candidate_dir: str | Path, gate: dict[str, Any]
     AI (register.target); returns what happened, with the gate's reasons (also written to register.json).
 
     Locally, weights already registered are left where they are: the outcome says `already_registered` and which
-    version holds them, and no alias moves (a re-run must not undo a promotion or rollback made since). A gate
+    version holds them, and no alias moves (a re-run must not undo a promotion or rollback made since), unless a
+    kill stopped that registration before the champion moved to it: then the re-run finishes it. A gate
     decided against a champion that is no longer the champion is a RegistryError: re-run evaluate.
     """
     from chromify.registry import CHAMPION, AlreadyRegistered, LocalRegistry, already_registered_note
