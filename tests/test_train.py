@@ -175,7 +175,8 @@ def test_a_damaged_checkpoint_is_one_line_not_a_traceback(trained, tmp_path) -> 
     from chromify.errors import DataError
 
     good = (trained["root"] / "model" / CHECKPOINT).read_bytes()
-    for name, damaged in (("truncated", good[: len(good) // 2]), ("empty", b"")):
+    for name, damaged in (("truncated", good[: len(good) // 2]), ("empty", b""), ("text", b"hello"),
+                          ("paren", b"(ello world"), ("one_byte", b"G")):
         (tmp_path / name).mkdir()
         (tmp_path / name / CHECKPOINT).write_bytes(damaged)
         with pytest.raises(DataError, match=f"{name}/checkpoint.pt: unreadable checkpoint .*; delete it to train"):

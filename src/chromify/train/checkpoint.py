@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import pickle
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -75,7 +74,7 @@ def load_checkpoint(out_dir: str | Path) -> dict[str, Any] | None:
     # Our own checkpoint holds only tensors, numbers, strings, lists and dicts, so the safe loader reads it.
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # foreign bytes fail in the unpickler in any way (KeyError, IndexError, struct.error)
         # Writes are atomic, so this is a file damaged after the fact: say so rather than train over it.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{path}: unreadable checkpoint ({reason}); delete it to train from scratch") from None
