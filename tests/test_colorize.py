@@ -82,6 +82,21 @@ def test_globs_files_jpg_side_by_side_and_render_size(photos: Path, model_dir: P
     assert np.abs(pair[:, :512].astype(int).mean(axis=2) - data.camera()).mean() < 3
 
 
+def test_a_big_folder_gets_a_contact_sheet_a_browser_can_open(photos: Path, model_dir: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    from chromify import colorize
+
+    monkeypatch.setattr(colorize, "SHEET_MAX", 2)  # 200 in use: a 5,000-photo folder made a 650 MB page
+    sheet = tmp_path / "sheet.html"
+    result = run_cli(str(photos / "album"), "-o", str(tmp_path / "out"), "--model", str(model_dir),
+                     "--html", str(sheet))
+    assert result.exit_code == 0, result.output
+    page = sheet.read_text()
+    assert page.count("<figure>") == 2 and page.count("data:image/jpeg;base64,") == 2 * 2
+    assert f"Chromify: 5 photo(s) colorized; the first 2 shown here, all in {tmp_path / 'out'}" in page
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 5
+
+
 def test_html_contact_sheet_is_self_contained(photos: Path, model_dir: Path, tmp_path: Path) -> None:
     sheet = tmp_path / "reports" / "sheet.html"
     result = run_cli(str(photos / "album"), "-o", str(tmp_path / "out"), "--model", str(model_dir),

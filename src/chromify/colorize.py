@@ -27,6 +27,9 @@ MAX_PIXELS = 120_000_000
 FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "jpeg": ("JPEG", ".jpg")}
 JPEG_QUALITY = 92
 THUMB_SIDE = 640  # px, long side of the contact sheet's images: a sheet of a few dozen photos stays a few MB
+# Photos on one contact sheet (~130 KB each): 200 make ~26 MB that a browser still opens; a 5,000-photo folder
+# would make 650 MB that none does. The rest are in the output folder.
+SHEET_MAX = 200
 # Every image written carries this (PNG "Software" text, JPEG comment): a re-run may replace its own outputs,
 # never a photo it did not write.
 MARK = "chromify"
@@ -248,7 +251,7 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
                 outcome.failed.append((str(src), f"cannot write {target} ({exc.strerror or exc})"))
                 continue
             outcome.written.append(target)
-            if html_path is not None:
+            if html_path is not None and len(sheet) < SHEET_MAX:
                 sheet.append((str(rel), _thumbnail_uri(rgb), _thumbnail_uri(colour)))
         if bar is not None:
             bar.update(len(chunk))
@@ -256,7 +259,10 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
         bar.close()
     if html_path is not None and sheet:
         try:
-            atomic_write_text(html_path, contact_sheet_html(sheet, f"Chromify: {len(sheet)} photo(s) colorized"))
+            done = len(outcome.written)
+            title = f"Chromify: {done} photo(s) colorized" + (
+                f"; the first {len(sheet)} shown here, all in {out_dir}" if done > len(sheet) else "")
+            atomic_write_text(html_path, contact_sheet_html(sheet, title))
         except OSError as exc:
             raise ConfigError(f"{html_path}: cannot write the contact sheet ({exc.strerror or exc}); "
                               f"the {len(outcome.written)} photo(s) are in {out_dir}") from None
