@@ -575,6 +575,8 @@ def test_resume_after_sigterm_or_kill_9_reaches_the_uninterrupted_weights(shard_
             torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
         history = json.loads((tmp_path / name / "reports" / "train_history.json").read_text())
         assert [e["step"] for e in history["epochs"]] == [3, 6, 9]
+        # The curves cover the whole run, not only the steps since the resume.
+        assert [s["step"] for s in history["steps"]] == [d["step"] for e, d in events if e == "step"]
 
 
 def test_two_process_ddp_on_cpu_trains_and_writes_exactly_one_model(shard_dir, tmp_path) -> None:

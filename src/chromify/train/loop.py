@@ -282,6 +282,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         index_sha = hashlib.sha256((Path(data_dir) / "train" / "index.json").read_bytes()).hexdigest()
         fingerprint = params_fingerprint(mp, p, seed, env.world, index_sha)
         step, epoch, batch_in_epoch, elapsed_before, history = 0, 0, 0, 0.0, []
+        step_rows: list[dict[str, float]] = []  # the logged steps, kept so a resumed run's curves start at step 1
         loss_sum, loss_steps = 0.0, 0  # the training loss since the last validation, for its mean
         best: dict[str, Any] | None = None  # the weights of the best validation so far (train.keep_best)
         state = load_checkpoint(out_dir)
@@ -301,6 +302,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             step, elapsed_before = state["schedule"]["step"], state["schedule"]["elapsed_s"]
             epoch, batch_in_epoch = state["loader"]["epoch"], state["loader"]["batch_in_epoch"]
             history = state["history"]
+            step_rows = state.get("steps", [])
             loss_sum, loss_steps = state.get("loss_since_validation", (0.0, 0))
             best = state.get("best")
             restore_rng_state(state["rng"])
@@ -330,7 +332,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                     "optimizer_d": opt_d.state_dict() if opt_d is not None else None,
                     "schedule": {"step": step, "elapsed_s": elapsed_before + time.monotonic() - t0},
                     "loader": {"epoch": epoch, "batch_in_epoch": batch_in_epoch},
-                    "rng": rng_state(), "history": history, "best": best,
+                    "rng": rng_state(), "history": history, "steps": step_rows, "best": best,
                     "loss_since_validation": (float(loss_sum), loss_steps),
                 })
 
@@ -342,7 +344,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                              for s in (signal.SIGTERM, signal.SIGINT)} if on_main_thread else {}
         budget_s = p.max_minutes * 60 if p.max_minutes else math.inf
         emit("start", {"resumed_from_step": step, "total_steps": total_steps, "device": env.device,
-                       "world": env.world, "batch_size": batch_size, "fingerprint": fingerprint})
+                       "world": env.world, "batch_size": batch_size, "fingerprint": fingerprint,
+                       "steps": list(step_rows)})
         interrupted, stopping, gan_on = 0, False, False
         terms: dict[str, torch.Tensor] | None = None
         seen, t_rate = 0, time.monotonic()
@@ -351,8 +354,11 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             nonlocal seen, t_rate
             now = time.monotonic()
             rate, seen, t_rate = seen / max(now - t_rate, 1e-9), 0, now
-            emit("step", {"step": step, "loss": terms["total"].item(), "lr": lr, "images_per_s": rate,
-                          **{f"loss_{k}": v.item() for k, v in terms.items() if k != "total"}})
+            row = {"step": step, "loss": terms["total"].item(), "lr": lr, "images_per_s": rate,
+                   **{f"loss_{k}": v.item() for k, v in terms.items() if k != "total"}}
+            if env.is_main:
+                step_rows.append({k: float(v) for k, v in row.items()})
+            emit("step", row)
 
         model.train()
         try:

@@ -76,7 +76,9 @@ class TrainReport:
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         if self.live is not None:
             self.live(event, data)
-        if event == "step":
+        if event == "start":  # a resumed run's steps before the checkpoint, so the curves start at step 1
+            self.steps = [dict(row) for row in data.get("steps", [])]
+        elif event == "step":
             self.steps.append({k: float(v) for k, v in data.items()})
             line = f"step {data['step']:>6}  loss {data['loss']:.4f}  {data['images_per_s']:.1f} img/s"
             if self.progress and self.terminal:
