@@ -212,3 +212,77 @@ def test_lpips_is_computed_when_its_weights_are_on_disk(lab_truth, tmp_path, mon
     assert lpips == {"gray (ab = 0)": pytest.approx(far.mean()), "perfect": pytest.approx(0.0, abs=1e-9)}
     table = ev.markdown_table([gray, truth], 40.0, {"LPIPS": lpips, "FID": fid}, notes)
     assert table.splitlines()[0].endswith("| ΔCF | LPIPS |") and "FID" not in table.splitlines()[0]
+
+
+def _numbers(reports):
+    metrics = json.loads((reports / "metrics.json").read_text())
+    return {k: metrics[k] for k in ("candidate", "gray", "champion", "psnr_gain_db", "lpips", "fid")}
+
+
+def test_evaluating_in_chunks_changes_no_number_and_holds_one_chunk(data_dir, tmp_path, monkeypatch, no_weights):
+    """Chunks of 2 photos against one chunk of all 5: the same metrics, per-image rows, gallery and table; and the
+    split is read a chunk (or the gallery's few batches) at a time, never whole."""
+    from chromify.loader import ShardSet
+
+    candidate, champion = tiny_model(tmp_path / "candidate", 1), tiny_model(tmp_path / "champion", 2)
+    gate = GateParams(min_psnr_gain_db=-100.0, max_delta_cf=1000.0, champion_psnr_tolerance_db=100.0,
+                      champion_delta_cf_tolerance=1000.0)
+    whole, _ = ev.evaluate(data_dir, candidate, champion, gate, tmp_path / "whole", batch_size=2, gallery_size=3)
+    gathered = []
+    gather = ShardSet.gather
+    monkeypatch.setattr(ShardSet, "gather", lambda self, idx, out=None: gathered.append(len(idx)) or
+                        gather(self, idx, out))
+    monkeypatch.setattr(ev, "EVAL_CHUNK", 2)
+    chunked, _ = ev.evaluate(data_dir, candidate, champion, gate, tmp_path / "chunked", batch_size=2,
+                             gallery_size=3)
+    assert gathered[:3] == [2, 2, 1] and max(gathered) < len(PHOTOS)
+    for model in ("candidate", "gray", "champion"):
+        assert set(chunked[model]) == set(ev.GATE_METRICS)
+        for k in ev.GATE_METRICS:
+            assert chunked[model][k] == pytest.approx(whole[model][k], abs=1e-9, rel=0)
+    assert _numbers(tmp_path / "chunked") == _numbers(tmp_path / "whole")
+    for name in ("eval_per_image.csv", "gallery.html", "metrics.md"):
+        assert (tmp_path / "chunked" / name).read_text() == (tmp_path / "whole" / name).read_text()
+    # evaluate.gallery_size 0 (allowed): a gallery with no images, and nothing predicted again for it
+    ev.evaluate(data_dir, candidate, None, gate, tmp_path / "none", batch_size=2, gallery_size=0)
+    gallery = (tmp_path / "none" / "gallery.html").read_text()
+    assert "<th>candidate</th>" in gallery and "data:image/png" not in gallery
+
+
+
+def test_evaluate_scores_as_score_does_on_the_whole_split(data_dir, lab_truth, tmp_path, monkeypatch, no_weights):
+    """The streamed pass gives the numbers of `score` on the whole split at once (the pre-streaming evaluate)."""
+    candidate = tiny_model(tmp_path / "candidate", 1)
+    gate = GateParams(min_psnr_gain_db=-100.0, max_delta_cf=1000.0, champion_psnr_tolerance_db=100.0,
+                      champion_delta_cf_tolerance=1000.0)
+    monkeypatch.setattr(ev, "EVAL_CHUNK", 1)
+    summary, _ = ev.evaluate(data_dir, candidate, None, gate, tmp_path / "r", batch_size=1, gallery_size=2)
+    data = np.load(data_dir / "test/test-0000.npy")
+    want = {"candidate": ev.score("candidate", lab_truth, ev.predict_split(candidate, data, 1), None).summary,
+            "gray": ev.score("gray", lab_truth, None, None).summary}
+    for model, scores in want.items():
+        for k, v in scores.items():
+            assert summary[model][k] == pytest.approx(v, abs=1e-9, rel=0), (model, k)
+
+
+def test_lpips_in_chunks_matches_lpips_on_the_whole_split(data_dir, tmp_path, monkeypatch, no_weights):
+    """Per-image distances are kept and averaged at the end; only AlexNet's float32 batches (2 against 5 images)
+    differ, which moves the last bits (~1e-10 here), so this compares to 1e-6 rather than exactly."""
+    torch.manual_seed(0)
+    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save({f"features.{k}": v for k, v in ev.alexnet_features().state_dict().items()},
+               checkpoints / "alexnet-test0000.pth")
+    linear = tmp_path / "alex.pth"
+    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 192, 384, 256, 256))},
+               linear)
+    monkeypatch.setenv(ev.LPIPS_ENV, str(linear))
+    candidate = tiny_model(tmp_path / "candidate", 1)
+    gate = GateParams(min_psnr_gain_db=-100.0, max_delta_cf=1000.0, champion_psnr_tolerance_db=100.0,
+                      champion_delta_cf_tolerance=1000.0)
+    whole, _ = ev.evaluate(data_dir, candidate, None, gate, tmp_path / "whole", batch_size=2, gallery_size=2)
+    monkeypatch.setattr(ev, "EVAL_CHUNK", 2)
+    chunked, _ = ev.evaluate(data_dir, candidate, None, gate, tmp_path / "chunked", batch_size=2, gallery_size=2)
+    assert set(whole["lpips"]) == {"gray (ab = 0)", "candidate"} and whole["lpips"]["gray (ab = 0)"] > 0
+    assert chunked["lpips"] == {k: pytest.approx(v, rel=1e-6) for k, v in whole["lpips"].items()}
+    assert chunked["notes"] == whole["notes"] and [n.split(":")[0] for n in whole["notes"]] == ["fid skipped"]

@@ -2,6 +2,9 @@
 
 All three are scored on the same images, reconstructed from the stored L and their predicted ab.
 
+The test split is read `EVAL_CHUNK` photos at a time and only per-image numbers (plus Inception features for FID)
+outlive a chunk, so memory does not grow with the split (it used to: ~8 MB per 256 px test photo).
+
 FID and LPIPS are reported too when the networks they need already have weights on this machine (the torch hub
 cache); they are never downloaded. Without them the metrics say `"fid": null` / `"lpips": null` and one line in
 `notes` says what was missing and where it was looked for. They are reported, not gated on.
@@ -13,6 +16,7 @@ import base64
 import csv
 import html
 import io
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from chromify.loader import ShardSet
 from chromify.metrics import image_metrics, summarise
 
 GATE_METRICS = ("psnr", "ssim", "delta_e2000", "colourfulness", "colourfulness_truth", "delta_cf")
+EVAL_CHUNK = 256  # test photos in memory at once (~1.6 MB each at 256 px): bounds memory whatever the split
 
 
 @dataclass
@@ -36,7 +41,8 @@ class Scored:
     name: str
     model_id: str | None
     rows: list[dict[str, float]]
-    images: np.ndarray  # (N, S, S, 3) uint8 RGB
+    # (N, S, S, 3) uint8 RGB from `score`; `evaluate` keeps only its gallery's, as {image index: (S, S, 3)}
+    images: np.ndarray | Mapping[int, np.ndarray]
 
     @property
     def summary(self) -> dict[str, float]:
@@ -68,6 +74,29 @@ def score(name: str, lab_truth: np.ndarray, ab_pred: np.ndarray | None, model_id
     return Scored(name, model_id, rows, pred_rgb)
 
 
+def _truth_rgb(data: np.ndarray) -> np.ndarray:
+    """(n, 3, S, S) uint8 Lab samples → (n, S, S, 3) uint8 RGB, an image at a time (no float copy of the chunk)."""
+    out = np.empty((len(data), data.shape[2], data.shape[3], 3), dtype=np.uint8)
+    for i, sample in enumerate(data):
+        out[i] = lab_to_rgb8(dequantise_lab(sample.transpose(1, 2, 0)))
+    return out
+
+
+def _predicted_rgb(data: np.ndarray, ab_pred: np.ndarray | None) -> np.ndarray:
+    """The stored L with predicted ab (None: ab = 0) as uint8 RGB, an image at a time, as `score` makes it."""
+    out = np.empty((len(data), data.shape[2], data.shape[3], 3), dtype=np.uint8)
+    for i, sample in enumerate(data):
+        lab = dequantise_lab(sample.transpose(1, 2, 0))
+        lab[..., 1:] = 0.0 if ab_pred is None else ab_pred[i]
+        out[i] = lab_to_rgb8(lab)
+    return out
+
+
+def _image_rows(pred_rgb: np.ndarray, truth_rgb: np.ndarray) -> list[dict[str, float]]:
+    return [image_metrics(p.astype(np.float32) / 255.0, t.astype(np.float32) / 255.0)
+            for p, t in zip(pred_rgb, truth_rgb, strict=True)]
+
+
 def predict_split(model_dir: str | Path, data: np.ndarray, batch_size: int,
                   temperature: float | None = None, prior_correction: float | None = None,
                   chroma_gain: float | None = None) -> np.ndarray:
@@ -76,12 +105,17 @@ def predict_split(model_dir: str | Path, data: np.ndarray, batch_size: int,
     The model runs at the size it was trained at (its config's `size`) and its ab is upsampled to S, as
     `chromify colorize` does for full-resolution photos.
     """
-    import torch
-    import torch.nn.functional as F
-
     from chromify.inference import Colorizer
 
     col = Colorizer(model_dir, temperature=temperature, prior_correction=prior_correction, chroma_gain=chroma_gain)
+    return _predict(col, data, batch_size)
+
+
+def _predict(col, data: np.ndarray, batch_size: int) -> np.ndarray:
+    """`predict_split` with a loaded Colorizer, so a chunked pass loads each model once."""
+    import torch
+    import torch.nn.functional as F
+
     side = data.shape[-1]
     work = min(int(col.config.get("size", side)), side)
     out = []
@@ -117,8 +151,8 @@ def gallery_rows(candidate: Scored, count: int, seed: int) -> dict[int, str]:
     return rows
 
 
-def write_gallery(path: Path, truth_rgb: np.ndarray, columns: list[Scored], indices: list[int] | dict[int, str],
-                  title: str) -> None:
+def write_gallery(path: Path, truth_rgb: np.ndarray | Mapping[int, np.ndarray], columns: list[Scored],
+                  indices: list[int] | dict[int, str], title: str) -> None:
     """One row per image index (with its reason when `indices` maps index → reason): each model, then the truth."""
     head = "".join(f"<th>{html.escape(c.name)}</th>" for c in columns)
     reasons = indices if isinstance(indices, dict) else {}
@@ -323,65 +357,127 @@ def trace_sqrt_product_by_covariances(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0.0, None)).sum())
 
 
+class PerceptualMetrics:
+    """FID and LPIPS fed a chunk at a time, so the images need not all be in memory: per image it keeps 2048
+    Inception features (truth and each model) and one LPIPS distance per model, and gives the numbers a
+    whole-set computation would."""
+
+    def __init__(self, names: list[str], images: int):
+        from chromify.models.weights import cached_weights
+
+        self.images = images
+        self.fid_note = ""
+        self.inception_file = cached_weights(INCEPTION_STEM)
+        self.inception = None
+        if self.inception_file is None:
+            self.fid_note = (f"fid skipped: no {INCEPTION_STEM}-*.pth in {_hub_checkpoints()}; "
+                             "weights are never downloaded")
+        elif images < FID_MIN_IMAGES:
+            self.fid_note = f"fid skipped: {images} test image(s), FID needs at least {FID_MIN_IMAGES}"
+        else:
+            self.inception = load_inception(self.inception_file)
+        self.lpips, self.lpips_note = load_lpips()
+        self.truth_features: list[np.ndarray] = []
+        self.features: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        self.distances: dict[str, list[np.ndarray]] = {n: [] for n in names}
+
+    def add_truth(self, truth_rgb: np.ndarray) -> None:
+        if self.inception is not None:
+            self.truth_features.append(inception_features(self.inception, truth_rgb))
+
+    def add(self, name: str, pred_rgb: np.ndarray, truth_rgb: np.ndarray) -> None:
+        if self.inception is not None:
+            self.features[name].append(inception_features(self.inception, pred_rgb))
+        if self.lpips is not None:
+            self.distances[name].append(self.lpips(pred_rgb, truth_rgb))
+
+    def result(self) -> tuple[dict[str, float] | None, dict[str, float] | None, list[str]]:
+        notes = []
+        fid = None
+        if self.inception is None:
+            notes.append(self.fid_note)
+        else:
+            truth = np.concatenate(self.truth_features)
+            fid = {n: frechet_distance(np.concatenate(f), truth) for n, f in self.features.items()}
+            notes.append(f"fid: torchvision's Inception-v3 ({self.inception_file.name}), not the TF-FID network, "
+                         f"on {self.images} images; compare only with FIDs computed the same way on this test set")
+        lpips = None
+        if self.lpips is None:
+            notes.append(self.lpips_note)
+        else:
+            lpips = {n: float(np.concatenate(d).mean()) for n, d in self.distances.items()}
+        return fid, lpips, notes
+
+
 def perceptual_metrics(truth_rgb: np.ndarray, columns: list[Scored]
                        ) -> tuple[dict[str, float] | None, dict[str, float] | None, list[str]]:
     """(FID per model, mean LPIPS per model, notes); a metric whose weights are not on disk is None with a note."""
-    from chromify.models.weights import cached_weights
+    acc = PerceptualMetrics([c.name for c in columns], len(truth_rgb))
+    acc.add_truth(truth_rgb)
+    for c in columns:
+        acc.add(c.name, np.asarray(c.images), truth_rgb)
+    return acc.result()
 
-    notes: list[str] = []
-    fid = None
-    inception = cached_weights(INCEPTION_STEM)
-    if inception is None:
-        notes.append(f"fid skipped: no {INCEPTION_STEM}-*.pth in {_hub_checkpoints()}; weights are never downloaded")
-    elif len(truth_rgb) < FID_MIN_IMAGES:
-        notes.append(f"fid skipped: {len(truth_rgb)} test image(s), FID needs at least {FID_MIN_IMAGES}")
-    else:
-        net = load_inception(inception)
-        truth = inception_features(net, truth_rgb)
-        fid = {c.name: frechet_distance(inception_features(net, c.images), truth) for c in columns}
-        notes.append(f"fid: torchvision's Inception-v3 ({inception.name}), not the TF-FID network, on "
-                     f"{len(truth_rgb)} images; compare only with FIDs computed the same way on this test set")
-    lpips_net, why = load_lpips()
-    lpips = None
-    if lpips_net is None:
-        notes.append(why)
-    else:
-        lpips = {c.name: float(lpips_net(c.images, truth_rgb).mean()) for c in columns}
-    return fid, lpips, notes
+
+def _read(split: Path, indices: np.ndarray) -> np.ndarray:
+    """Samples of the split from shards mapped for this read only: a memory map's pages count in the process's
+    RSS until it is closed, so one ShardSet held through the pass would grow RSS by the split's size."""
+    return ShardSet(split).gather(indices)
+
+
+def _chunks(n: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Index ranges of whole prediction batches, so each model sees the batches a one-pass run would give it."""
+    step = max(1, EVAL_CHUNK // batch_size) * batch_size
+    for lo in range(0, n, step):
+        yield np.arange(lo, min(lo + step, n))
 
 
 def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str | Path | None,
              gate: GateParams, reports_dir: str | Path, batch_size: int = 16, gallery_size: int = 6,
              seed: int = 0) -> tuple[dict[str, Any], GateDecision]:
-    """Score, gate and write the reports; returns (metrics summary, gate decision)."""
-    reports = Path(reports_dir)
-    test = ShardSet(Path(data_dir) / "test")
-    if len(test) == 0:
-        raise DataError(f"{Path(data_dir) / 'test'}: the test split is empty; add photos or raise "
-                        "ingest.test_fraction")
-    data = test.all()
-    lab_truth = dequantise_lab(data.transpose(0, 2, 3, 1))
-    candidate_id = model_id_of(candidate_dir)
-    candidate = score("candidate", lab_truth, predict_split(candidate_dir, data, batch_size), candidate_id)
-    gray = score("gray (ab = 0)", lab_truth, None, None)
-    columns = [gray, candidate]
-    champion = None
-    if champion_dir is not None:
-        champion = score("champion", lab_truth, predict_split(champion_dir, data, batch_size),
-                         model_id_of(champion_dir))
-        columns.append(champion)
+    """Score, gate and write the reports; returns (metrics summary, gate decision).
 
+    One pass over the test split in chunks keeps per-image rows only; the gallery's few images are predicted
+    again afterwards, in the batches they were scored in.
+    """
+    from chromify.inference import Colorizer
+
+    reports = Path(reports_dir)
+    split = Path(data_dir) / "test"
+    n = len(ShardSet(split))
+    if n == 0:
+        raise DataError(f"{split}: the test split is empty; add photos or raise ingest.test_fraction")
+    candidate_id = model_id_of(candidate_dir)
+    # (name, model id, loaded model or None for the gray baseline), in the reports' column order
+    models = [("gray (ab = 0)", None, None), ("candidate", candidate_id, Colorizer(candidate_dir))]
+    if champion_dir is not None:
+        models.append(("champion", model_id_of(champion_dir), Colorizer(champion_dir)))
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in models}
+    perceptual = PerceptualMetrics(list(rows), n)
+    for idx in _chunks(n, batch_size):
+        data = _read(split, idx)
+        truth_rgb = _truth_rgb(data)
+        perceptual.add_truth(truth_rgb)
+        for name, _, col in models:
+            pred_rgb = _predicted_rgb(data, None if col is None else _predict(col, data, batch_size))
+            rows[name] += _image_rows(pred_rgb, truth_rgb)
+            perceptual.add(name, pred_rgb, truth_rgb)
+            del pred_rgb
+        del data, truth_rgb
+    fid, lpips, notes = perceptual.result()
+    del perceptual
+
+    columns = [Scored(name, model_id, rows[name], {}) for name, model_id, _ in models]
+    gray, candidate = columns[0], columns[1]
+    champion = columns[2] if len(columns) > 2 else None
     decision = decide(
         ModelScore(candidate_id, candidate.summary),
         gray.summary,
         ModelScore(champion.model_id, champion.summary) if champion else None,
         GateThresholds(**vars(gate)),
     )
-    truth_rgb = lab_to_rgb8(lab_truth)
-    ordered = [gray, candidate] + ([champion] if champion else [])
-    fid, lpips, notes = perceptual_metrics(truth_rgb, ordered)
     summary: dict[str, Any] = {
-        "images": len(test),
+        "images": n,
         "candidate": candidate.summary,
         "gray": gray.summary,
         "psnr_gain_db": candidate.summary["psnr"] - gray.summary["psnr"],
@@ -401,8 +497,21 @@ def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str 
         for i, r in enumerate(c.rows):
             writer.writerow([i, c.name, *(f"{r[k]:.6g}" for k in GATE_METRICS[:-1])])
     atomic_write_text(reports / "eval_per_image.csv", per_image.getvalue())
-    write_gallery(reports / "gallery.html", truth_rgb, ordered, gallery_rows(candidate, gallery_size, seed),
-                  "Chromify: " + " | ".join([*(c.name for c in ordered), "truth"]))
-    atomic_write_text(reports / "metrics.md", markdown_table(ordered, candidate.summary["colourfulness_truth"],
+
+    shown = gallery_rows(candidate, gallery_size, seed)
+    truth = {}
+    if shown:  # whole batches around each shown image: the predictions scored above, not a re-batched variant
+        batches = sorted({i // batch_size for i in shown})
+        where = np.concatenate([np.arange(b * batch_size, min((b + 1) * batch_size, n)) for b in batches])
+        data = _read(split, where)
+        position = {int(i): k for k, i in enumerate(where)}
+        truth_rgb = _truth_rgb(data)
+        truth = {i: truth_rgb[position[i]] for i in shown}
+        for c, (_, _, col) in zip(columns, models, strict=True):
+            pred_rgb = _predicted_rgb(data, None if col is None else _predict(col, data, batch_size))
+            c.images = {i: pred_rgb[position[i]] for i in shown}
+    write_gallery(reports / "gallery.html", truth, columns, shown,
+                  "Chromify: " + " | ".join([*(c.name for c in columns), "truth"]))
+    atomic_write_text(reports / "metrics.md", markdown_table(columns, candidate.summary["colourfulness_truth"],
                                                              {"LPIPS": lpips, "FID": fid}, notes))
     return summary, decision
