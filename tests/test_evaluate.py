@@ -187,8 +187,9 @@ def test_frechet_distance_matches_the_closed_form():
     assert ev.frechet_distance(few_a, few_a) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_lpips_is_computed_when_its_weights_are_on_disk(lab_truth, tmp_path, monkeypatch, no_weights):
-    """Weights made here stand in for AlexNet's and LPIPS's (the real ones cannot be downloaded in tests)."""
+def stand_in_lpips_weights(tmp_path, monkeypatch) -> None:
+    """Weights made here in the torch hub cache (`no_weights` points TORCH_HOME at it) and an LPIPS file, standing
+    in for AlexNet's and LPIPS's, which cannot be downloaded in tests."""
     torch.manual_seed(0)
     checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
@@ -198,6 +199,11 @@ def test_lpips_is_computed_when_its_weights_are_on_disk(lab_truth, tmp_path, mon
     torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 192, 384, 256, 256))},
                linear)
     monkeypatch.setenv(ev.LPIPS_ENV, str(linear))
+
+
+def test_lpips_is_computed_when_its_weights_are_on_disk(lab_truth, tmp_path, monkeypatch, no_weights):
+    """Weights made here stand in for AlexNet's and LPIPS's (the real ones cannot be downloaded in tests)."""
+    stand_in_lpips_weights(tmp_path, monkeypatch)
 
     net, note = ev.load_lpips()
     assert net is not None and note == ""
@@ -268,15 +274,7 @@ def test_evaluate_scores_as_score_does_on_the_whole_split(data_dir, lab_truth, t
 def test_lpips_in_chunks_matches_lpips_on_the_whole_split(data_dir, tmp_path, monkeypatch, no_weights):
     """Per-image distances are kept and averaged at the end; only AlexNet's float32 batches (2 against 5 images)
     differ, which moves the last bits (~1e-10 here), so this compares to 1e-6 rather than exactly."""
-    torch.manual_seed(0)
-    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.save({f"features.{k}": v for k, v in ev.alexnet_features().state_dict().items()},
-               checkpoints / "alexnet-test0000.pth")
-    linear = tmp_path / "alex.pth"
-    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 192, 384, 256, 256))},
-               linear)
-    monkeypatch.setenv(ev.LPIPS_ENV, str(linear))
+    stand_in_lpips_weights(tmp_path, monkeypatch)
     candidate = tiny_model(tmp_path / "candidate", 1)
     gate = GateParams(min_psnr_gain_db=-100.0, max_delta_cf=1000.0, champion_psnr_tolerance_db=100.0,
                       champion_delta_cf_tolerance=1000.0)
