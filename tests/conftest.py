@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import re
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from contextlib import contextmanager
@@ -17,8 +19,6 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import numpy as np
 import pytest
-import requests
-import requests.adapters
 from PIL import Image
 
 
@@ -242,40 +242,95 @@ def chromify_serve():
 
 
 class GoogleCloudAPI:
-    """Answers Google Cloud REST calls in process, where the real SDKs' requests leave requests' HTTP adapter
-    (patch `requests.adapters.HTTPAdapter.send` with `send`): `routes` maps (method, path regex) to (status,
-    JSON body) or to an exception to raise; every call is kept in `calls` as (method, path, JSON body). Calls to
-    127.0.0.1 (fake-gcs-server) go out for real; any other host, or a call no route answers, fails the test."""
+    """Google Cloud's REST APIs (Vertex AI, the Cloud Storage JSON API) served by a real HTTP server on 127.0.0.1, at
+    which the real SDKs are pointed through their own settings (`vertex`, `storage`): `routes` maps (method, path
+    regex) to the (status, JSON body) answered; every call is kept in `calls` as (method, path, JSON body, or the
+    raw bytes of a body that is not JSON). A call no route answers gets 501 and is kept in `unanswered`, as is any
+    request for another host (requests sends those to this server as its proxy): the fixture's teardown fails the
+    test on either."""
 
-    def __init__(self, *hosts: str):
-        self.hosts = hosts
-        self.routes: dict[tuple[str, str], object] = {}
-        self.calls: list[tuple[str, str, dict | None]] = []
+    LOCAL = "127.0.0.1,localhost"
 
-    def send(self, adapter, request, real_send, **kw):
-        url = urlsplit(request.url)
-        if url.hostname in ("127.0.0.1", "localhost"):
-            return real_send(adapter, request, **kw)
-        assert url.hostname in self.hosts, f"a request left the machine: {request.url}"
-        path = unquote(url.path)
-        body = json.loads(request.body) if request.body else None
-        self.calls.append((request.method, path, body))
-        for (method, pattern), answer in self.routes.items():
-            if method == request.method and re.fullmatch(pattern, path):
-                if isinstance(answer, Exception):
-                    raise answer
-                status, payload = answer
-                response = requests.Response()
-                response.status_code, response.url, response.request = status, request.url, request
-                response._content = json.dumps(payload).encode()
-                response.headers["Content-Type"] = "application/json"
-                response.encoding = "utf-8"
-                return response
-        raise AssertionError(f"unexpected Google Cloud call {request.method} {path}")
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], tuple[int, dict]] = {}
+        self.calls: list[tuple[str, str, dict | bytes | None]] = []
+        self.unanswered: list[str] = []
+        api = self
 
-    def answer(self, monkeypatch) -> GoogleCloudAPI:
-        """Route every requests call through `send` for the rest of the test."""
-        real_send = requests.adapters.HTTPAdapter.send
-        monkeypatch.setattr(requests.adapters.HTTPAdapter, "send",
-                            lambda adapter, request, **kw: self.send(adapter, request, real_send, **kw))
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def serve(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "CONNECT" or not self.path.startswith("/"):  # a proxy request: another host
+                    api.unanswered.append(f"a request left for another host: {self.command} {self.path}")
+                    return self.reply(501, {"error": {"code": 501, "message": "not a 127.0.0.1 request"}})
+                path = unquote(urlsplit(self.path).path)
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw
+                api.calls.append((self.command, path, body))
+                for (method, pattern), answer in list(api.routes.items()):
+                    if method == self.command and re.fullmatch(pattern, path):
+                        return self.reply(*answer)
+                api.unanswered.append(f"unexpected Google Cloud call {self.command} {path}")
+                self.reply(501, {"error": {"code": 501, "message": f"no route for {self.command} {path}",
+                                           "status": "UNIMPLEMENTED"}})
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_CONNECT = serve
+
+            def reply(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=UTF-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def refuse_other_hosts(self, monkeypatch) -> None:
+        """requests' proxy settings name this server for every host but 127.0.0.1: a request for any other host
+        (googleapis.com) comes here as a proxy request, is refused and fails the test, and never leaves."""
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+            monkeypatch.setenv(name, self.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(name, self.LOCAL)
+
+    def vertex(self, monkeypatch, **init) -> GoogleCloudAPI:
+        """Point google-cloud-aiplatform at this server for the rest of the test: `aiplatform.init` with the REST
+        transport and this server as its API endpoint (and `init`'s other arguments); the SDK's global settings
+        are restored after the test."""
+        from google.cloud import aiplatform
+        from google.cloud.aiplatform import initializer
+
+        for name in ("_project", "_location", "_credentials", "_api_transport", "_api_endpoint"):
+            monkeypatch.setattr(initializer.global_config, name, getattr(initializer.global_config, name))
+        aiplatform.init(api_transport="rest", api_endpoint=self.url, **init)
+        self.refuse_other_hosts(monkeypatch)
         return self
+
+    def storage(self, monkeypatch) -> GoogleCloudAPI:
+        """Point google-cloud-storage (and so the Vertex SDK's own bucket calls) at this server for the rest of the
+        test, as at an emulator (STORAGE_EMULATOR_HOST)."""
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", self.url)
+        self.refuse_other_hosts(monkeypatch)
+        return self
+
+
+@pytest.fixture
+def google_cloud_api():
+    """A `GoogleCloudAPI` on 127.0.0.1 for one test; the test fails if any call went unanswered."""
+    api = GoogleCloudAPI()
+    yield api
+    api.close()
+    assert not api.unanswered, "\n".join(api.unanswered)

@@ -253,14 +253,14 @@ def test_incomplete_vertex_registry_params_are_refused_before_the_gpu_is_paid_fo
         submit(dry_run=False, **common)  # evaluate's champion lookup would fail only after training
 
 
-def vertex_api(monkeypatch, *hosts: str) -> tuple[GoogleCloudAPI, str, str]:
-    """The Google Cloud REST calls a submission makes up to the job's creation, answered in process over REST
-    (as aiplatform.init(api_transport="rest") sets it), so that requests carries every call of the real SDK:
+def vertex_api(api: GoogleCloudAPI, monkeypatch) -> tuple[GoogleCloudAPI, str, str]:
+    """The Google Cloud REST calls a submission makes up to the job's creation, answered by `api` on 127.0.0.1: the
+    real SDKs are pointed at it, Vertex AI as its REST API endpoint, Cloud Storage as its emulator host:
     (api, the request's parent, the created job's name)."""
     from google.cloud.aiplatform import initializer
 
     parent = "projects/proj-1/locations/europe-west4"
-    api = GoogleCloudAPI("europe-west4-aiplatform.googleapis.com", "storage.googleapis.com", *hosts).answer(monkeypatch)
+    api.vertex(monkeypatch).storage(monkeypatch)
     api.routes.update({
         # The pipeline root's bucket: absent, so the SDK creates it and lets the run's service account use it.
         ("GET", "/storage/v1/b/bkt"): (404, {"error": {"code": 404, "message": "No such bucket."}}),
@@ -268,16 +268,16 @@ def vertex_api(monkeypatch, *hosts: str) -> tuple[GoogleCloudAPI, str, str]:
         ("GET", "/storage/v1/b/bkt/iam"): (200, {"kind": "storage#policy", "bindings": [], "etag": "CAE="}),
         ("PUT", "/storage/v1/b/bkt/iam"): (200, {"kind": "storage#policy", "bindings": [], "etag": "CAE="}),
     })
-    monkeypatch.setattr(initializer.global_config, "_api_transport", "rest")
     monkeypatch.setattr(initializer.global_config, "_credentials", None)  # the SDK keeps the first it found
     return api, parent, f"{parent}/pipelineJobs/chromify-colorization-1"
 
 
-def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_experiment(params_path, monkeypatch):
+def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_experiment(params_path, monkeypatch,
+                                                                                       google_cloud_api):
     from google.auth.credentials import AnonymousCredentials
 
     # resource names; their REST paths are "/v1/" + name
-    api, parent, job = vertex_api(monkeypatch)
+    api, parent, job = vertex_api(google_cloud_api, monkeypatch)
     store = f"{parent}/metadataStores/default"
     experiment, run_context = f"{store}/contexts/chromify-exp", f"{store}/contexts/run-1"
     api.routes.update({
@@ -373,13 +373,13 @@ def vertex_submit(params_path: Path, monkeypatch) -> dict:
 @pytest.mark.parametrize(("status", "reason", "said"), [
     (403, "PERMISSION_DENIED", r"Vertex AI: (PermissionDenied|Forbidden): .*aiplatform\.pipelineJobs\.create"),
     (429, "RESOURCE_EXHAUSTED", r"Vertex AI: (ResourceExhausted|TooManyRequests): .*[Qq]uota")])
-def test_a_request_vertex_ai_refuses_is_one_line(params_path, monkeypatch, status, reason, said):
+def test_a_request_vertex_ai_refuses_is_one_line(params_path, monkeypatch, google_cloud_api, status, reason, said):
     from google.auth.credentials import AnonymousCredentials
 
     message = {403: "Permission 'aiplatform.pipelineJobs.create' denied on resource '//aiplatform.googleapis.com/'\n"
                     "(or it may not exist).",
                429: "Quota exceeded for aiplatform.googleapis.com/custom_model_training_nvidia_l4_gpus."}[status]
-    api, parent, _ = vertex_api(monkeypatch)
+    api, parent, _ = vertex_api(google_cloud_api, monkeypatch)
     api.routes[("POST", f"/v1/{parent}/pipelineJobs")] = (status, {
         "error": {"code": status, "message": message, "status": reason}})
     monkeypatch.setattr("google.auth.default", lambda *a, **kw: (AnonymousCredentials(), "proj-1"))
@@ -413,7 +413,7 @@ def token_endpoint():
 
 
 def test_expired_google_credentials_are_one_line_with_the_login_hint(params_path, monkeypatch, tmp_path,
-                                                                     token_endpoint):
+                                                                     token_endpoint, google_cloud_api):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -425,7 +425,7 @@ def test_expired_google_credentials_are_one_line_with_the_login_hint(params_path
     adc.write_text(json.dumps({"type": "service_account", "project_id": "proj-1", "private_key_id": "1",
                                "private_key": key, "client_email": SA, "client_id": "1", "token_uri": token_endpoint}))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
-    vertex_api(monkeypatch)
+    vertex_api(google_cloud_api, monkeypatch)
     with pytest.raises(ConfigError, match=r"^Vertex AI: the Google credentials were refused \(.*invalid_grant.*\): "
                                           r"run `gcloud auth application-default login`") as refused:
         vertex_submit(params_path, monkeypatch)

@@ -1,6 +1,6 @@
 """The Vertex AI backend, offline: files go to a real fake-gcs-server on 127.0.0.1; Vertex AI requests are built
-with anonymous credentials and caught at the HTTP adapter (the last step before a socket), so nothing leaves the
-machine. A request to any other host fails the test."""
+with anonymous credentials and sent over REST to a Vertex AI API served on 127.0.0.1 (conftest's GoogleCloudAPI,
+set as the SDK's API endpoint), so nothing leaves the machine. A request to any other host fails the test."""
 
 import dataclasses
 import inspect
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from conftest import GoogleCloudAPI
+from google.api_core.exceptions import BadRequest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform, storage
 from safetensors.numpy import save_file
@@ -69,8 +69,11 @@ def gcs():
     server.stop()
 
 
-class Sent(Exception):
-    """Raised where the upload request would have gone out."""
+# The answer that ends a test at a request it sent: the API refuses it (as Vertex AI does a request it cannot
+# carry out), so the SDK raises and goes no further, with the request received and recorded.
+STOP = "stopped by the test: the request was received"
+SENT = (400, {"error": {"code": 400, "message": STOP, "status": "FAILED_PRECONDITION"}})
+REFUSED = rf"registering the candidate: HTTP 400: POST \S+/models:upload\S*: {STOP}$"  # publish's one line
 
 
 NOT_FOUND = (404, {"error": {"code": 404, "message": "Model does not exist.", "status": "NOT_FOUND"}})
@@ -91,9 +94,8 @@ def versions(*found: tuple[int, dict]) -> tuple[int, dict]:
 
 
 @pytest.fixture
-def vertex(monkeypatch):
-    aiplatform.init(project=PROJECT, location=LOCATION, credentials=AnonymousCredentials(), api_transport="rest")
-    return GoogleCloudAPI(f"{LOCATION}-aiplatform.googleapis.com").answer(monkeypatch)
+def vertex(monkeypatch, google_cloud_api):
+    return google_cloud_api.vertex(monkeypatch, project=PROJECT, location=LOCATION, credentials=AnonymousCredentials())
 
 
 def test_labels_are_sanitised_to_vertex_label_rules():
@@ -161,12 +163,12 @@ def test_upload_request_first_version_then_later_versions():
 
 
 def test_the_sdk_sends_the_request_as_built(vertex):
-    """Model.upload with the built kwargs, stopped at the HTTP adapter: the wire payload is what was intended."""
+    """Model.upload with the built kwargs, as the API receives it: the wire payload is what was intended."""
     p = register_params()
     artifact = vr.artifact_uri(p, RECORD)
     request = vr.build_upload_request(p, RECORD, artifact, parent_exists=True)
-    vertex.routes[("POST", r".*/models:upload")] = Sent()
-    with pytest.raises(Sent):
+    vertex.routes[("POST", r".*/models:upload")] = SENT
+    with pytest.raises(BadRequest, match=STOP):
         aiplatform.Model.upload(**{**request, "version_aliases": list(request["version_aliases"])})
     [(method, path, body)] = vertex.calls
     assert (method, path) == ("POST", f"{urlsplit(API).path}/models:upload")
@@ -190,8 +192,8 @@ def test_publish_uploads_the_files_then_asks_for_a_new_version(gcs, vertex, mode
     vertex.routes[("GET", r".*/models/chromify-colorizer")] = (200, {"name": MODEL_PATH, "versionId": "1"})
     vertex.routes[("GET", LIST_VERSIONS)] = versions()  # no version holds these weights
     vertex.routes[("GET", CHAMPION_GET)] = version("1", RECORD["gate"]["champion_id"], ("champion", "default"))
-    vertex.routes[("POST", r".*/models:upload")] = Sent()
-    with pytest.raises(Sent):
+    vertex.routes[("POST", r".*/models:upload")] = SENT
+    with pytest.raises(RegistryError, match=REFUSED):
         vr.publish(p, model_dir, RECORD)
     artifact = vr.artifact_uri(p, RECORD)
     stored = _objects(artifact)
@@ -208,7 +210,7 @@ def test_publish_uploads_the_files_then_asks_for_a_new_version(gcs, vertex, mode
     vertex.calls.clear()
     vertex.routes[("GET", r".*/models/chromify-colorizer")] = NOT_FOUND
     first = {**RECORD, "gate": {**RECORD["gate"], "champion_id": None}}
-    with pytest.raises(Sent):
+    with pytest.raises(RegistryError, match=REFUSED):
         vr.publish(p, model_dir, first)
     assert [path.rsplit("/", 1)[-1] for _, path, _ in vertex.calls] == ["chromify-colorizer", "models:upload"]
     upload = vertex.calls[-1][2]
@@ -223,8 +225,8 @@ def test_weights_a_version_already_holds_are_not_registered_again(gcs, vertex, m
     vertex.routes[("GET", r".*/models/chromify-colorizer")] = version("3", "0123456789abcdef", ("champion",))
     vertex.routes[("GET", LIST_VERSIONS)] = versions(version("4", RECORD["model_id"], artifact=held_at))
     vertex.routes[("GET", CHAMPION_GET)] = version("3", "0123456789abcdef", ("champion", "default"))
-    vertex.routes[("POST", r".*/models:upload")] = Sent()
-    vertex.routes[("POST", r".*:mergeVersionAliases")] = Sent()
+    vertex.routes[("POST", r".*/models:upload")] = SENT
+    vertex.routes[("POST", r".*:mergeVersionAliases")] = SENT
     note = f"already registered as v4 (model {RECORD['model_id']}); no alias moved, champion is v3"
     assert vr.publish(p, model_dir, RECORD) == {
         "registered": False, "already_registered": True, "target": "vertex", "version": "4",
@@ -245,7 +247,7 @@ def test_a_gate_decided_against_another_champion_is_refused(gcs, vertex, model_d
     vertex.routes[("GET", r".*/models/chromify-colorizer")] = version("5", "fedcba9876543210", ("champion",))
     vertex.routes[("GET", LIST_VERSIONS)] = versions()
     vertex.routes[("GET", CHAMPION_GET)] = version("5", "fedcba9876543210", ("champion", "default"))
-    vertex.routes[("POST", r".*/models:upload")] = Sent()
+    vertex.routes[("POST", r".*/models:upload")] = SENT
     with pytest.raises(RegistryError, match=r"compared the candidate with 0123456789abcdef, the champion is now "
                                             r"v5 \(fedcba9876543210\); re-run evaluate"):
         vr.publish(p, model_dir, RECORD)
@@ -258,7 +260,7 @@ def test_a_gate_decided_against_another_champion_is_refused(gcs, vertex, model_d
     # A champion without chromify's label cannot be compared cheaply: the check is skipped, the upload goes on.
     vertex.routes[("GET", r".*/models/chromify-colorizer")] = version("5", None, ("champion",))
     vertex.routes[("GET", CHAMPION_GET)] = version("5", None, ("champion", "default"))
-    with pytest.raises(Sent):
+    with pytest.raises(RegistryError, match=REFUSED):
         vr.publish(p, model_dir, RECORD)
 
 
@@ -311,7 +313,7 @@ def test_run_register_dispatches_on_target(vertex, model_dir, tmp_path):
     vertex.routes[("GET", r".*/models/chromify-colorizer")] = version("2", "0123456789abcdef", ("champion",))
     vertex.routes[("GET", LIST_VERSIONS)] = versions(version("7", weights, artifact=f"gs://{BUCKET}/x"))
     vertex.routes[("GET", CHAMPION_GET)] = version("2", "0123456789abcdef", ("champion", "default"))
-    vertex.routes[("POST", r".*/models:upload")] = Sent()
+    vertex.routes[("POST", r".*/models:upload")] = SENT
     passed = {"passed": True, "champion_id": "0123456789abcdef", "candidate_id": weights,
               "reasons": ["PSNR 24.50 dB ≥ champion 24.30 dB"]}
     outcome = run_register(params, model_dir, passed, {}, tmp_path / "raw", tmp_path / "reports")
