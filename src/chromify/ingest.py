@@ -369,6 +369,18 @@ def _facts_from_row(row: dict[str, Any]) -> Facts:
                  row.get("detail") or "" if cached_error else "", row.get("path") or "")
 
 
+def _damaged_table() -> tuple[type[BaseException], ...]:
+    """What pyarrow raises on a damaged Parquet file, reading it or decoding its columns (UnicodeDecodeError on a
+    flipped byte in a text column, ArrowNotImplementedError on a garbled type, ArrowInvalid, ArrowIOError)."""
+    import pyarrow as pa
+
+    return OSError, ValueError, pa.ArrowException
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
 def _read_rows(path: Path) -> dict[tuple[str, int, str], dict]:
     if not path.exists():
         return {}
@@ -376,13 +388,12 @@ def _read_rows(path: Path) -> dict[tuple[str, int, str], dict]:
 
     try:
         table = pq.read_table(path)
-    except (OSError, ValueError) as exc:  # pyarrow's errors are both; a cache is only a cache: read afresh
-        print(f"chromify: ingest: {path}: unreadable ({str(exc).splitlines()[0]}); reading every photo again",
+        rows = table.to_pylist() if {"uri", "size_bytes", "stamp", "sha256"} <= set(table.column_names) else []
+    except _damaged_table() as exc:  # a cache is only a cache: read afresh
+        print(f"chromify: ingest: {path}: unreadable ({_first_line(exc)}); reading every photo again",
               file=sys.stderr)
         return {}
-    if not {"uri", "size_bytes", "stamp", "sha256"} <= set(table.column_names):
-        return {}
-    return {(r["uri"], r["size_bytes"], r["stamp"]): r for r in table.to_pylist()}
+    return {(r["uri"], r["size_bytes"], r["stamp"]): r for r in rows}
 
 
 def _table_bytes(rows: list[dict], columns: tuple[str, ...]) -> bytes:
@@ -498,6 +509,6 @@ def read_manifest(out_dir: str | Path, split: str | None = None) -> list[dict]:
         raise ChromifyError(f"{path}: no manifest; run `chromify ingest` first")
     try:
         rows = pq.read_table(path).to_pylist()
-    except (OSError, ValueError) as exc:
-        raise ChromifyError(f"{path}: unreadable ({str(exc).splitlines()[0]}); run `chromify ingest` again") from None
+    except _damaged_table() as exc:
+        raise ChromifyError(f"{path}: unreadable ({_first_line(exc)}); run `chromify ingest` again") from None
     return [r for r in rows if split is None or r["split"] == split]
