@@ -2,9 +2,11 @@ import json
 import multiprocessing as mp
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import yaml
@@ -287,26 +289,55 @@ def test_registering_weights_already_registered_changes_nothing(two_runs):
     assert reg.versions() == [1, 2] and reg.champion() == 1 and reg.alias_history() == moves
 
 
-@pytest.mark.parametrize("history_line_written", [False, True])
-def test_a_registration_killed_before_the_champion_moved_is_finished_by_the_rerun(two_runs, history_line_written):
-    """kill -9 between the version's rename and the alias table (with or without the history's line): the version
-    is in place, the champion is not; `dvc repro` re-runs register, which must finish the promotion the gate
-    decided, not call it already registered."""
-    from chromify.stages import registration_record
+def _kill_after_publishing(registry_dir, model_dir, record) -> int:
+    """Register in a child process that is SIGKILLed the moment the version folder is published (its os.rename
+    returned), before any alias moves: a kill -9 landing there. Returns the child's exit status."""
+    code = textwrap.dedent(f"""
+        import json, os, signal, sys
+        from chromify.registry import CHAMPION, LocalRegistry
+        real_rename = os.rename
+        def rename(src, dst):
+            real_rename(src, dst)
+            if os.path.basename(str(src)).startswith(".staging-"):
+                os.kill(os.getpid(), signal.SIGKILL)
+        os.rename = rename
+        LocalRegistry({str(registry_dir)!r}, "m").register({str(model_dir)!r}, json.loads(sys.argv[1]),
+                                                          aliases=(CHAMPION,))
+    """)
+    return subprocess.run([sys.executable, "-c", code, json.dumps(record)], timeout=120).returncode
 
-    root, params, _, (first, second) = two_runs
-    reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
-    third = _export(root / "run3", 3)
-    gate = {"passed": True, "champion_id": model_id_of(second), "reasons": [], "candidate_id": model_id_of(third)}
-    assert reg.register(third, registration_record(params, third, gate, METRICS_2, root / "raw")) == 3
-    if history_line_written:
-        with open(reg.history_path, "a") as f:
-            f.write(json.dumps({"alias": CHAMPION, "version": 3, "previous": 2, "action": "register",
-                                "at": "2026-11-24T20:00:00Z"}) + "\n")
-    assert reg.champion() == 2
-    outcome = run_register(params, third, gate, METRICS_2, root / "raw", None)
-    assert (outcome["registered"], outcome["version"], reg.champion(), reg.versions()) == (True, 3, 3, [1, 2, 3])
-    assert reg.rollback(CHAMPION) == 2  # the history holds the move, so a rollback undoes it
+
+def test_a_registration_killed_before_the_champion_moved_is_finished_by_the_rerun(tmp_path, model_dir):
+    """kill -9 between the version's publication and the alias table: `dvc repro` re-runs register, which must
+    finish the promotion the gate decided, not call it already registered and lose it."""
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    first = reg.register(model_dir, {"model_id": model_id_of(model_dir)}, aliases=(CHAMPION,))
+    second = _export(tmp_path / "second", 5)
+    record = {"model_id": model_id_of(second), "gate": {"champion_id": model_id_of(model_dir)}}
+    assert _kill_after_publishing(reg.dir.parent, second, record) == -signal.SIGKILL
+    assert reg.versions() == [1, 2] and reg.champion() == first and reg.pending_path.exists()
+    assert reg.register(second, record, aliases=(CHAMPION,)) == 2
+    assert reg.champion() == 2 and not reg.pending_path.exists()
+    assert reg.rollback(CHAMPION) == 1  # the history holds the move, so a rollback undoes it
+
+
+def test_a_version_registered_without_aliases_or_rolled_back_from_is_never_promoted_by_a_rerun(tmp_path,
+                                                                                               model_dir):
+    from chromify.registry import AlreadyRegistered
+
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    reg.register(model_dir, {"model_id": model_id_of(model_dir)}, aliases=(CHAMPION,))
+    second, third = _export(tmp_path / "second", 5), _export(tmp_path / "third", 6)
+    gate = {"champion_id": model_id_of(model_dir)}
+    assert reg.register(second, {"model_id": model_id_of(second), "gate": gate}) == 2  # on purpose, no alias
+    with pytest.raises(AlreadyRegistered):
+        reg.register(second, {"model_id": model_id_of(second), "gate": gate}, aliases=(CHAMPION,))
+    assert reg.register(third, {"model_id": model_id_of(third), "gate": gate}, aliases=(CHAMPION,)) == 3
+    assert reg.rollback(CHAMPION) == 1
+    reg.history_path.write_text("")  # even with the history gone, nothing says v3's registration was unfinished
+    with pytest.raises(AlreadyRegistered):
+        reg.register(third, {"model_id": model_id_of(third), "gate": gate}, aliases=(CHAMPION,))
+    assert reg.champion() == 1 and not reg.pending_path.exists()
 
 
 def test_a_gate_decided_against_a_former_champion_is_refused(two_runs):
@@ -386,6 +417,7 @@ def test_the_weights_reach_the_disk_before_the_champion_alias_points_at_them(tmp
              for p in (p.replace(str(reg.dir), "<reg>") for p in synced)]
     assert names == ["<reg>/<staging>/model.safetensors", "<reg>/<staging>/config.json",
                      "<reg>/<staging>/.record.json.tmp", "<reg>/<staging>",  # the version, whole
+                     "<reg>/.pending.json.tmp", "<reg>",  # what a kill before the aliases move leaves to finish
                      "<reg>",  # its rename into v0001
                      "<reg>/alias_history.jsonl", "<reg>/.aliases.json.tmp", "<reg>"]  # then the alias moves
 

@@ -94,6 +94,10 @@ class LocalRegistry:
         self.name = name
 
     @property
+    def pending_path(self) -> Path:
+        return self.dir / "pending.json"
+
+    @property
     def history_path(self) -> Path:
         return self.dir / "alias_history.jsonl"
 
@@ -237,6 +241,7 @@ class LocalRegistry:
             unfinished = self._unfinished_locked(record, aliases)
             if unfinished is not None:
                 self._move_locked(dict.fromkeys(aliases, unfinished), "register")
+                self.pending_path.unlink()
                 return unfinished
             self._check_locked(record, aliases)
             version = max(self.versions(), default=0) + 1
@@ -254,30 +259,41 @@ class LocalRegistry:
                 atomic_write_json(staging / RECORD, full)
                 for f in (*MODEL_FILES, RECORD):
                     os.chmod(staging / f, _READ_ONLY)
+                if aliases:  # until the aliases have moved: a kill in between leaves this to finish by
+                    atomic_write_json(self.pending_path, {"version": version, "aliases": list(aliases)})
                 os.rename(staging, self.version_dir(version))
                 fsync_path(self.dir)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             self._move_locked(dict.fromkeys(aliases, version), "register")
+            self.pending_path.unlink(missing_ok=True)
         return version
 
     def _unfinished_locked(self, record: dict[str, Any], aliases: tuple[str, ...]) -> int | None:
-        """The newest version, when it holds this model and a kill stopped its registration before the champion
-        alias moved to it (no move to it in the table, or only the history's last line); None otherwise. A version
-        that was champion and was moved from since (a rollback, a promote) is not unfinished: finishing it would
-        undo the user's move."""
-        model_id, versions = record.get("model_id"), self.versions()
-        if CHAMPION not in aliases or not model_id or not versions or self.model_id(versions[-1]) != model_id:
+        """The version whose registration a kill stopped after it was published and before its aliases moved, when
+        this is the same model registered again with the same aliases (`dvc repro` re-running register); None
+        otherwise. Only `pending.json`, written before the version appears and removed once its aliases moved,
+        says so: a version registered without aliases, or moved from since (rollback, promote), never is."""
+        if not self.pending_path.exists():
             return None
-        newest, current = versions[-1], self.champion()
-        moves = self.alias_history(CHAMPION)
-        reached = [k for k, m in enumerate(moves) if m["version"] == newest and k != len(moves) - 1]
-        if current == newest or reached:
+        pending = self._read_json(self.pending_path, "pending registration")
+        try:
+            version, moved = int(pending["version"]), tuple(pending["aliases"])
+        except (TypeError, KeyError, ValueError):
+            raise RegistryError(f"{self.pending_path}: damaged pending registration (expected "
+                                '{"version": N, "aliases": [...]})') from None
+        table = self.aliases()
+        if version not in self.versions() or all(table.get(a) == version for a in moved):
+            self.pending_path.unlink()  # killed before the version appeared, or after its aliases moved
             return None
-        check_gate_is_current(self.name, record.get("gate") or {}, current,
-                              None if current is None else self.model_id(current))
-        return newest
+        if set(moved) != set(aliases) or self.model_id(version) != record.get("model_id"):
+            return None  # another model's registration: the pending one waits for its own re-run
+        if CHAMPION in moved:
+            current = self.champion()
+            check_gate_is_current(self.name, record.get("gate") or {}, current,
+                                  None if current is None else self.model_id(current))
+        return version
 
     def _check_locked(self, record: dict[str, Any], aliases: tuple[str, ...]) -> None:
         self.aliases()  # a damaged alias table fails before a version is written, not after
