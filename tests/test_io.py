@@ -47,3 +47,23 @@ def test_a_reader_holding_the_old_file_keeps_reading_it_whole(tmp_path):
         assert os.stat(target).st_ino != os.fstat(old.fileno()).st_ino
         assert old.read() == b"old contents " * 1000
     assert target.read_bytes() == b"new"
+
+
+def test_a_write_that_fails_without_naming_a_file_names_the_target(tmp_path):
+    """A full disk fails in write() or fsync(), whose OSError names no file: the error names the output, and the
+    previous file stays whole."""
+    import errno
+
+    from chromify.io import atomic_write
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_write_bytes(target, b"good")
+
+    def full(f):
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as failed:
+        atomic_write(target, full)
+    assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(target))
+    assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

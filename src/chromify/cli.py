@@ -446,8 +446,9 @@ def main() -> None:
         print(f"chromify: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
-        # The file system refused a write or read (permissions, a full or read-only disk, a folder where a file
-        # belongs): the user's to fix, so one line naming the file. Other OSErrors are bugs and keep the traceback.
+        # The file system refused a write or read of a named file (permissions, a full or read-only disk, a folder
+        # where a file belongs): the user's to fix, so one line naming it. An OSError naming no file keeps its
+        # traceback unless its errno is one of those.
         where = exc.filename2 or exc.filename
         if where is None and exc.errno not in _USER_FIXABLE:
             raise
