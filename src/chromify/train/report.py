@@ -68,6 +68,7 @@ class TrainReport:
         self.terminal = is_terminal(sys.stderr)  # a live line on a terminal; in a log, a line every half minute
         self._clock = LogClock()
         self._open_line = False
+        self._unlogged: str | None = None
         self.steps: list[dict[str, float]] = []
         if dvclive_dir is None and self.reports is not None:
             dvclive_dir = self.reports.parent / "dvclive"
@@ -81,11 +82,14 @@ class TrainReport:
         elif event == "step":
             self.steps.append({k: float(v) for k, v in data.items()})
             line = f"step {data['step']:>6}  loss {data['loss']:.4f}  {data['images_per_s']:.1f} img/s"
+            self._unlogged = None
             if self.progress and self.terminal:
                 print(f"\r{line}", end="", file=sys.stderr, flush=True)
                 self._open_line = True
             elif self.progress and self._clock.due():
                 print(f"chromify: train {line}", file=sys.stderr, flush=True)
+            elif self.progress:
+                self._unlogged = line  # printed at the end if no later line is: a log always shows the last step
         elif event == "epoch":
             if self.progress:
                 self._end_line()
@@ -95,6 +99,8 @@ class TrainReport:
         elif event == "end":
             if self.progress:
                 self._end_line()
+                if self._unlogged:
+                    print(f"chromify: train {self._unlogged}", file=sys.stderr, flush=True)
             if self.reports is not None:
                 atomic_write_json(self.reports / "train_history.json",
                                   {"steps": self.steps, "epochs": data["history"]})
