@@ -3,7 +3,8 @@
 All three are scored on the same images, reconstructed from the stored L and their predicted ab.
 
 The test split is read `EVAL_CHUNK` photos at a time and only per-image numbers (plus Inception features for FID)
-outlive a chunk, so memory does not grow with the split (it used to: ~8 MB per 256 px test photo).
+outlive a chunk, so memory does not grow with the split (it used to: ~8 MB per 256 px test photo), but for FID's
+features, 16 KB a photo and model, kept only when its weights are on disk.
 
 FID and LPIPS are reported too when the networks they need already have weights on this machine (the torch hub
 cache); they are never downloaded. Without them the metrics say `"fid": null` / `"lpips": null` and one line in

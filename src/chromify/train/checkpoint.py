@@ -74,6 +74,8 @@ def load_checkpoint(out_dir: str | Path) -> dict[str, Any] | None:
     # Our own checkpoint holds only tensors, numbers, strings, lists and dicts, so the safe loader reads it.
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise  # the machine's trouble, not the file's: "delete it" would be the wrong advice
     except Exception as exc:  # foreign bytes fail in the unpickler in any way (KeyError, IndexError, struct.error)
         # Writes are atomic, so this is a file damaged after the fact: say so rather than train over it.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
