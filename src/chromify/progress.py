@@ -55,6 +55,8 @@ class Progress:
             self._line()
 
     def _line(self) -> None:
+        if self.stream is None:  # no stderr at all (a detached process): print would write to stdout, the JSON's
+            return
         rate = (self.done - self._first) / max(time.monotonic() - self._clock.start, 1e-9)
         share = 100.0 * self.done / self.total if self.total else 100.0
         print(f"chromify: {self.desc} {self.done:,}/{self.total:,} {self.unit} ({share:.0f} %), "
