@@ -165,6 +165,9 @@ def test_connection_refused_is_one_line_and_quick(storage_at):
           r"refreshed.\); run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS$"),
     (503, r"^gs://private/x/: cannot list the bucket: HTTP 503: .*Anonymous caller .* \(gave up after 0.5 s"),
     (400, r"^gs://private/x/: cannot list the bucket: HTTP 400: .*Anonymous caller [^(]*$"),
+    # credentials without storage.objects.list: said so (not "not found", which sends users hunting a typo), and
+    # never retried
+    (403, r"^gs://private/x/: access denied \(.*Anonymous caller does not have storage\.objects\.list[^(]*$"),
 ])
 def test_http_errors_while_listing_are_one_line(storage_at, status, message):
     with gcs_answering(status) as url:
@@ -211,3 +214,20 @@ def test_a_named_but_unusable_key_file_is_said_not_read_anonymously(tmp_path, mo
             gcs.client()
     finally:
         gcs.client.cache_clear()
+
+
+def test_an_object_is_read_at_the_generation_that_was_listed(gcs_server):
+    """Overwritten between the listing and the read: the listed generation is refused rather than the new bytes
+    read under the old stamp (which would leave a manifest row whose hash no re-run ever corrects)."""
+    from google.api_core.exceptions import NotFound
+
+    blob = gcs.client().create_bucket("chromify-generations").blob("photo.jpg")
+    blob.upload_from_string(b"first")
+    blob.reload()
+    listed = str(blob.generation)
+    assert gcs.read_gcs_bytes("gs://chromify-generations/photo.jpg", listed) == b"first"
+    blob.upload_from_string(b"second")
+    blob.reload()
+    with pytest.raises(NotFound):
+        gcs.read_gcs_bytes("gs://chromify-generations/photo.jpg", listed)
+    assert gcs.read_gcs_bytes("gs://chromify-generations/photo.jpg", str(blob.generation)) == b"second"
