@@ -50,11 +50,26 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
                                                                    "must be <= 1 (what is left trains)"),
         ({"model": {"chroma_gain": -1, "base_width": 0}}, "model.base_width 0: must be >= 1; model.chroma_gain -1.0: "
                                                           "must be > 0"),
+        # the open end of a range: an EMA of decay 1 never leaves the initial weights, and the untrained model
+        # would be exported; a GAN that starts at the end never starts
+        ({"train": {"ema_decay": 1}}, "train.ema_decay 1.0: must be in [0, 1)"),
+        ({"train": {"gan_start_fraction": 1}}, "train.gan_start_fraction 1.0: must be in [0, 1)"),
+        ({"train": {"rebalance": 1.5}}, "train.rebalance 1.5: must be in [0, 1]"),
+        # NaN fails every comparison: no time limit at all on a cloud GPU, or another photo set accepted
+        ({"train": {"max_minutes": "nan"}}, "train.max_minutes nan: must be >= 0"),
+        ({"ingest": {"min_chroma": "nan"}}, "ingest.min_chroma nan: must be >= 0"),
     ],
 )
 def test_bad_params_are_one_line_errors(raw, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         params_from_dict(raw)
+
+
+def test_a_folder_held_out_whole_is_allowed():
+    """val + test = 1 is the documented way to evaluate a model on a folder kept out of training."""
+    for val, test in ((0.0, 1.0), (0.5, 0.5)):
+        p = params_from_dict({"ingest": {"val_fraction": val, "test_fraction": test}}).ingest
+        assert (p.val_fraction, p.test_fraction) == (val, test)
 
 
 def test_kubernetes_quantities_kfp_accepts_are_accepted():
