@@ -121,6 +121,25 @@ def test_bins_term_in_the_generator_loss_passes_gradient_to_the_logits() -> None
         losses.GeneratorLoss(TrainParams(regression_weight=0.0))
 
 
+def test_the_rebalancing_weight_is_that_of_each_pixels_colour() -> None:
+    """Zhang's rebalancing weighs a pixel by its colour's rarity: a target of one saturated colour whose bin weighs
+    10 makes the term 10 × the unweighted one, and a gray target, whose bin weighs 1, leaves it as it was."""
+    model = get_model("unet_s", base_width=4, depth=2, head="bins")
+    lum = torch.rand(1, 1, 16, 16)
+    _, logits = model(lum, with_logits=True)
+    vivid = torch.tensor([60.0, 40.0])[None, :, None, None].expand(1, 2, 16, 16) / 128.0
+    gray = torch.zeros(1, 2, 16, 16)
+    weights = torch.ones(len(model.bins))
+    weights[model.bins.nearest(torch.tensor([60.0, 40.0])[None, :, None, None])[0, 0, 0]] = 10.0
+    p = TrainParams(regression_weight=0.0)
+    plain, weighted = losses.GeneratorLoss(p, model.bins), losses.GeneratorLoss(p, model.bins, weights)
+    with torch.no_grad():
+        assert weighted(lum, vivid, vivid, None, logits)["bins"].item() == pytest.approx(
+            10.0 * plain(lum, vivid, vivid, None, logits)["bins"].item(), rel=1e-5)
+        assert weighted(lum, gray, gray, None, logits)["bins"].item() == pytest.approx(
+            plain(lum, gray, gray, None, logits)["bins"].item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("arch", list_models())
 def test_every_arch_takes_the_bins_head_and_keeps_the_model_contract(arch: str) -> None:
     model = get_model(arch, base_width=8, depth=3, head="bins", temperature=0.5)

@@ -105,6 +105,29 @@ def test_blind_discriminator_gives_log_2_on_both_sides() -> None:
     assert losses.generator_adversarial_loss(Blind(), lum, ab).item() == pytest.approx(math.log(2))
 
 
+class Sure(torch.nn.Module):
+    """A discriminator that knows: logit +5 for the real ab it is given, −5 for anything else."""
+
+    def __init__(self, real_ab: torch.Tensor):
+        super().__init__()
+        self.real_ab = real_ab
+
+    def forward(self, lum: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+        real = torch.tensor([float(torch.equal(a, self.real_ab[0])) for a in ab])
+        return (10.0 * real - 5.0)[:, None, None, None].expand(-1, 1, 2, 2)
+
+
+def test_a_discriminator_that_is_right_has_a_small_loss_and_the_generator_a_large_one() -> None:
+    """The labels: real is 1 and fake 0 for D; G wants D to say 1 (swapping either trains the GAN backwards)."""
+    lum, ab = photo_lab()
+    fake = torch.zeros_like(ab)
+    sure = Sure(ab)
+    assert losses.discriminator_loss(sure, lum, ab, fake).item() == pytest.approx(math.log1p(math.exp(-5.0)), rel=1e-5)
+    assert losses.generator_adversarial_loss(sure, lum, fake).item() == pytest.approx(math.log1p(math.exp(5.0)),
+                                                                                     rel=1e-5)
+    assert losses.generator_adversarial_loss(sure, lum, ab).item() < 0.01  # fooled: nothing left to gain
+
+
 def test_patch_discriminator_scores_70px_patches() -> None:
     assert losses.PatchDiscriminator(width=8)(torch.rand(2, 1, 64, 64), torch.rand(2, 2, 64, 64)).shape == (2, 1, 6, 6)
 
