@@ -363,6 +363,50 @@ def test_keep_best_exports_the_weights_of_the_best_validation(shard_dir, tmp_pat
     state = load_checkpoint(out)
     assert state["best"]["val_psnr_ab"] == pytest.approx(max(scores))
     assert any(not torch.equal(v, model.state_dict()[k]) for k, v in state["model"].items() if v.is_floating_point())
+    # keep_best off: the same swinging run exports its last step's weights
+    last = train(shard_dir, tmp_path / "last", MODEL, replace(BASE, keep_best=False, lr=lr, warmup_steps=0,
+                                                              max_steps=36, val_every_steps=3), SEED)
+    assert last["exported_step"] == 36
+    exported, _ = load_model(tmp_path / "last")
+    final = load_checkpoint(tmp_path / "last")["model"]
+    assert all(torch.equal(v, final[k]) for k, v in exported.state_dict().items())
+
+
+def test_a_time_budget_runs_the_whole_schedule_and_the_adversarial_phase(shard_dir, tmp_path) -> None:
+    """The shipped params end training by time (max_steps 0): the lr's cosine and the GAN's start follow the
+    clock then, or the lr would never decay and the discriminator never join."""
+    rows = []
+    p = replace(BASE, max_steps=0, max_minutes=0.08, epochs=100_000, log_every=1, val_every_steps=10_000,
+                warmup_steps=0, gan_weight=0.05, gan_start_fraction=0.5, checkpoint_every=0)
+    result = train(shard_dir, tmp_path, MODEL, p, SEED,
+                   callbacks=(lambda e, d: rows.append(d) if e == "step" else None,))
+    assert result["step"] == len(rows) > 10 and 4.0 < result["train_seconds"] < 30.0
+    assert rows[0]["lr"] > 0.9 * p.lr and rows[-1]["lr"] < 0.2 * p.lr
+    adversarial = [r["step"] for r in rows if "loss_adversarial" in r]
+    # from half the budget on (in time: its steps, which also train the discriminator, are the slower ones)
+    assert adversarial and adversarial[0] > 10 and adversarial == list(range(adversarial[0], len(rows) + 1))
+
+
+def test_rebalancing_changes_what_the_bins_head_is_trained_on(shard_dir, tmp_path) -> None:
+    """train.rebalance < 1 weighs the bins term by colour rarity; ignored, it would train exactly as 1 does."""
+    first = {}
+    for rebalance in (1.0, 0.5):
+        rows = []
+        train(shard_dir, tmp_path / str(rebalance), replace(MODEL, head="bins"),
+              replace(BASE, max_steps=1, rebalance=rebalance, regression_weight=0.0), SEED,
+              callbacks=(lambda e, d, rows=rows: rows.append(d) if e == "step" else None,))
+        first[rebalance] = rows[0]["loss"]
+    assert abs(first[0.5] - first[1.0]) > 1e-3 * first[1.0]
+
+
+def test_with_ema_the_averaged_weights_are_exported(shard_dir, tmp_path) -> None:
+    """Validation and keep_best judge the EMA model; exporting the raw weights would ship another model."""
+    train(shard_dir, tmp_path, MODEL, replace(BASE, ema_decay=0.9, keep_best=False, max_steps=6, lr=0.01), SEED)
+    exported, _ = load_model(tmp_path)
+    state = load_checkpoint(tmp_path)
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    assert all(torch.equal(v, averaged[k]) for k, v in exported.state_dict().items())
+    assert any(not torch.equal(v, state["model"][k]) for k, v in exported.state_dict().items() if v.is_floating_point())
 
 
 def test_keep_best_with_a_discriminator_keeps_a_step_of_the_adversarial_phase(shard_dir, tmp_path) -> None:
