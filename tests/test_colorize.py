@@ -171,6 +171,38 @@ def test_originals_are_never_replaced_only_earlier_outputs_are(tmp_path: Path, m
         assert [p.name for p in done.written] == [f"b.{fmt}"] and not done.failed
 
 
+def test_a_photo_another_program_marked_is_never_replaced(tmp_path: Path, model_dir: Path) -> None:
+    """GIMP writes a PNG Software tag, cameras and editors write JPEG comments: only chromify's own mark lets an
+    output be replaced."""
+    from PIL import PngImagePlugin
+
+    Image.fromarray(data.camera()).save(tmp_path / "a.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    tag = PngImagePlugin.PngInfo()
+    tag.add_text("Software", "GIMP 2.10")
+    Image.fromarray(data.coffee()).save(out / "a.png", pnginfo=tag)
+    Image.fromarray(data.coffee()).save(out / "b.jpg", comment=b"holiday 1987")
+    (tmp_path / "b.png").write_bytes((tmp_path / "a.jpg").read_bytes())  # an input whose output is b.jpg
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    png = colorize_paths([str(tmp_path / "a.jpg")], out, model_dir)
+    jpg = colorize_paths([str(tmp_path / "b.png")], out, model_dir, fmt="jpg")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not png.written and not jpg.written
+    assert [r for _, r in png.failed + jpg.failed] == [f"{out / 'a.png'} exists and was not written by chromify; "
+                                                       "left as it is", f"{out / 'b.jpg'} exists and was not "
+                                                       "written by chromify; left as it is"]
+
+
+def test_the_contact_sheet_escapes_file_names(tmp_path: Path, model_dir: Path) -> None:
+    """A file may be named like markup (legal on Linux): the self-contained page shows the name, runs nothing."""
+    Image.fromarray(data.camera()).save(tmp_path / 'a<b onmouseover="x">&c.png')
+    sheet = tmp_path / "sheet.html"
+    colorize_paths([str(tmp_path / 'a<b onmouseover="x">&c.png')], tmp_path / "out", model_dir, html_path=sheet)
+    page = sheet.read_text()
+    assert "a&lt;b onmouseover=&quot;x&quot;&gt;&amp;c.png" in page and "<b onmouseover" not in page
+
+
 def test_unusable_output_paths_fail_in_one_line_before_any_photo(tmp_path: Path, model_dir: Path) -> None:
     photo = tmp_path / "a.png"
     Image.fromarray(data.camera()).save(photo)
