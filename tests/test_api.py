@@ -106,6 +106,18 @@ def test_format_by_field_then_accept(client: httpx.Client, form: dict, accept: s
     r = client.post("/colorize", data=form, headers=headers, files={"file": ("a.jpg", CAMERA_JPEG)})
     assert r.status_code == 200 and r.headers["content-type"] == expected
     assert Image.open(io.BytesIO(r.content)).format == expected.split("/")[1].upper()
+    suffix = {"image/png": "png", "image/jpeg": "jpg"}[expected]
+    assert r.headers["content-disposition"] == f'inline; filename="a-colorized.{suffix}"'
+
+
+# (a browser, as httpx, sends a quote in a file name as %22; a backslash comes as it is)
+@pytest.mark.parametrize(("name", "said"), [('say "cheese"\\.jpg', "say %22cheese%22_"), ("été.jpg", "_t_")])
+def test_the_download_name_is_a_safe_header_whatever_the_upload_was_called(client: httpx.Client, name: str,
+                                                                            said: str) -> None:
+    """A quote or backslash in the upload's name would end the header's filename early (a malformed header that
+    clients read differently); non-ASCII is not allowed there at all."""
+    r = client.post("/colorize", files={"file": (name, CAMERA_JPEG, "image/jpeg")})
+    assert r.status_code == 200 and r.headers["content-disposition"] == f'inline; filename="{said}-colorized.png"'
 
 
 def test_content_is_sniffed_not_the_name_or_type(client: httpx.Client) -> None:
@@ -225,8 +237,12 @@ def test_healthz_and_the_page(client: httpx.Client, model_dir: Path) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
     for path in ("/", "/static/app.js", "/static/style.css"):
-        text = client.get(path).text
-        assert "http:" not in text and "https:" not in text and "//cdn" not in text, f"{path} refers outside"
+        r = client.get(path)
+        assert "http:" not in r.text and "https:" not in r.text and "//cdn" not in r.text, f"{path} refers outside"
+        assert r.headers["x-content-type-options"] == "nosniff", path
+    for r in (client.post("/colorize", files={"file": ("a.jpg", CAMERA_JPEG)}),
+              client.post("/colorize", files={"file": ("a.txt", b"not a photo")})):
+        assert r.headers["x-content-type-options"] == "nosniff", r.status_code
 
 
 def test_pool_answers_503_past_concurrency_plus_queue() -> None:
@@ -277,6 +293,20 @@ def test_settings_refuse_values_that_would_fail_later(monkeypatch: pytest.Monkey
     # a value read from the environment is named by the field's first alias (AIP_HTTP_PORT), whichever one was set
     names = {field, *getattr(ServeSettings.model_fields[field].validation_alias, "choices", ())}
     assert len(exc.value.errors()) == 1 and exc.value.errors()[0]["loc"][0] in names
+
+
+def test_vertex_ais_settings_win_over_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under Vertex AI its AIP_* variables say where to listen and answer; an image that also sets ours must not
+    move the server off the port Vertex's health checks call."""
+    monkeypatch.setenv("AIP_HTTP_PORT", "9000")
+    monkeypatch.setenv("CHROMIFY_PORT", "8081")
+    monkeypatch.setenv("AIP_PREDICT_ROUTE", "/v1/endpoints/1/deployedModels/2:predict")
+    monkeypatch.setenv("CHROMIFY_PREDICT_ROUTE", "/mine")
+    monkeypatch.setenv("AIP_HEALTH_ROUTE", "/v1/endpoints/1/deployedModels/2")
+    monkeypatch.setenv("CHROMIFY_HEALTH_ROUTE", "/alive")
+    s = ServeSettings()
+    assert (s.port, s.predict_route, s.health_route) == (
+        9000, "/v1/endpoints/1/deployedModels/2:predict", "/v1/endpoints/1/deployedModels/2")
 
 
 def test_log_level_is_one_of_uvicorns_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
