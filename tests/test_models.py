@@ -76,3 +76,21 @@ def test_resnet18_unet_takes_imagenet_weights_only_from_the_local_hub_cache(tmp_
     torch.testing.assert_close(loaded.encoder[0][0].weight, reference.conv1.weight.sum(1, keepdim=True))
     fresh = get_model("resnet18_unet", depth=5, pretrained=False)
     assert not torch.equal(fresh.encoder[4][1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+@pytest.mark.parametrize("arch", ["unet_s", "unet_b"])
+def test_the_unet_decoder_sees_the_encoders_features_at_each_level(arch: str) -> None:
+    """The skips are what make it a U-Net: each decoder block's input ends with the encoder's output at its
+    resolution (without them the shapes would not change, and colour would bleed across edges)."""
+    model = get_model(arch, base_width=4, depth=3).eval()
+    seen: dict[str, torch.Tensor] = {}
+    for name, module in [("stem", model.stem), *((f"down{i}", d) for i, d in enumerate(model.downs))]:
+        module.register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out))
+    for k, dec in enumerate(model.decs):
+        dec.register_forward_pre_hook(lambda m, args, k=k: seen.__setitem__(f"dec{k}", args[0]))
+    with torch.no_grad():
+        model(torch.rand(1, 1, 32, 32))
+    encoder = ["down1", "down0", "stem"]  # the decoder goes back up: H/4, H/2, H
+    for k, name in enumerate(encoder):
+        width = seen[name].shape[1]
+        torch.testing.assert_close(seen[f"dec{k}"][:, width:], seen[name], rtol=0, atol=0)

@@ -125,6 +125,11 @@ def test_a_misconfigured_vertex_target_names_every_problem():
     with pytest.raises(ConfigError, match="vertex_model_id|must start with a letter"):
         vr.check_params(register_params(model_name="42-colorizer"))
     vr.check_params(register_params(serving_image="europe-docker.pkg.dev/p/r/serve@sha256:" + "0" * 64))
+    # no tag is latest too; a registry's port is not a tag
+    for unpinned in ("europe-docker.pkg.dev/p/r/serve", "localhost:5000/serve"):
+        with pytest.raises(ConfigError, match=f"serving_image '{unpinned}': pin a tag or digest, not latest"):
+            vr.check_params(register_params(serving_image=unpinned))
+    vr.check_params(register_params(serving_image="localhost:5000/serve:3f2a9c1"))
 
 
 def test_upload_request_first_version_then_later_versions():
