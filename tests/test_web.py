@@ -90,3 +90,19 @@ def test_a_bad_file_shows_the_reason(server: str, browser, tmp_path: Path) -> No
     wait_for(browser, "return document.getElementById('status').classList.contains('error')")
     assert "415" in browser.find_element(By.ID, "status").text
     assert browser.execute_script("return document.getElementById('viewer').hidden")
+
+
+def test_choosing_jpeg_gives_a_jpeg_named_so(server: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    photo = tmp_path / "pier.png"
+    Image.fromarray(data.camera()).resize((320, 240)).save(photo)
+    browser.get(server + "/")
+    wait_for(browser, "return document.getElementById('limits').textContent.includes('megapixels')")
+    Select(browser.find_element(By.ID, "format")).select_by_value("jpeg")
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    wait_for(browser, "const r = document.getElementById('result');"
+                      "return !document.getElementById('viewer').hidden && r.complete && r.naturalWidth > 0")
+    # the page names the download after the type of the bytes the server sent (a PNG would be .png)
+    assert browser.find_element(By.ID, "download").get_attribute("download") == "pier-colorized.jpg"
