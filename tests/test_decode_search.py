@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from chromify.decode_search import candidates, choose
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from chromify.decode_search import Decode, candidates, choose, score_decodes
+from chromify.lab import quantise_lab, rgb_to_lab
+from chromify.metrics import colourfulness
 
 
 def rows(*pairs):
@@ -14,6 +21,26 @@ def test_the_most_truthful_colour_above_the_floor_wins() -> None:
     assert choose(tried, 0.5)["delta_cf"] == 13.0
     assert choose(tried, 0.0)["delta_cf"] == 9.0
     assert choose(tried, -1.0)["delta_cf"] == 2.0
+
+
+def test_a_decode_exactly_on_the_floor_is_above_it() -> None:
+    assert choose(rows((1.0, 2.0), (1.5, 9.0)), 1.0)["delta_cf"] == 2.0
+
+
+def test_delta_cf_is_how_far_from_the_truths_colourfulness_either_way() -> None:
+    """A gray prediction is duller than the truth: its ΔCF is the truth's whole colourfulness, a positive number
+    (signed, the dullest decode would look the most truthful and be chosen)."""
+
+    class Gray(torch.nn.Module):  # the regression head's contract: ab/128 in (-1, 1), here 0 everywhere
+        def forward(self, lum):
+            return torch.zeros(lum.shape[0], 2, *lum.shape[-2:])
+
+    rgb = [data.astronaut()[::8, ::8][:64, :64], data.coffee()[::6, ::6][:64, :64]]
+    samples = np.stack([quantise_lab(rgb_to_lab(im)).transpose(2, 0, 1) for im in rgb])
+    [row], info = score_decodes(Gray(), samples, [Decode(chroma_gain=1.0)])
+    assert info["colourfulness_truth"] == pytest.approx(np.mean([colourfulness(im) for im in rgb]), rel=0.05)
+    assert row["colourfulness"] < 0.5 and row["delta_cf"] == pytest.approx(
+        info["colourfulness_truth"] - row["colourfulness"]) and row["delta_cf"] > 10
 
 
 def test_ties_on_colour_go_to_fidelity_and_an_unreachable_floor_to_the_best_psnr() -> None:

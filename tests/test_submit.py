@@ -143,7 +143,7 @@ def test_pipeline_root_must_be_a_path_in_a_bucket(tmp_path, params_path, root):
 @pytest.mark.parametrize(("root", "wrong"), [
     ("gs://b/root", "'b' is not a valid bucket name"), ("gs://Bad_Bucket/path", "'Bad_Bucket' is not a valid bucket"),
     ("gs://-bucket-/p", "'-bucket-' is not a valid bucket"), ("gs://bucket-only/", "not the bucket itself"),
-    (None, "--pipeline-root is needed")])
+    ("gs://bucket-ok/my runs", "no spaces in the path"), (None, "--pipeline-root is needed")])
 def test_pipeline_root_errors_say_what_is_wrong(root, wrong):
     with pytest.raises(ConfigError, match=wrong):
         check_pipeline_root(root)
