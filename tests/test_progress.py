@@ -33,6 +33,16 @@ def test_a_log_gets_a_plain_line_when_one_is_due_and_the_last_figure_at_the_end(
     assert lines[1].startswith("chromify: ingest 1,000/1,000 img (100 %)")
 
 
+def test_a_resumed_job_reports_the_rate_of_this_run():
+    """900 of 1,000 done by an earlier run: 10 more in 10 s is 1 img/s, not 91."""
+    log = io.StringIO()
+    bar = Progress(1000, "preprocess 1/1", initial=900, stream=log)
+    bar._clock.start -= 10.0
+    bar._clock._last -= progress.LOG_EVERY_S
+    bar.update(10)
+    assert re.fullmatch(r"chromify: preprocess 1/1 910/1,000 img \(91 %\), 1\.0 img/s", log.getvalue().strip())
+
+
 def test_a_short_job_in_a_log_prints_nothing():
     log = io.StringIO()
     bar = Progress(5, "colorize", stream=log)
