@@ -55,6 +55,7 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
         ({"train": {"ema_decay": 1}}, "train.ema_decay 1.0: must be in [0, 1)"),
         ({"train": {"gan_start_fraction": 1}}, "train.gan_start_fraction 1.0: must be in [0, 1)"),
         ({"train": {"rebalance": 1.5}}, "train.rebalance 1.5: must be in [0, 1]"),
+        ({"train": {"val_every_steps": 0}}, "train.val_every_steps 0: must be >= 1"),
         # NaN fails every comparison: no time limit at all on a cloud GPU, or another photo set accepted
         ({"train": {"max_minutes": "nan"}}, "train.max_minutes nan: must be >= 0"),
         ({"ingest": {"min_chroma": "nan"}}, "ingest.min_chroma nan: must be >= 0"),

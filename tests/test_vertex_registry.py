@@ -245,6 +245,12 @@ def test_weights_a_version_already_holds_are_not_registered_again(gcs, vertex, m
     vertex.routes[("GET", CHAMPION_GET)] = version("6", RECORD["model_id"], ("champion", "default"))
     assert vr.publish(p, model_dir, RECORD)["message"] == \
         f"already registered as v6 (model {RECORD['model_id']}); no alias moved, champion is v6"
+    # Neither is champion: the first one is named, by number (as text, "10" would come before "9")
+    vertex.routes[("GET", LIST_VERSIONS)] = versions(version("10", RECORD["model_id"], artifact=held_at),
+                                                     version("9", RECORD["model_id"], artifact=held_at))
+    vertex.routes[("GET", CHAMPION_GET)] = version("3", "0123456789abcdef", ("champion", "default"))
+    assert vr.publish(p, model_dir, RECORD)["message"] == \
+        f"already registered as v9 (model {RECORD['model_id']}); no alias moved, champion is v3"
 
 
 def test_a_gate_decided_against_another_champion_is_refused(gcs, vertex, model_dir):
