@@ -436,25 +436,30 @@ def pipeline_submit(
 _USER_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+def _one_line(exc: BaseException) -> str | None:
+    """The one line a user-fixable error gets; None for a bug, which keeps its traceback. The file system refusing
+    a named file (permissions, a full or read-only disk, a folder where a file belongs) is the user's to fix too,
+    as is an OSError naming no file whose errno is one of those."""
+    if isinstance(exc, ChromifyError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = exc.filename2 or exc.filename
+        if where is not None or exc.errno in _USER_FIXABLE:
+            return f"{f'{where}: ' if where is not None else ''}{exc.strerror or exc}"
+    return None
+
+
 def main() -> None:
     """Entry point: ChromifyError → one line on stderr and exit 2; CHROMIFY_DEBUG=1 shows the traceback."""
     try:
         app()
-    except ChromifyError as exc:
-        if os.environ.get("CHROMIFY_DEBUG"):
-            traceback.print_exc()
-        print(f"chromify: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as exc:
-        # The file system refused a write or read of a named file (permissions, a full or read-only disk, a folder
-        # where a file belongs): the user's to fix, so one line naming it. An OSError naming no file keeps its
-        # traceback unless its errno is one of those.
-        where = exc.filename2 or exc.filename
-        if where is None and exc.errno not in _USER_FIXABLE:
+    except (ChromifyError, OSError) as exc:
+        line = _one_line(exc)
+        if line is None:
             raise
         if os.environ.get("CHROMIFY_DEBUG"):
             traceback.print_exc()
-        print(f"chromify: error: {f'{where}: ' if where is not None else ''}{exc.strerror or exc}", file=sys.stderr)
+        print(f"chromify: error: {line}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("chromify: interrupted", file=sys.stderr)

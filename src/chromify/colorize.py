@@ -213,9 +213,7 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
     batch_size = batch_size or (8 if col.device.startswith("cuda") else 1)
     sheet: list[tuple[str, str, str]] = []
     targets: set[Path] = set()
-    bar = None
-    if progress and files:
-        bar = Progress(len(files), "colorize")
+    bar = Progress(len(files), "colorize", enabled=progress)
     for chunk in _chunks(files, batch_size):
         decoded: list[tuple[Path, Path, Path, np.ndarray]] = []
         for src, rel in chunk:
@@ -253,10 +251,8 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
             outcome.written.append(target)
             if html_path is not None and len(sheet) < SHEET_MAX:
                 sheet.append((str(rel), _thumbnail_uri(rgb), _thumbnail_uri(colour)))
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+        bar.update(len(chunk))
+    bar.close()
     if html_path is not None and sheet:
         try:
             done = len(outcome.written)

@@ -34,3 +34,8 @@ class RegistryError(ChromifyError):
 
 class ModelLoadError(ChromifyError):
     """A model directory, alias or version cannot be loaded."""
+
+
+def first_line(exc: BaseException) -> str:
+    """A foreign exception's message as one line (its type when it has none), to quote inside ours."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]

@@ -70,25 +70,17 @@ def score(name: str, lab_truth: np.ndarray, ab_pred: np.ndarray | None, model_id
     pred_lab = lab_truth.copy()
     pred_lab[..., 1:] = 0.0 if ab_pred is None else ab_pred
     pred_rgb = lab_to_rgb8(pred_lab)
-    rows = [image_metrics(p.astype(np.float32) / 255.0, t.astype(np.float32) / 255.0)
-            for p, t in zip(pred_rgb, truth_rgb, strict=True)]
-    return Scored(name, model_id, rows, pred_rgb)
+    return Scored(name, model_id, _image_rows(pred_rgb, truth_rgb), pred_rgb)
 
 
-def _truth_rgb(data: np.ndarray) -> np.ndarray:
-    """(n, 3, S, S) uint8 Lab samples → (n, S, S, 3) uint8 RGB, an image at a time (no float copy of the chunk)."""
-    out = np.empty((len(data), data.shape[2], data.shape[3], 3), dtype=np.uint8)
-    for i, sample in enumerate(data):
-        out[i] = lab_to_rgb8(dequantise_lab(sample.transpose(1, 2, 0)))
-    return out
-
-
-def _predicted_rgb(data: np.ndarray, ab_pred: np.ndarray | None) -> np.ndarray:
-    """The stored L with predicted ab (None: ab = 0) as uint8 RGB, an image at a time, as `score` makes it."""
+def _rgb(data: np.ndarray, ab: np.ndarray | float | None = None) -> np.ndarray:
+    """(n, 3, S, S) uint8 Lab samples → (n, S, S, 3) uint8 RGB, an image at a time (no float copy of the chunk):
+    with their stored colour (`ab` None: the truth), gray (0.0), or a predicted (n, S, S, 2) ab under their L."""
     out = np.empty((len(data), data.shape[2], data.shape[3], 3), dtype=np.uint8)
     for i, sample in enumerate(data):
         lab = dequantise_lab(sample.transpose(1, 2, 0))
-        lab[..., 1:] = 0.0 if ab_pred is None else ab_pred[i]
+        if ab is not None:
+            lab[..., 1:] = ab if np.isscalar(ab) else ab[i]
         out[i] = lab_to_rgb8(lab)
     return out
 
@@ -433,6 +425,13 @@ def _chunks(n: int, batch_size: int) -> Iterator[np.ndarray]:
         yield np.arange(lo, min(lo + step, n))
 
 
+def _renderings(data: np.ndarray, models: list[tuple[str, str | None, Any]],
+                batch_size: int) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, RGB) of each model's colours under the samples' L, one model at a time (None: the gray baseline)."""
+    for name, _, col in models:
+        yield name, _rgb(data, 0.0 if col is None else _predict(col, data, batch_size))
+
+
 def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str | Path | None,
              gate: GateParams, reports_dir: str | Path, batch_size: int = 16, gallery_size: int = 6,
              seed: int = 0) -> tuple[dict[str, Any], GateDecision]:
@@ -457,10 +456,9 @@ def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str 
     perceptual = PerceptualMetrics(list(rows), n)
     for idx in _chunks(n, batch_size):
         data = _read(split, idx)
-        truth_rgb = _truth_rgb(data)
+        truth_rgb = _rgb(data)
         perceptual.add_truth(truth_rgb)
-        for name, _, col in models:
-            pred_rgb = _predicted_rgb(data, None if col is None else _predict(col, data, batch_size))
+        for name, pred_rgb in _renderings(data, models, batch_size):
             rows[name] += _image_rows(pred_rgb, truth_rgb)
             perceptual.add(name, pred_rgb, truth_rgb)
             del pred_rgb
@@ -506,10 +504,9 @@ def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str 
         where = np.concatenate([np.arange(b * batch_size, min((b + 1) * batch_size, n)) for b in batches])
         data = _read(split, where)
         position = {int(i): k for k, i in enumerate(where)}
-        truth_rgb = _truth_rgb(data)
+        truth_rgb = _rgb(data)
         truth = {i: truth_rgb[position[i]] for i in shown}
-        for c, (_, _, col) in zip(columns, models, strict=True):
-            pred_rgb = _predicted_rgb(data, None if col is None else _predict(col, data, batch_size))
+        for c, (_, pred_rgb) in zip(columns, _renderings(data, models, batch_size), strict=True):
             c.images = {i: pred_rgb[position[i]] for i in shown}
     write_gallery(reports / "gallery.html", truth, columns, shown,
                   "Chromify: " + " | ".join([*(c.name for c in columns), "truth"]))

@@ -37,7 +37,7 @@ from chromify.decode import (
     pil_hard_limit,
     to_srgb,
 )
-from chromify.errors import ChromifyError, ConfigError, InputImageError
+from chromify.errors import ChromifyError, ConfigError, InputImageError, first_line
 from chromify.io import atomic_write
 from chromify.lab import AB_OFFSET
 from chromify.progress import Progress
@@ -377,10 +377,6 @@ def _damaged_table() -> tuple[type[BaseException], ...]:
     return OSError, ValueError, pa.ArrowException
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
 def _read_rows(path: Path) -> dict[tuple[str, int, str], dict]:
     if not path.exists():
         return {}
@@ -390,7 +386,7 @@ def _read_rows(path: Path) -> dict[tuple[str, int, str], dict]:
         table = pq.read_table(path)
         rows = table.to_pylist() if {"uri", "size_bytes", "stamp", "sha256"} <= set(table.column_names) else []
     except _damaged_table() as exc:  # a cache is only a cache: read afresh
-        print(f"chromify: ingest: {path}: unreadable ({_first_line(exc)}); reading every photo again",
+        print(f"chromify: ingest: {path}: unreadable ({first_line(exc)}); reading every photo again",
               file=sys.stderr)
         return {}
     return {(r["uri"], r["size_bytes"], r["stamp"]): r for r in rows}
@@ -448,13 +444,11 @@ def ingest(p: IngestParams, reports_dir: str | Path = "reports", workers: int | 
 
     workers = workers or min(os.cpu_count() or 1, 8)
     with _inspected(todo, out, p.max_pixels, workers) as it:
-        bar = Progress(len(todo), "ingest") if progress and todo else None
+        bar = Progress(len(todo), "ingest", enabled=progress)
         for item in it:
             known.append(item)
-            if bar:
-                bar.update()
-        if bar:
-            bar.close()
+            bar.update()
+        bar.close()
 
     accepted: list[dict] = []
     rejected: list[dict] = []
@@ -510,5 +504,5 @@ def read_manifest(out_dir: str | Path, split: str | None = None) -> list[dict]:
     try:
         rows = pq.read_table(path).to_pylist()
     except _damaged_table() as exc:
-        raise ChromifyError(f"{path}: unreadable ({_first_line(exc)}); run `chromify ingest` again") from None
+        raise ChromifyError(f"{path}: unreadable ({first_line(exc)}); run `chromify ingest` again") from None
     return [r for r in rows if split is None or r["split"] == split]

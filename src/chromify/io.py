@@ -34,13 +34,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.filename is None:  # a full disk fails in write or fsync, which name no file: name the one it was
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a full disk fails in write or fsync, which name
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # no file: name the one it was
         raise
     fsync_path(path.parent)  # the rename itself survives a power cut only once its folder is on disk
 

@@ -33,16 +33,19 @@ class LogClock:
 
 
 class Progress:
-    """`done` of `total` units: `update(k)` as work finishes, `close()` at the end."""
+    """`done` of `total` units: `update(k)` as work finishes, `close()` at the end. Not `enabled`, or with nothing
+    to do, it says nothing, so callers need no branch of their own."""
 
-    def __init__(self, total: int, desc: str, unit: str = "img", initial: int = 0, stream: TextIO | None = None):
+    def __init__(self, total: int, desc: str, unit: str = "img", initial: int = 0, stream: TextIO | None = None,
+                 enabled: bool = True):
+        self.enabled = enabled and total > initial
         self.stream = stream if stream is not None else sys.stderr
         self.total, self.desc, self.unit = total, desc, unit
         self.done = self._first = initial
         self._lines = 0
         self._clock = LogClock()
         self._bar = None
-        if is_terminal(self.stream):
+        if self.enabled and is_terminal(self.stream):
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream)
@@ -51,7 +54,7 @@ class Progress:
         self.done += k
         if self._bar is not None:
             self._bar.update(k)
-        elif self._clock.due():
+        elif self.enabled and self._clock.due():
             self._line()
 
     def _line(self) -> None:

@@ -276,15 +276,15 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
         (out_dir / split / "index.json").unlink(missing_ok=True)  # stale from here on; write_index redoes it
     import torch  # the resize's: imported before the workers fork, so they inherit it
 
-    pool = bar = None
+    pool = None
     threads = torch.get_num_threads()
     if todo and workers > 1:
         lab8_table()  # built once here and shared by the forked workers
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
         pool.submit(int).result()  # forks every worker now, before tqdm starts its monitor thread
-    if progress and todo:
-        bar = Progress(total, f"preprocess {partition.tag}", initial=total - sum(len(g) for _, g in todo))
+    bar = Progress(total, f"preprocess {partition.tag}", initial=total - sum(len(g) for _, g in todo),
+                   enabled=progress)
     try:
         if pool is None:
             torch.set_num_threads(1)  # in this process, as in each worker (_init_worker)
@@ -294,14 +294,13 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
         torch.set_num_threads(threads)
         if pool:
             pool.shutdown(cancel_futures=True)
-        if bar:
-            bar.close()
+        bar.close()
     shards = {split: [j.meta["file"] for j, _ in jobs if j.npy.parent.name == split] for split in SPLITS}
     atomic_write_json(_done_marker(out_dir, partition), {"size": size, "shards": shards})
     return counts
 
 
-def _run_jobs(todo: list[tuple[ShardJob, list[dict]]], raw_dir: Path, size: int, pool, bar) -> None:
+def _run_jobs(todo: list[tuple[ShardJob, list[dict]]], raw_dir: Path, size: int, pool, bar: Progress) -> None:
     """Fill every shard chunk by chunk (in the pool when there is one), finishing each shard once it is full."""
     pending: dict[Future, tuple[str, ShardJob, int]] = {}
     chunks_left: dict[Path, int] = {}
@@ -318,8 +317,7 @@ def _run_jobs(todo: list[tuple[ShardJob, list[dict]]], raw_dir: Path, size: int,
         for start, chunk in chunks:
             if pool is None:
                 _fill(str(job.partial), offset, start, chunk, size)
-                if bar:
-                    bar.update(len(chunk))
+                bar.update(len(chunk))
             else:
                 pending[pool.submit(_fill, str(job.partial), offset, start, chunk, size)] = ("fill", job, len(chunk))
         if pool is None:
@@ -330,8 +328,7 @@ def _run_jobs(todo: list[tuple[ShardJob, list[dict]]], raw_dir: Path, size: int,
             kind, job, n = pending.pop(fut)
             fut.result()  # re-raises a worker's error here
             if kind == "fill":
-                if bar:
-                    bar.update(n)
+                bar.update(n)
                 chunks_left[job.npy] -= 1
                 if chunks_left[job.npy] == 0:
                     pending[pool.submit(_finish, job)] = ("finish", job, 0)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from chromify.config import ModelParams, TrainParams
-from chromify.errors import ConfigError, DataError, ModelLoadError
+from chromify.errors import ConfigError, DataError, ModelLoadError, first_line
 from chromify.io import atomic_write, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
@@ -78,8 +78,8 @@ def load_checkpoint(out_dir: str | Path) -> dict[str, Any] | None:
         raise  # the machine's trouble, not the file's: "delete it" would be the wrong advice
     except Exception as exc:  # foreign bytes fail in the unpickler in any way (KeyError, IndexError, struct.error)
         # Writes are atomic, so this is a file damaged after the fact: say so rather than train over it.
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: unreadable checkpoint ({reason}); delete it to train from scratch") from None
+        raise DataError(f"{path}: unreadable checkpoint ({first_line(exc)}); delete it to train from scratch") \
+            from None
     return state if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT else None
 
 
@@ -136,5 +136,5 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
         model = get_model(config["arch"], **{**config["model"], "pretrained": False})
         model.load_state_dict(load_file(model_dir / WEIGHTS, device="cpu"))
     except (KeyError, RuntimeError, ValueError, OSError, ConfigError) as exc:
-        raise ModelLoadError(f"{model_dir}: cannot load model ({str(exc).splitlines()[0]})") from None
+        raise ModelLoadError(f"{model_dir}: cannot load model ({first_line(exc)})") from None
     return model.to(device).eval(), config

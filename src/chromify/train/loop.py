@@ -344,8 +344,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                              for s in (signal.SIGTERM, signal.SIGINT)} if on_main_thread else {}
         budget_s = p.max_minutes * 60 if p.max_minutes else math.inf
         emit("start", {"resumed_from_step": step, "total_steps": total_steps, "device": env.device,
-                       "world": env.world, "batch_size": batch_size, "fingerprint": fingerprint,
-                       "steps": list(step_rows)})
+                       "world": env.world, "batch_size": batch_size, "fingerprint": fingerprint})
         interrupted, stopping, gan_on = 0, False, False
         terms: dict[str, torch.Tensor] | None = None
         seen, t_rate = 0, time.monotonic()
@@ -469,5 +468,6 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                 "input": "L/100 in [0, 1], (B, 1, H, W)", "output": "ab/128 in (-1, 1), (B, 2, H, W)",
             })
             samples = preview(kept, val_set, env.device, resolution=p.resolution, chroma_gain=exported["chroma_gain"])
-            emit("end", {**final, "history": history, "samples": samples, "decode_search": searched})
+            emit("end", {**final, "history": history, "steps": step_rows, "samples": samples,
+                         "decode_search": searched})
         return {**final, "history": history}

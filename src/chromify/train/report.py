@@ -69,7 +69,6 @@ class TrainReport:
         self._clock = LogClock()
         self._open_line = False
         self._unlogged: str | None = None
-        self.steps: list[dict[str, float]] = []
         if dvclive_dir is None and self.reports is not None:
             dvclive_dir = self.reports.parent / "dvclive"
         self.live = DVCLiveLogger(dvclive_dir) if live and dvclive_dir is not None else None
@@ -77,10 +76,7 @@ class TrainReport:
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         if self.live is not None:
             self.live(event, data)
-        if event == "start":  # a resumed run's steps before the checkpoint, so the curves start at step 1
-            self.steps = [dict(row) for row in data.get("steps", [])]
-        elif event == "step":
-            self.steps.append({k: float(v) for k, v in data.items()})
+        if event == "step":
             line = f"step {data['step']:>6}  loss {data['loss']:.4f}  {data['images_per_s']:.1f} img/s"
             self._unlogged = None
             if self.progress and self.terminal:
@@ -103,10 +99,10 @@ class TrainReport:
                     print(f"chromify: train {self._unlogged}", file=sys.stderr, flush=True)
             if self.reports is not None:
                 atomic_write_json(self.reports / "train_history.json",
-                                  {"steps": self.steps, "epochs": data["history"]})
+                                  {"steps": data["steps"], "epochs": data["history"]})
                 atomic_write_json(self.reports / "decode_search.json", data.get("decode_search") or {
                     "chosen": None, "note": "train.decode_search is off: the model decodes as params.yaml says"})
-                self.plot(data["history"])
+                self.plot(data["steps"], data["history"])
             self.write_grid(data["samples"])
 
     def _end_line(self) -> None:
@@ -119,7 +115,7 @@ class TrainReport:
             grid = before_after_grid(samples["lab_truth"], samples["ab_pred"])
             atomic_write_bytes(self.reports / "train_grid.png", png_bytes(grid))
 
-    def plot(self, epochs: list[dict[str, Any]]) -> None:
+    def plot(self, steps: list[dict[str, float]], epochs: list[dict[str, Any]]) -> None:
         try:
             import matplotlib
         except ImportError:
@@ -131,8 +127,8 @@ class TrainReport:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-        if self.steps:
-            axes[0].plot([s["step"] for s in self.steps], [s["loss"] for s in self.steps], lw=1)
+        if steps:
+            axes[0].plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=1)
         axes[0].set(title="training loss", xlabel="step")
         if epochs:
             axes[1].plot([e["step"] for e in epochs], [e["val_l1"] for e in epochs], marker="o")
