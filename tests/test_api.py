@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import io
+import json
 import os
+import re
 import socket
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -44,8 +48,9 @@ def client(model_dir: Path) -> httpx.Client:
     """The app in a real uvicorn on 127.0.0.1 (a thread of this process, so the model loads in milliseconds)."""
     import uvicorn
 
-    settings = ServeSettings(max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, concurrency=1, max_instances=2)
-    port = free_port()
+    port = free_port()  # in the settings too: the examples on /docs name it
+    settings = ServeSettings(max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, concurrency=1, max_instances=2,
+                             port=port)
     server = uvicorn.Server(uvicorn.Config(create_app(settings, model_dir), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -243,6 +248,45 @@ def test_healthz_and_the_page(client: httpx.Client, model_dir: Path) -> None:
     for r in (client.post("/colorize", files={"file": ("a.jpg", CAMERA_JPEG)}),
               client.post("/colorize", files={"file": ("a.txt", b"not a photo")})):
         assert r.headers["x-content-type-options"] == "nosniff", r.status_code
+
+
+def test_docs_page_needs_nothing_from_elsewhere(client: httpx.Client) -> None:
+    """/docs was Swagger UI, whose script and styles come from a CDN: blank on a machine with no network."""
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert not re.search(r"https?:|//[\w.-]+\.[a-z]", r.text, re.I), "/docs names another host"
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    links = re.findall(r'(?:href|src)="([^"]*)"', r.text)
+    assert "static/docs.css" in links and "openapi.json" in links
+    for link in links:
+        assert not re.match(r"[a-z][\w+.-]*:|//", link, re.I) or link.startswith("data:"), link
+        if not link.startswith(("#", "data:")):
+            linked = client.get("/" + link)
+            assert linked.status_code == 200 and not re.search(r"https?:|@import|url\(", linked.text), link
+    assert client.get("/openapi.json").json()["paths"].keys() == {"/colorize", "/predict", "/healthz"}
+    # every route with what it takes, its limits and its answers
+    for route in ("POST</span> <code>/colorize", "POST</span> <code>/predict", "GET</span> <code>/healthz"):
+        assert route in r.text
+    for words in (f"at most {MAX_BYTES} bytes", f"{MAX_PIXELS} pixels", "at most 2 item(s)", "<code>file</code>",
+                  "<code>instances[].b64</code>", "<code>415</code>", "<code>503</code>"):
+        assert words in r.text, words
+
+
+def test_docs_examples_work_as_printed(client: httpx.Client, tmp_path: Path) -> None:
+    """The shell lines under /colorize and /predict, run as a reader would paste them, next to a photo.jpg."""
+    (tmp_path / "photo.jpg").write_bytes(CAMERA_JPEG)
+    page = client.get("/docs").text
+    examples = {route: html.unescape(re.search(rf'id="{route}">.*?<pre class="example"><code>(.*?)</code>', page,
+                                                re.S)[1]) for route in ("post-colorize", "post-predict")}
+    env = {**os.environ, "no_proxy": "127.0.0.1"}  # a proxy set for the outside world must not take these
+    run = subprocess.run(["bash", "-c", examples["post-colorize"]], cwd=tmp_path, env=env, capture_output=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert Image.open(tmp_path / "photo-colorized.png").size == (320, 240)
+    run = subprocess.run(["bash", "-c", examples["post-predict"]], cwd=tmp_path, env=env, capture_output=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["predictions"][0]["width"] == 320
 
 
 def test_pool_answers_503_past_concurrency_plus_queue() -> None:

@@ -96,3 +96,57 @@ def test_a_damaged_manifest_is_read_afresh_by_ingest_and_one_line_for_preprocess
     import pyarrow.parquet as pq
 
     assert [r["uri"] for r in pq.read_table(tmp_path / "raw" / "manifest.parquet").to_pylist()] == ["photos/a.png"]
+
+
+def _commands(group, path=()):
+    """(words, click command) for every command under `group`, groups included, as `chromify WORDS --help` runs."""
+    yield path, group
+    for name, sub in getattr(group, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def _help_rows(words: tuple[str, ...]) -> dict[str, str]:
+    """`chromify WORDS --help`'s option rows, by their first long name: the row's first line after the option's
+    names (-o, --no-index): its type, if shown, then its help."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from chromify.cli import app
+
+    result = CliRunner().invoke(app, [*words, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    rows = {}
+    for line in result.output.splitlines():
+        row = re.match(r"│\s+(?:\*\s+)?(--[\w-]+)((?:\s+-[\w-]+)*)(.*)", line)
+        if row:
+            rows[row[1]] = row[3]
+    return rows
+
+
+def test_help_shows_a_type_for_options_that_take_a_value_and_none_for_flags():
+    """A flag shown as `--dry-run <bool>` reads as if it took a value (typer 0.29's rich help did that to every
+    flag, --help included)."""
+    import typer.main
+
+    from chromify.cli import app
+
+    checked = 0
+    for words, command in _commands(typer.main.get_command(app)):
+        rows = _help_rows(words)
+        assert "<bool>" not in "".join(rows.values()), words
+        for param in command.params:
+            long_names = [o for o in param.opts if o.startswith("--")]
+            if param.param_type_name != "option" or not long_names:
+                continue
+            shown = rows[long_names[0]].split()
+            if param.is_flag:
+                assert not shown or not shown[0].startswith("<"), (words, long_names[0], rows[long_names[0]])
+            else:
+                assert shown and shown[0].startswith("<"), (words, long_names[0], rows[long_names[0]])
+            checked += 1
+    assert checked > 50
+    train = _help_rows(("train",))
+    assert train["--dry-run"].split()[0] == "Five" and train["--help"].split()[0] == "Show"
+    assert train["--params"].split()[0] == "<path>" and _help_rows(("preprocess",))["--partition"].split()[0] == "<str>"
+    assert _help_rows(("colorize",))["--render-size"].split()[:2] == ["<int", "range>"]

@@ -29,20 +29,48 @@ def server(tmp_path_factory, tiny_model_dir: Path, chromify_serve) -> str:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
+    """Headless Chromium that can reach 127.0.0.1 and nothing else, and logs every request its pages make.
+
+    Everything but loopback goes through a proxy that is a bound socket never listening, so it is refused at once:
+    a page that needs the network fails here as it would on the offline machines, not only where the test runs
+    without one."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    dead_end = socket.socket()
+    dead_end.bind(("127.0.0.1", 0))
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1200,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+                 f"--proxy-server=127.0.0.1:{dead_end.getsockname()[1]}"):  # Chromium never proxies loopback
         options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
+    dead_end.close()
+
+
+def page_requests(driver) -> tuple[list[str], list[str]]:
+    """(URLs requested, "URL: error" for those that failed) by web pages since the last call, from the DevTools
+    network events; Chromium's own pages (a new tab's, loaded lazily) are left out."""
+    import json
+
+    requested, failed, urls = [], [], {}
+    for entry in driver.get_log("performance"):
+        event = json.loads(entry["message"])["message"]
+        params = event.get("params", {})
+        if event["method"] == "Network.requestWillBeSent":
+            if params.get("documentURL", "").startswith(("chrome:", "chrome-untrusted:")):
+                continue
+            urls[params["requestId"]] = params["request"]["url"]
+            requested.append(params["request"]["url"])
+        elif event["method"] == "Network.loadingFailed" and params["requestId"] in urls:
+            failed.append(f"{urls[params['requestId']]}: {params.get('errorText')}")
+    return requested, failed
 
 
 def wait_for(driver, script: str, timeout: float = 60):
@@ -106,3 +134,25 @@ def test_choosing_jpeg_gives_a_jpeg_named_so(server: str, browser, tmp_path: Pat
                       "return !document.getElementById('viewer').hidden && r.complete && r.naturalWidth > 0")
     # the page names the download after the type of the bytes the server sent (a PNG would be .png)
     assert browser.find_element(By.ID, "download").get_attribute("download") == "pier-colorized.jpg"
+
+
+def test_the_api_reference_shows_every_route_with_no_network(server: str, browser) -> None:
+    """/docs was Swagger UI, fetched from a CDN: blank on the offline machines. Every request it makes now is to
+    this server, and the routes are there to read without a script."""
+    from selenium.webdriver.common.by import By
+
+    browser.get_log("browser"), page_requests(browser)  # forget the earlier tests' pages
+    browser.get(server + "/docs")
+    wait_for(browser, "return document.readyState === 'complete'")
+    requested, failed = page_requests(browser)
+    assert requested and all(url.startswith((server + "/", "data:")) for url in requested), requested
+    assert failed == []
+    colorize = browser.find_element(By.ID, "post-colorize")
+    assert colorize.is_displayed()
+    assert "POST /colorize" in colorize.text and "curl -F file=@photo.jpg" in colorize.text
+    for route in ("post-predict", "get-healthz"):
+        assert browser.find_element(By.ID, route).is_displayed()
+    # styled by its own stylesheet (the CSP allows it), so the method badge is not plain text
+    badge = colorize.find_element(By.CSS_SELECTOR, ".method")
+    assert badge.value_of_css_property("color") == "rgba(255, 255, 255, 1)"
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -14,9 +14,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperOption
 
 from chromify.config import DEFAULT_PARAMS
 from chromify.errors import ChromifyError
+
+_option_type = TyperOption.display_type_rich
+
+
+def _value_type(self: TyperOption, ctx: Any) -> str | None:
+    """No type for a flag. typer 0.29's rich help prints every option's type, so `--dry-run <bool>` and
+    `--help <bool>` read as if they took a value; its plain help, like click's, leaves flags bare."""
+    return None if self.is_flag or self.count else _option_type(self, ctx)
+
+
+TyperOption.display_type_rich = _value_type  # the rich help panel's only source for that column
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Chromify: bring black-and-white photographs back to colour.")

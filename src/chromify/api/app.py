@@ -1,4 +1,5 @@
-"""The FastAPI app: one model loaded once, photos colorized in a bounded worker pool, a web page at `/`.
+"""The FastAPI app: one model loaded once, photos colorized in a bounded worker pool, a web page at `/`, the API
+reference at `/docs` (served from here: nothing is fetched from elsewhere).
 
 Status codes (every error body is {"detail": "<one line>"}):
     200  the colorized image (POST /colorize) or {"predictions": [...]} (Vertex AI predict route)
@@ -28,9 +29,11 @@ from typing import Annotated, Any, BinaryIO
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
+from chromify.api.docs_page import render_docs_page
 from chromify.api.settings import ServeSettings
 from chromify.colorize import encode_image
 from chromify.decode import open_checked, to_srgb
@@ -81,6 +84,32 @@ def choose_format(field: str | None, accept: str | None) -> str:
         if fmt and q > best_q:
             best, best_q = fmt, q
     return best
+
+
+# Module-level: FastAPI reads a route's (string) annotations in this module's namespace.
+PhotoField = Annotated[UploadFile, File(description="The photo: JPEG, PNG, WebP, BMP or TIFF.")]
+FormatField = Annotated[str | None, Form(description="png or jpeg (jpg); without it the Accept header's preference, "
+                                                     "else png.")]
+
+
+class ErrorDetail(BaseModel):
+    """The body of every error answer, for the schema."""
+
+    detail: str
+
+
+def _error_responses(settings: ServeSettings, bad_request: str) -> dict[int | str, dict[str, Any]]:
+    """The refusals a photo route answers with, for the schema: FastAPI would list only a 422 validation error,
+    which this app answers as 400."""
+    return {status: {"model": ErrorDetail, "description": text} for status, text in (
+        (400, bad_request),
+        (413, f"A photo over {settings.max_upload_bytes} bytes ({_mib(settings.max_upload_bytes)}), or a body too "
+              "large to hold one."),
+        (415, "Not a JPEG, PNG, WebP, BMP or TIFF (judged by the bytes, never the name or Content-Type)."),
+        (422, f"An empty, corrupt or truncated image, or one over {settings.max_pixels} pixels (read from the "
+              "header, before decoding)."),
+        (503, "Busy: more photos in line than the server takes; retry after the Retry-After seconds."),
+    )}
 
 
 class BodyTooLarge(Exception):
@@ -168,8 +197,9 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
     pool = InferencePool(settings.concurrency, settings.max_queue)
     model_name = Path(model_dir).name
 
+    # Swagger UI and ReDoc load from a CDN, which the offline machines this serves on cannot reach: /docs is ours.
     app = FastAPI(title="Chromify", version="1", summary="Colorize black-and-white photos at full resolution.",
-                  docs_url="/docs", redoc_url=None)
+                  description='Every error answers `{"detail": "<one line>"}`.', docs_url=None, redoc_url=None)
     # base64 makes Vertex AI bodies 4/3 of the image; exact per-file limits are checked in the routes. The message
     # names the per-file limit too: the body's own number is not one the user was ever told.
     body_limit = settings.max_upload_bytes * 4 // 3 + 64 * 1024
@@ -224,14 +254,23 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
         return {"status": "ok", "model": model_name, "render_size": colorizer.render_size,
                 "max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels}
 
-    app.get("/healthz", summary="Liveness and readiness: the model is loaded.")(health)
+    health_answer = {200: {"description": "The model is loaded.", "content": {"application/json": {"schema": _object({
+        "status": {"const": "ok"}, "model": {"type": "string", "description": "The served model's name."},
+        "render_size": {"type": "integer"}, "max_upload_bytes": {"type": "integer"},
+        "max_pixels": {"type": "integer"}})}}}}
+    app.get("/healthz", summary="Liveness and readiness: the model is loaded.", responses=health_answer)(health)
     if settings.health_route != "/healthz":
-        app.get(settings.health_route, summary="Vertex AI health check.")(health)
+        app.get(settings.health_route, summary="Vertex AI health check.", responses=health_answer)(health)
 
     @app.post("/colorize", summary="Colorize one photo (multipart `file`); PNG or JPEG by `format` or Accept.",
-              responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
-    async def colorize(request: Request, file: Annotated[UploadFile, File()],
-                       format: Annotated[str | None, Form()] = None) -> Response:
+              description=f"A photo of at most {settings.max_upload_bytes} bytes ({_mib(settings.max_upload_bytes)}) "
+                          f"and {settings.max_pixels} pixels comes back colorized at its full size, named after the "
+                          "upload (Content-Disposition: `photo-colorized.png` for `photo.jpg`).",
+              response_class=Response, responses={
+                  200: {"description": "The colorized photo.", "content": {"image/png": {}, "image/jpeg": {}}},
+                  **_error_responses(settings, "No multipart `file` field (the photo sent as the raw body, say), "
+                                              "or a `format` other than png or jpeg.")})
+    async def colorize(request: Request, file: PhotoField, format: FormatField = None) -> Response:
         fmt = choose_format(format, request.headers.get("accept"))
         name = file.filename or "upload"
         head = await file.read(16)
@@ -246,7 +285,25 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
             "X-Chromify-Model": model_name,
         })
 
-    @app.post(settings.predict_route, summary="Vertex AI prediction: {instances: [{b64}]} → {predictions: [{b64}]}.")
+    @app.post(settings.predict_route, summary="Vertex AI prediction: {instances: [{b64}]} → {predictions: [{b64}]}.",
+              description="Each instance is colorized in turn; the predictions come in the same order.",
+              responses={200: {"description": "One prediction per instance.", "content": {"application/json": {
+                  "schema": _object({"predictions": {"type": "array", "items": _object({
+                      "b64": {"type": "string", "contentEncoding": "base64", "description": "The colorized photo."},
+                      "mime_type": {"enum": list(MEDIA_TYPES.values())},
+                      "width": {"type": "integer"}, "height": {"type": "integer"}})},
+                      "model": {"type": "string", "description": "The model's name."}})}}},
+                  **_error_responses(settings, f"Bad JSON, no instances or more than {settings.max_instances}, invalid "
+                                              "base64, or a field of the wrong type.")},
+              # the body is checked by hand, for messages that say what to send; this is what it accepts
+              openapi_extra={"requestBody": {"content": {"application/json": {"schema": _object({
+                  "instances": {"type": "array", "minItems": 1, "maxItems": settings.max_instances,
+                                "items": _object({"b64": {
+                                    "type": "string", "contentEncoding": "base64",
+                                    "description": "A photo (as for /colorize), base64; {\"image\": {\"b64\": "
+                                                   "...}} works too."}}, required=["b64"])},
+                  "parameters": _object({"format": {"enum": ["png", "jpeg"], "default": "png"}})},
+                  required=["instances"])}}}})
     async def predict(body: dict[str, Any]) -> dict[str, Any]:
         instances = body.get("instances")
         if not isinstance(instances, list) or not instances:
@@ -291,13 +348,27 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
 
+    # Rendered once, from the finished schema; a shell line beats a "try it" button that needs a script.
+    address = _example_address(settings)
+    docs_html = render_docs_page(app.openapi(), examples={
+        "POST /colorize": f"curl -F file=@photo.jpg -F format=png -o photo-colorized.png {address}/colorize",
+        f"POST {settings.predict_route}": (
+            f"printf '{{\"instances\": [{{\"b64\": \"%s\"}}]}}' \"$(base64 -w0 photo.jpg)\" |\n"
+            f"  curl -H 'Content-Type: application/json' --data-binary @- {address}{settings.predict_route}"),
+        "GET /healthz": f"curl {address}/healthz",
+    })
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html, headers={"Content-Security-Policy": PAGE_CSP})
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.middleware("http")
     async def common_headers(request: Request, call_next: Callable) -> Response:
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        if request.url.path == "/" or request.url.path.startswith("/static/"):
+        if request.url.path in ("/", "/docs") or request.url.path.startswith("/static/"):
             response.headers.setdefault("Cache-Control", "no-cache")  # revalidate: a new release shows at once
         return response
 
@@ -306,6 +377,18 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
 
 def _mib(size: int) -> str:
     return f"{size / 2**20:.3g} MiB"
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """A JSON Schema object, for the routes whose bodies are checked by hand."""
+    return {"type": "object", "properties": properties, **({"required": required} if required else {})}
+
+
+def _example_address(settings: ServeSettings) -> str:
+    """host:port for the examples, without a scheme (curl assumes http): a server listening on every interface is
+    reached on the loopback one from its own machine."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"
 
 
 def _json_type(value: Any) -> str:
