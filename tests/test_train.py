@@ -649,3 +649,100 @@ def test_two_process_ddp_on_cpu_trains_and_writes_exactly_one_model(shard_dir, t
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
         "decode_search.json", "train_curves.png", "train_grid.png", "train_history.json"]
     assert json.loads((tmp_path / "dvclive" / "metrics.json").read_text())["step"] == 5
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def test_a_second_trainer_on_a_held_folder_stops_at_once_and_a_kill_9_frees_it(shard_dir, tmp_path) -> None:
+    # Two trainers on one folder used to replace each other's checkpoint, model and curves. The first here is a
+    # real run, paused at step 3 after its checkpoint at step 2.
+    p = replace(BASE, max_steps=6, checkpoint_every=2, val_every_steps=10_000)
+    params = write_params(tmp_path / "params.yaml", MODEL, p)
+    first = start(tmp_path, "run", params, shard_dir, block_at=3)
+    wait_for(first, "ready")
+    out, before = tmp_path / "run" / "model", tree(tmp_path / "run")
+    cli = [sys.executable, "-m", "chromify.cli", "train", "--params", str(params), "--data", str(shard_dir),
+           "--out", str(out), "--reports", str(tmp_path / "run" / "reports")]  # the first's reports and dvclive too
+    second = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (second.returncode, second.stderr) == (
+        2, f"chromify: error: {out}: another training holds this folder (pid {first.pid}); wait for it to end or "
+           "train into another folder\n")
+    assert tree(tmp_path / "run") == before
+
+    first.kill()  # the kernel drops the lock with the process; the lock file stays behind
+    finish(first)
+    again = start(tmp_path, "run", params, shard_dir, block_at=0)
+    code, stdout, err = finish(again)
+    assert code == 0, err
+    assert stdout.splitlines()[0] == "start 2" and stdout.splitlines()[-1] == "done", stdout + err[-2000:]
+    assert sorted(f.name for f in out.iterdir()) == [CHECKPOINT, "config.json", "model.safetensors"]
+
+
+def test_a_ddp_job_on_a_held_folder_stops_on_every_rank_with_one_line(shard_dir, tmp_path) -> None:
+    # The two ranks are started by hand, as torchrun would start them but without its agent, which kills the
+    # other ranks once one fails: so each rank's own ending shows. Only rank 0 locks; rank 1 used to carry on
+    # into its first collective with a rank 0 that had gone, and end in a traceback.
+    import socket
+
+    from chromify.train.checkpoint import lock_out_dir
+
+    params = write_params(tmp_path / "params.yaml", MODEL, replace(BASE, batch_size=2))
+    out = tmp_path / "model"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = [sys.executable, "-m", "chromify.cli", "train", "--params", str(params), "--data", str(shard_dir),
+           "--out", str(out), "--reports", str(tmp_path / "reports"), "--dry-run"]
+    with lock_out_dir(out):
+        ranks = [subprocess.Popen(cli, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+                                       "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
+                                       "LOCAL_RANK": str(rank)})
+                 for rank in (0, 1)]
+        line = (f"chromify: error: {out}: another training holds this folder (pid {os.getpid()}); wait for it to "
+                "end or train into another folder\n")
+        for rank in ranks:
+            _, err = rank.communicate(timeout=120)
+            assert (rank.returncode, err) == (2, line)
+        assert [f.name for f in out.iterdir()] == [".train.lock"] and not (tmp_path / "reports").exists()
+    assert not any(out.iterdir())  # the lock file goes with the lock
+
+
+def test_a_flipped_byte_inside_a_checkpoint_is_one_line_naming_it(trained, shard_dir, tmp_path) -> None:
+    # torch's zip reader checks no CRC: a flipped byte in a tensor used to load as a wrong weight, silently.
+    from chromify.errors import DataError
+
+    good = (trained["root"] / "model" / CHECKPOINT).read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0x10
+    path = tmp_path / "model" / CHECKPOINT
+    path.parent.mkdir()
+    path.write_bytes(damaged)
+    why = (f"{path}: unreadable checkpoint (checksum mismatch: its bytes changed after it was written); "
+           "delete it to train from scratch")
+    with pytest.raises(DataError) as caught:
+        load_checkpoint(path.parent)
+    assert str(caught.value) == why
+    with pytest.raises(DataError) as caught:  # training stops on it rather than resume from it or train over it
+        train(shard_dir, path.parent, MODEL, BASE, SEED)
+    assert str(caught.value) == why
+    assert tree(path.parent) == {CHECKPOINT: bytes(damaged)}
+
+
+def test_a_checkpoint_without_a_checksum_trains_afresh_and_says_so(trained, shard_dir, tmp_path, capfd) -> None:
+    # A bare torch file, as checkpoints were written before they carried a checksum. That code's fingerprint
+    # differs from this code's anyway, so it could not resume; it is not read unverified either.
+    state = load_checkpoint(trained["root"] / "model")
+    out = tmp_path / "model"
+    out.mkdir()
+    torch.save(state, out / CHECKPOINT)
+    assert load_checkpoint(out) is None
+    capfd.readouterr()
+    starts: list[int] = []
+    p = replace(BASE, max_steps=2, log_every=0, val_every_steps=10_000)
+    train(shard_dir, out, MODEL, p, SEED, callbacks=(lambda e, d: starts.append(d["resumed_from_step"])
+                                                     if e == "start" else None,))
+    assert starts == [0] and "of another format" in capfd.readouterr().err
+    assert load_checkpoint(out)["schedule"]["step"] == 2

@@ -36,6 +36,17 @@ class ModelLoadError(ChromifyError):
     """A model directory, alias or version cannot be loaded."""
 
 
+class OutputBusyError(ChromifyError):
+    """An output folder is held by another running training, which would replace what this one writes."""
+
+    def __init__(self, folder: str, pid: int | None = None):
+        holder = f" (pid {pid})" if pid else ""
+        super().__init__(f"{folder}: another training holds this folder{holder}; wait for it to end or train into "
+                         "another folder")
+        self.folder = folder
+        self.pid = pid
+
+
 def first_line(exc: BaseException) -> str:
     """A foreign exception's message as one line (its type when it has none), to quote inside ours."""
     return (str(exc).splitlines() or [type(exc).__name__])[0]

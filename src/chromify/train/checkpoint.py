@@ -2,15 +2,22 @@
 
 A checkpoint is one self-describing dict in `<out_dir>/checkpoint.pt`, replaced atomically: model, optimiser(s),
 schedule position, EMA, discriminator, RNG states and the loader's position, plus the fingerprint of the params
-it was written with. A run resumes from it only when the fingerprints agree.
+it was written with. A run resumes from it only when the fingerprints agree. Its first line is the sha256 of the
+torch bytes after it. A run holds `<out_dir>/.train.lock` (flock) from start to end.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
+import os
 import random
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,11 +26,16 @@ import numpy as np
 import torch
 
 from chromify.config import ModelParams, TrainParams
-from chromify.errors import ConfigError, DataError, ModelLoadError, first_line
+from chromify.errors import ConfigError, DataError, ModelLoadError, OutputBusyError, first_line
 from chromify.io import atomic_write, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "chromify-train-checkpoint-v1"
+# The checkpoint's first line: this, the sha256 (hex) of the torch bytes that follow, "\n". torch's zip reader
+# checks no CRC, so without it a flipped byte inside a tensor loads as a wrong weight.
+CHECKSUM_HEADER = b"chromify-checkpoint sha256="
+HEADER_LENGTH = len(CHECKSUM_HEADER) + 64 + 1
+LOCK = ".train.lock"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
@@ -60,20 +72,41 @@ def params_fingerprint(mp: ModelParams, p: TrainParams, seed: int, world: int, d
 
 
 def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> None:
-    """Atomically replace `<out_dir>/checkpoint.pt`; a kill mid-write leaves the previous one intact."""
+    """Atomically replace `<out_dir>/checkpoint.pt`, checksum line first; a kill mid-write leaves the previous one
+    intact."""
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
-    atomic_write(Path(out_dir) / CHECKPOINT, lambda f: f.write(buf.getbuffer()))
+    body = buf.getbuffer()
+    header = CHECKSUM_HEADER + hashlib.sha256(body).hexdigest().encode() + b"\n"
+
+    def write(f) -> None:
+        f.write(header)
+        f.write(body)
+
+    atomic_write(Path(out_dir) / CHECKPOINT, write)
 
 
 def load_checkpoint(out_dir: str | Path) -> dict[str, Any] | None:
-    """The checkpoint in `out_dir`, or None when there is none (or it is of another format)."""
+    """The checkpoint in `out_dir`, or None when there is none (or it is of another format: a bare torch zip is
+    one written before checkpoints carried a checksum, whose code fingerprint no longer matches anyway)."""
     path = Path(out_dir) / CHECKPOINT
     if not path.exists():
         return None
+    with open(path, "rb") as f:
+        header = f.readline(HEADER_LENGTH)
+        if header.startswith(b"PK\x03\x04"):
+            return None
+        body = f.read()  # whole, as torch.save wrote it: hashed, then loaded from the same bytes
+    reason = None
+    if not header.startswith(CHECKSUM_HEADER) or len(header) != HEADER_LENGTH or not header.endswith(b"\n"):
+        reason = "empty file" if not header else "no checksum line: not a chromify checkpoint"
+    elif hashlib.sha256(body).hexdigest().encode() != header[len(CHECKSUM_HEADER):-1]:
+        reason = "checksum mismatch: its bytes changed after it was written"
+    if reason is not None:
+        raise DataError(f"{path}: unreadable checkpoint ({reason}); delete it to train from scratch")
     # Our own checkpoint holds only tensors, numbers, strings, lists and dicts, so the safe loader reads it.
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except MemoryError:
         raise  # the machine's trouble, not the file's: "delete it" would be the wrong advice
     except Exception as exc:  # foreign bytes fail in the unpickler in any way (KeyError, IndexError, struct.error)
@@ -81,6 +114,60 @@ def load_checkpoint(out_dir: str | Path) -> dict[str, Any] | None:
         raise DataError(f"{path}: unreadable checkpoint ({first_line(exc)}); delete it to train from scratch") \
             from None
     return state if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT else None
+
+
+@contextmanager
+def lock_out_dir(out_dir: str | Path) -> Iterator[None]:
+    """Hold `<out_dir>/.train.lock` for a run: a second trainer on the folder would replace this one's checkpoint,
+    model and curves (and delete its temp files), so it gets OutputBusyError instead.
+
+    flock, not a marker file: the kernel drops it when the process ends however it ends, so a kill -9 leaves only an
+    unlocked file that the next run takes over. The file is removed at the end, so the folder DVC caches holds none.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK
+    fd = _take_lock(path)
+    if fd is None:
+        yield
+        return
+    try:
+        # Written in place, not by atomic_write: a new file would be another inode, which the lock is not on.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the unlock: see _take_lock
+        os.close(fd)
+
+
+def _take_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None on a file system without locks."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).strip()  # empty while the holder is between its lock and its write
+            os.close(fd)
+            raise OutputBusyError(str(path.parent), int(pid) if pid.isdigit() else None) from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            # A mount without locks (NFS without lockd): refusing would stop training there altogether.
+            print(f"chromify: {path.parent} cannot be locked ({exc.strerror}); nothing stops a second training "
+                  "from writing into it", file=sys.stderr, flush=True)
+            return None
+        # A finishing holder unlinks the file, then unlocks: a lock taken on that unlinked file excludes nobody,
+        # so take the one now at the path.
+        try:
+            here, ours = os.stat(path), os.fstat(fd)
+            if (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def remove_stale_temp_files(out_dir: str | Path) -> None:

@@ -2,7 +2,8 @@
 
 Resumable: every `checkpoint_every` steps and on SIGTERM the full state is saved atomically; augmentation
 randomness is derived from (seed, rank, step), so a resumed run replays exactly what an uninterrupted one does.
-Under torchrun it is one DDP rank of N (see distributed.py): data partitioned by rank, only rank 0 writes.
+Under torchrun it is one DDP rank of N (see distributed.py): data partitioned by rank, only rank 0 writes, and
+holds the output folder's lock for the whole run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from chromify.config import ModelParams, TrainParams
 from chromify.decode_search import DECODE_KEYS, ab_units, candidates, choose, describe, score_decodes
-from chromify.errors import ConfigError, DataError
+from chromify.errors import ConfigError, DataError, OutputBusyError
 from chromify.loader import ShardSet, crop_flip, crop_flip_draws, to_model_tensors
 from chromify.models import get_model
 from chromify.train import distributed
@@ -33,6 +35,7 @@ from chromify.train.checkpoint import (
     CHECKPOINT,
     export_model,
     load_checkpoint,
+    lock_out_dir,
     params_fingerprint,
     remove_stale_temp_files,
     restore_rng_state,
@@ -213,6 +216,23 @@ def search_decode(model: torch.nn.Module, val_set: ShardSet, mp: ModelParams, p:
     return {**info, "min_psnr_gain_db": p.decode_min_psnr_gain_db, "chosen": chosen, "rows": rows}
 
 
+@contextmanager
+def holding(out_dir: str | Path, env: distributed.DistEnv) -> Iterator[None]:
+    """Rank 0, the one that writes, locks the output folder for the run. When another training holds it, every rank
+    stops with the same error: the others would otherwise wait for rank 0 in their first collective."""
+    with ExitStack() as held:
+        busy: OutputBusyError | None = None
+        if env.is_main:
+            try:
+                held.enter_context(lock_out_dir(out_dir))
+            except OutputBusyError as exc:
+                busy = exc
+        taken, pid = distributed.agree_max(env, [float(busy is not None), float(busy.pid or 0) if busy else 0.0])
+        if taken:
+            raise busy or OutputBusyError(str(out_dir), int(pid) or None)
+        yield
+
+
 def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainParams, seed: int,
           callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
     """Train (or resume) and export the model to `out_dir`; returns the final metrics.
@@ -220,7 +240,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
     Alone or under torchrun (rank and world from the environment); only rank 0 validates, writes and calls
     `callbacks(event, data)` with event ∈ start, step, epoch, end.
     """
-    with distributed.session() as env:
+    with distributed.session() as env, holding(out_dir, env):
         out_dir, cuda = Path(out_dir), env.device.startswith("cuda")
 
         def emit(event: str, data: dict[str, Any]) -> None:
@@ -286,6 +306,9 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         loss_sum, loss_steps = 0.0, 0  # the training loss since the last validation, for its mean
         best: dict[str, Any] | None = None  # the weights of the best validation so far (train.keep_best)
         state = load_checkpoint(out_dir)
+        if state is None and env.is_main and (out_dir / CHECKPOINT).exists():
+            note(f"{out_dir / CHECKPOINT} is of another format (written before checkpoints carried a checksum?); "
+                 "starting fresh")
         if state is not None and state.get("fingerprint") != fingerprint:
             if env.is_main:
                 note(f"{out_dir / CHECKPOINT} was written with other params (or data, code or world size); "
