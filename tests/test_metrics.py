@@ -1,4 +1,5 @@
-"""chromify.metrics against scikit-image (the reference implementation) and published numbers."""
+"""chromify.metrics against scikit-image (the reference implementation), published numbers, and the textbook
+formulas written out slowly (the fast paths evaluate uses must give their numbers)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from skimage import color, data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from chromify.errors import DataError
+from chromify.lab import lab_to_rgb8
 from chromify.metrics import (
+    PreparedTruth,
     colourfulness,
     delta_cf,
     delta_e2000,
     image_metrics,
+    image_metrics_8bit,
     lab_to_rgb,
     psnr,
     rgb_to_lab,
@@ -291,3 +295,190 @@ def test_summarise_rejects_empty_and_ragged_rows():
         summarise([])
     with pytest.raises(DataError, match="keys"):
         summarise([{"psnr": 1.0, "colourfulness": 1.0, "colourfulness_truth": 1.0}, {"psnr": 2.0}])
+
+
+# --- the fast paths against slow references --------------------------------------------------------------
+# evaluate scores 8-bit renderings with image_metrics_8bit against a PreparedTruth, and the metrics work in strips
+# and blocks with little trigonometry: each is pinned here to a slow, independent form of the same number.
+
+
+def _textbook_delta_e2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
+    """CIEDE2000 step by step as Sharma, Wu & Dalal (2005) write it, on whole arrays, a trigonometric call per angle.
+
+    a' and the hue angles are computed by the operations chromify has always used, so that pairs on the formula's
+    jumps (exactly opposite hues; a hue mean of exactly 0°/360°) fall on the same side as there.
+    """
+    L1, a1, b1 = np.moveaxis(np.asarray(lab1, dtype=np.float64), -1, 0)
+    L2, a2, b2 = np.moveaxis(np.asarray(lab2, dtype=np.float64), -1, 0)
+    c_mean7 = ((np.hypot(a1, b1) + np.hypot(a2, b2)) / 2) ** 7
+    one_plus_g = 1.5 - 0.5 * np.sqrt(c_mean7 / (c_mean7 + 25.0**7))
+    c1, c2 = np.hypot(one_plus_g * a1, b1), np.hypot(one_plus_g * a2, b2)
+    h1 = np.degrees(np.arctan2(b1, one_plus_g * a1)) % 360.0
+    h2 = np.degrees(np.arctan2(b2, one_plus_g * a2)) % 360.0
+    no_hue = c1 * c2 == 0.0
+    dh = h2 - h1
+    dh = np.where(no_hue, 0.0, np.where(dh > 180.0, dh - 360.0, np.where(dh < -180.0, dh + 360.0, dh)))
+    dH = 2.0 * np.sqrt(c1 * c2) * np.sin(np.radians(dh / 2.0))
+    h_sum = h1 + h2
+    h_mean = np.where(no_hue, h_sum, np.where(np.abs(h1 - h2) <= 180.0, h_sum,
+                                              np.where(h_sum < 360.0, h_sum + 360.0, h_sum - 360.0)) / 2)
+    t = (1 - 0.17 * np.cos(np.radians(h_mean - 30)) + 0.24 * np.cos(np.radians(2 * h_mean))
+         + 0.32 * np.cos(np.radians(3 * h_mean + 6)) - 0.20 * np.cos(np.radians(4 * h_mean - 63)))
+    c_mean = (c1 + c2) / 2
+    l_dev2 = ((L1 + L2) / 2 - 50) ** 2
+    s_l, s_c, s_h = 1 + 0.015 * l_dev2 / np.sqrt(20 + l_dev2), 1 + 0.045 * c_mean, 1 + 0.015 * c_mean * t
+    r_t = -2 * np.sqrt(c_mean**7 / (c_mean**7 + 25.0**7)) * np.sin(np.radians(60 * np.exp(-((h_mean - 275) / 25) ** 2)))
+    return np.sqrt(((L2 - L1) / s_l) ** 2 + ((c2 - c1) / s_c) ** 2 + (dH / s_h) ** 2
+                   + r_t * (c2 - c1) / s_c * dH / s_h)
+
+
+def _textbook_colourfulness(rgb: np.ndarray) -> float:
+    """Hasler & Süsstrunk on the whole image at once, with numpy's two-pass variance."""
+    rgb = np.asarray(rgb, dtype=np.float64).reshape(-1, 3) * 255.0
+    rg, yb = rgb[:, 0] - rgb[:, 1], 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
+    return float(np.sqrt(rg.var() + yb.var()) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2))
+
+
+def _lab_pairs_around_the_hue_circle() -> tuple[np.ndarray, np.ndarray]:
+    """Pairs at every 7.5° of hue, 0.5° to 179.5° apart either way (so across 0°/360° too), with chroma 0 (gray,
+    a = b = 0), barely coloured or vivid on either side."""
+    lab1, lab2 = [], []
+    for c1 in (0.0, 0.3, 5.0, 60.0):
+        for c2 in (0.0, 0.3, 5.0, 60.0):
+            for h in np.radians(np.arange(0.0, 360.0, 7.5)):
+                for apart in np.radians([-179.5, -120.0, -10.0, -0.5, 0.5, 10.0, 120.0, 179.5]):
+                    lab1.append((50 + 30 * np.sin(h), c1 * np.cos(h), c1 * np.sin(h)))
+                    lab2.append((60 - 20 * np.cos(h), c2 * np.cos(h + apart), c2 * np.sin(h + apart)))
+    return np.array(lab1), np.array(lab2)
+
+
+def test_delta_e2000_matches_skimage_around_the_hue_circle_and_on_gray():
+    lab1, lab2 = _lab_pairs_around_the_hue_circle()
+    ours = delta_e2000(lab1, lab2)
+    assert np.isfinite(ours).all() and (ours[np.all(lab1 == lab2, axis=-1)] == 0.0).all()
+    # 1e-8, not 1e-12: where the hue mean is exactly 0° skimage takes it as 360°, a jump of the formula (~1e-9 here)
+    np.testing.assert_allclose(ours, color.deltaE_ciede2000(lab1, lab2), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(ours, _textbook_delta_e2000(lab1, lab2), rtol=1e-12, atol=1e-12)
+
+
+def test_delta_e2000_takes_the_textbook_side_of_its_jumps():
+    """Exactly opposite hues (ΔH' changes sign) and hues mirrored about the a axis (hue mean 0° or 360°) are where
+    the formula jumps; rounding picks the side, and the fast form must pick as the textbook steps do."""
+    rng = np.random.default_rng(5)
+    L1, L2, a, b = rng.uniform(0, 100, 4000), rng.uniform(0, 100, 4000), *rng.uniform(-90, 90, (2, 4000))
+    lab = np.stack([L1, a, b], axis=-1).astype(np.float32)  # float32 values, as rgb_to_lab gives
+    for other in (np.stack([L2, -a, -b], axis=-1), np.stack([L2, a, -b], axis=-1)):
+        other = other.astype(np.float32)
+        np.testing.assert_allclose(delta_e2000(lab, other), _textbook_delta_e2000(lab, other), rtol=1e-12)
+
+
+def _crop(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.ascontiguousarray(rgb[: shape[0], : shape[1], :3])
+
+
+def _renderings(truth8: np.ndarray) -> dict[str, np.ndarray]:
+    """What evaluate scores against a truth: colours under its L rendered to 8 bits. Gray (ab = 0), washed out,
+    hue-rotated by 150°, noisy, and the truth itself."""
+    lab = rgb_to_lab(truth8)
+    ab = lab[..., 1:]
+    turn = np.radians(150.0)
+    rotated = ab @ np.array([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]], dtype=np.float32)
+    noise = np.random.default_rng(0).normal(0.0, 6.0, ab.shape).astype(np.float32)
+    out = {"perfect": truth8}
+    for name, new_ab in (("gray", 0.0), ("washed out", 0.4 * ab), ("hue-rotated", rotated), ("noisy", ab + noise)):
+        pred = lab.copy()
+        pred[..., 1:] = new_ab
+        out[name] = lab_to_rgb8(pred)
+    return out
+
+
+def _as_scored(rgb8: np.ndarray) -> np.ndarray:
+    """8-bit values as evaluate has always scored them: float32 k / 255."""
+    return rgb8.astype(np.float32) / 255.0
+
+
+# Photos at sizes that end strips and blocks part-way, one gray truth (a = b ≈ 0 everywhere) among them.
+FAST_PATH_CASES = [("astronaut", (61, 47)), ("chelsea", (256, 256)), ("coffee", (100, 257)), ("camera", (39, 90))]
+
+
+def _truth(name: str, shape: tuple[int, int]) -> np.ndarray:
+    photo = data.camera()[..., None].repeat(3, axis=-1) if name == "camera" else PHOTOS[name]
+    return _crop(photo, shape)
+
+
+@pytest.mark.parametrize(("name", "shape"), FAST_PATH_CASES)
+def test_8bit_fast_path_matches_skimage_and_the_textbook(name, shape):
+    truth8 = _truth(name, shape)
+    prepared = PreparedTruth(truth8)
+    truth = _as_scored(truth8).astype(np.float64)
+    truth_lab = rgb_to_lab(_as_scored(truth8)).astype(np.float64)  # skimage computes in its input's precision
+    for kind, pred8 in _renderings(truth8).items():
+        got = image_metrics_8bit(pred8, prepared)
+        pred = _as_scored(pred8).astype(np.float64)
+        identical = np.array_equal(pred8, truth8)  # the truth, and gray against the gray photo
+        want = {
+            "psnr": 100.0 if identical else peak_signal_noise_ratio(truth, pred, data_range=1.0),
+            "ssim": structural_similarity(pred, truth, channel_axis=-1, data_range=1.0),
+            "delta_e2000": color.deltaE_ciede2000(rgb_to_lab(_as_scored(pred8)).astype(np.float64), truth_lab).mean(),
+            "colourfulness": _textbook_colourfulness(pred),
+            "colourfulness_truth": _textbook_colourfulness(truth),
+        }
+        assert set(got) == set(want)
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-10, abs=1e-12), (kind, key)
+        if identical:
+            assert got["psnr"] == 100.0 and got["delta_e2000"] == 0.0 and got["ssim"] == pytest.approx(1.0, abs=1e-12)
+    if name == "camera":
+        assert prepared.colourfulness == 0.0
+
+
+@pytest.mark.parametrize(("name", "shape"), FAST_PATH_CASES)
+def test_8bit_fast_path_gives_image_metrics_of_float32_renderings(name, shape):
+    """The numbers evaluate reported before the fast path: image_metrics of float32 k / 255 images."""
+    truth8 = _truth(name, shape)
+    prepared = PreparedTruth(truth8)
+    for kind, pred8 in _renderings(truth8).items():
+        got = image_metrics_8bit(pred8, prepared)
+        want = image_metrics(_as_scored(pred8), _as_scored(truth8))
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-12), kind
+
+
+def test_8bit_lab_lookup_is_rgb_to_lab_of_float32_values_bit_for_bit():
+    r, g = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    every_value = np.stack([r, g, (7 * r + 13 * g) % 256], axis=-1).astype(np.uint8)
+    lab = rgb_to_lab(_as_scored(every_value)).reshape(-1, 3).T
+    np.testing.assert_array_equal(PreparedTruth(every_value).lab, lab)
+
+
+@pytest.mark.parametrize("rows", [7, 22, 23, 38, 39, 70])  # 1, 16, 17, 32, 33 and 64 rows of 7×7 windows
+def test_ssim_in_strips_matches_skimage_at_every_strip_boundary(rows):
+    truth8 = _crop(PHOTOS["coffee"][100:], (rows, 41))
+    pred8 = _renderings(truth8)["noisy"]
+    want = structural_similarity(_as_scored(pred8).astype(np.float64), _as_scored(truth8).astype(np.float64),
+                                 channel_axis=-1, data_range=1.0)
+    assert image_metrics_8bit(pred8, PreparedTruth(truth8))["ssim"] == pytest.approx(want, rel=1e-10)
+    assert ssim(pred8, truth8) == pytest.approx(
+        structural_similarity(pred8 / 255.0, truth8 / 255.0, channel_axis=-1, data_range=1.0), rel=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (97, 211), (300, 300)])  # one block, three blocks, eleven bands
+def test_colourfulness_in_blocks_is_the_whole_image_formula(shape):
+    rng = np.random.default_rng(shape[0])
+    tinted = np.clip(rng.normal([0.7, 0.45, 0.3], 0.05, (*shape, 3)), 0, 1)  # sepia-like: large mean, small spread
+    for rgb in (tinted, _crop(PHOTOS["chelsea"], shape) / 255.0):
+        assert colourfulness(rgb) == pytest.approx(_textbook_colourfulness(rgb), rel=1e-12)
+    if min(shape) >= 7:
+        rgb8 = (tinted * 255).round().astype(np.uint8)
+        got = image_metrics_8bit(rgb8, PreparedTruth(rgb8))
+        want = _textbook_colourfulness(_as_scored(rgb8))
+        assert got["colourfulness"] == got["colourfulness_truth"] == pytest.approx(want, rel=1e-12)
+
+
+def test_prepared_truth_and_8bit_metrics_refuse_other_images():
+    truth8 = _crop(PHOTOS["astronaut"], (32, 32))
+    with pytest.raises(ValueError, match="uint8"):
+        PreparedTruth(truth8 / 255.0)
+    with pytest.raises(ValueError, match="7"):
+        PreparedTruth(truth8[:6])
+    with pytest.raises(ValueError, match=r"of shape \(32, 32, 3\), got uint8 \(32, 31, 3\)"):
+        image_metrics_8bit(truth8[:, :31], PreparedTruth(truth8))

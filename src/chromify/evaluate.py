@@ -31,10 +31,10 @@ from chromify.gate import GateDecision, GateThresholds, ModelScore, decide
 from chromify.io import atomic_write_json, atomic_write_text
 from chromify.lab import dequantise_lab, lab_to_rgb8
 from chromify.loader import ShardSet
-from chromify.metrics import image_metrics, summarise
+from chromify.metrics import PreparedTruth, image_metrics_8bit, summarise
 
 GATE_METRICS = ("psnr", "ssim", "delta_e2000", "colourfulness", "colourfulness_truth", "delta_cf")
-EVAL_CHUNK = 256  # test photos in memory at once (~1.6 MB each at 256 px): bounds memory whatever the split
+EVAL_CHUNK = 256  # test photos in memory at once (~2 MB each at 256 px): bounds memory whatever the split
 
 
 @dataclass
@@ -70,7 +70,7 @@ def score(name: str, lab_truth: np.ndarray, ab_pred: np.ndarray | None, model_id
     pred_lab = lab_truth.copy()
     pred_lab[..., 1:] = 0.0 if ab_pred is None else ab_pred
     pred_rgb = lab_to_rgb8(pred_lab)
-    return Scored(name, model_id, _image_rows(pred_rgb, truth_rgb), pred_rgb)
+    return Scored(name, model_id, _image_rows([pred_rgb], truth_rgb)[0], pred_rgb)
 
 
 def _rgb(data: np.ndarray, ab: np.ndarray | float | None = None) -> np.ndarray:
@@ -85,9 +85,15 @@ def _rgb(data: np.ndarray, ab: np.ndarray | float | None = None) -> np.ndarray:
     return out
 
 
-def _image_rows(pred_rgb: np.ndarray, truth_rgb: np.ndarray) -> list[dict[str, float]]:
-    return [image_metrics(p.astype(np.float32) / 255.0, t.astype(np.float32) / 255.0)
-            for p, t in zip(pred_rgb, truth_rgb, strict=True)]
+def _image_rows(renderings: list[np.ndarray], truth_rgb: np.ndarray) -> list[list[dict[str, float]]]:
+    """Per-image metric rows of each (n, S, S, 3) uint8 rendering against the truth, a truth image at a time: what
+    depends on the truth alone is computed once for all the renderings."""
+    rows: list[list[dict[str, float]]] = [[] for _ in renderings]
+    for i, truth in enumerate(truth_rgb):
+        prepared = PreparedTruth(truth)
+        for model_rows, pred_rgb in zip(rows, renderings, strict=True):
+            model_rows.append(image_metrics_8bit(pred_rgb[i], prepared))
+    return rows
 
 
 def predict_split(model_dir: str | Path, data: np.ndarray, batch_size: int,
@@ -458,11 +464,13 @@ def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str 
         data = _read(split, idx)
         truth_rgb = _rgb(data)
         perceptual.add_truth(truth_rgb)
+        renderings = []  # every model's, to score each truth against all of them in turn
         for name, pred_rgb in _renderings(data, models, batch_size):
-            rows[name] += _image_rows(pred_rgb, truth_rgb)
             perceptual.add(name, pred_rgb, truth_rgb)
-            del pred_rgb
-        del data, truth_rgb
+            renderings.append(pred_rgb)
+        for model_rows, chunk_rows in zip(rows.values(), _image_rows(renderings, truth_rgb), strict=True):
+            model_rows += chunk_rows
+        del data, truth_rgb, renderings
     fid, lpips, notes = perceptual.result()
     del perceptual
 

@@ -52,6 +52,12 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
         linear = _LINEAR_FROM_U8[rgb]
     else:
         linear = _srgb_to_linear(rgb.astype(np.float32, copy=False)).astype(np.float32, copy=False)
+    return linear_to_lab(linear)
+
+
+def linear_to_lab(linear: np.ndarray) -> np.ndarray:
+    """Linear-light sRGB (..., 3) float32 → CIE Lab float32: `rgb_to_lab` after its gamma step, for callers that
+    tabulate that step."""
     t = linear @ _XYZN_FROM_RGB
     f = np.cbrt(t)
     dark = t <= _LAB_EPS  # few pixels in a photo: patch them rather than evaluate both branches everywhere
