@@ -680,34 +680,77 @@ def test_a_second_trainer_on_a_held_folder_stops_at_once_and_a_kill_9_frees_it(s
     assert sorted(f.name for f in out.iterdir()) == [CHECKPOINT, "config.json", "model.safetensors"]
 
 
-def test_a_ddp_job_on_a_held_folder_stops_on_every_rank_with_one_line(shard_dir, tmp_path) -> None:
-    # The two ranks are started by hand, as torchrun would start them but without its agent, which kills the
-    # other ranks once one fails: so each rank's own ending shows. Only rank 0 locks; rank 1 used to carry on
-    # into its first collective with a rank 0 that had gone, and end in a traceback.
+def _two_ranks(shard_dir: Path, tmp_path: Path, out: Path) -> list[tuple[int, str]]:
+    """(exit code, stderr) of a two-rank dry run on `out`, the ranks started by hand as torchrun would start them
+    but without its agent, which kills the other ranks once one fails: so each rank's own ending shows."""
     import socket
 
-    from chromify.train.checkpoint import lock_out_dir
-
     params = write_params(tmp_path / "params.yaml", MODEL, replace(BASE, batch_size=2))
-    out = tmp_path / "model"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cli = [sys.executable, "-m", "chromify.cli", "train", "--params", str(params), "--data", str(shard_dir),
            "--out", str(out), "--reports", str(tmp_path / "reports"), "--dry-run"]
+    ranks = [subprocess.Popen(cli, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
+                                   "LOCAL_RANK": str(rank)})
+             for rank in (0, 1)]
+    errs = [rank.communicate(timeout=120)[1] for rank in ranks]
+    return [(rank.returncode, err) for rank, err in zip(ranks, errs, strict=True)]
+
+
+def test_a_ddp_job_on_a_held_folder_stops_on_every_rank_with_one_line(shard_dir, tmp_path) -> None:
+    # Only rank 0 locks; rank 1 used to carry on into its first collective with a rank 0 that had gone, and end in
+    # a traceback.
+    from chromify.train.checkpoint import lock_out_dir
+
+    out = tmp_path / "model"
     with lock_out_dir(out):
-        ranks = [subprocess.Popen(cli, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-                                       "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
-                                       "LOCAL_RANK": str(rank)})
-                 for rank in (0, 1)]
         line = (f"chromify: error: {out}: another training holds this folder (pid {os.getpid()}); wait for it to "
                 "end or train into another folder\n")
-        for rank in ranks:
-            _, err = rank.communicate(timeout=120)
-            assert (rank.returncode, err) == (2, line)
+        assert _two_ranks(shard_dir, tmp_path, out) == [(2, line), (2, line)]
         assert [f.name for f in out.iterdir()] == [".train.lock"] and not (tmp_path / "reports").exists()
     assert not any(out.iterdir())  # the lock file goes with the lock
+
+
+def test_a_ddp_job_whose_rank_0_cannot_lock_stops_on_every_rank_with_one_line(shard_dir, tmp_path) -> None:
+    # Not held but unopenable (a folder where the lock file goes; a read-only or full disk ends the same way):
+    # rank 1 used to die in gloo ("Connection reset by peer") with a traceback.
+    out = tmp_path / "model"
+    (out / ".train.lock").mkdir(parents=True)
+    (rank0, err0), (rank1, err1) = _two_ranks(shard_dir, tmp_path, out)
+    assert (rank0, err0.count("\n"), rank1) == (2, 1, 2)
+    assert str(out / ".train.lock") in err0 and "Is a directory" in err0
+    assert err1 == f"chromify: error: {out}: rank 0 cannot lock this folder (its error says why)\n"
+    assert not (tmp_path / "reports").exists()
+
+
+def test_the_resolved_params_are_written_while_the_lock_is_held(shard_dir, tmp_path, monkeypatch) -> None:
+    # params.json went in after train() had let the folder go: a second training could take it in between and
+    # find the first run's params in its folder.
+    from chromify import stages
+    from chromify.config import Params
+    from chromify.errors import OutputBusyError
+    from chromify.train.checkpoint import lock_out_dir
+
+    held: list[bool] = []
+    save = stages.save_params
+
+    def save_and_look(params: Params, path: Path) -> None:
+        try:
+            with lock_out_dir(path.parent):
+                held.append(False)
+        except OutputBusyError:
+            held.append(True)
+        save(params, path)
+
+    monkeypatch.setattr(stages, "save_params", save_and_look)
+    params = Params(model=MODEL, train=replace(BASE, max_steps=2, val_every_steps=10_000, log_every=0))
+    stages.run_train(replace(params, base=replace(params.base, seed=SEED)), shard_dir, tmp_path / "model",
+                     tmp_path / "reports")
+    assert held == [True]
+    assert json.loads((tmp_path / "model" / "params.json").read_text())["train"]["max_steps"] == 2
 
 
 def test_a_flipped_byte_inside_a_checkpoint_is_one_line_naming_it(trained, shard_dir, tmp_path) -> None:

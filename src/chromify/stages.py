@@ -44,10 +44,14 @@ def run_train(params: Params, data_dir: str | Path, out_dir: str | Path, reports
     from chromify.train.report import TrainReport
 
     report = TrainReport(reports_dir, progress=progress)
-    result = train(data_dir, out_dir, params.model, params.train, params.base.seed, callbacks=(report,))
-    if is_rank_zero():
-        save_params(params, Path(out_dir) / "params.json")
-    return result
+
+    def save_resolved_params(event: str, data: dict[str, Any]) -> None:
+        # at the end, beside the weights, while this run still holds the folder's lock (callbacks run on rank 0)
+        if event == "end":
+            save_params(params, Path(out_dir) / "params.json")
+
+    return train(data_dir, out_dir, params.model, params.train, params.base.seed,
+                 callbacks=(report, save_resolved_params))
 
 
 def is_rank_zero() -> bool:

@@ -221,15 +221,21 @@ def holding(out_dir: str | Path, env: distributed.DistEnv) -> Iterator[None]:
     """Rank 0, the one that writes, locks the output folder for the run. When another training holds it, every rank
     stops with the same error: the others would otherwise wait for rank 0 in their first collective."""
     with ExitStack() as held:
-        busy: OutputBusyError | None = None
+        failed: Exception | None = None  # rank 0's: another training holds the folder, or it cannot be locked
         if env.is_main:
             try:
                 held.enter_context(lock_out_dir(out_dir))
-            except OutputBusyError as exc:
-                busy = exc
-        taken, pid = distributed.agree_max(env, [float(busy is not None), float(busy.pid or 0) if busy else 0.0])
-        if taken:
-            raise busy or OutputBusyError(str(out_dir), int(pid) or None)
+            except (OutputBusyError, OSError) as exc:
+                failed = exc
+        busy = isinstance(failed, OutputBusyError)
+        pid = float(failed.pid or 0) if busy else 0.0
+        code, pid = distributed.agree_max(env, [2.0 if busy else float(failed is not None), pid])
+        if failed is not None:
+            raise failed
+        if code == 2:
+            raise OutputBusyError(str(out_dir), int(pid) or None)
+        if code:
+            raise DataError(f"{out_dir}: rank 0 cannot lock this folder (its error says why)")
         yield
 
 
