@@ -24,7 +24,14 @@ from fastapi import HTTPException
 from PIL import Image
 from skimage import data
 
-from chromify.api.app import InferencePool, choose_format, create_app, sniff_image_format
+from chromify.api.app import (
+    InferencePool,
+    choose_format,
+    connection_limit,
+    create_app,
+    server_options,
+    sniff_image_format,
+)
 from chromify.api.settings import ServeSettings
 from chromify.lab import rgb_to_lab
 
@@ -228,6 +235,48 @@ def test_vertex_bad_requests(client: httpx.Client, body: object, status: int, wo
     assert r.status_code == status and words in r.json()["detail"], r.text
 
 
+SMALL_B64 = base64.b64encode(encode(Image.fromarray(data.camera()[::16, ::16]), "PNG")).decode()  # 32 × 32
+# (body, whether /predict colorizes it): every shape the route takes, and refusals of shape the schema can tell
+PREDICT_SHAPES = [
+    ({"instances": [{"b64": SMALL_B64}]}, True),
+    ({"instances": [{"image": {"b64": SMALL_B64}}]}, True),
+    ({"instances": [{"b64": None, "image": {"b64": SMALL_B64}}]}, True),
+    ({"instances": [{"b64": SMALL_B64, "image": "ignored"}], "extra": 1}, True),
+    ({"instances": [{"b64": SMALL_B64}], "parameters": None}, True),
+    ({"instances": [{"b64": SMALL_B64}], "parameters": {}}, True),
+    ({"instances": [{"b64": SMALL_B64}], "parameters": {"format": None}}, True),
+    ({"instances": [{"b64": SMALL_B64}], "parameters": {"format": ""}}, True),
+    *[({"instances": [{"b64": SMALL_B64}], "parameters": {"format": fmt}}, True)
+      for fmt in ("png", "jpeg", "jpg", "JPG", " Jpeg ", "image/jpeg", "IMAGE/PNG")],
+    ({"instances": [{"b64": SMALL_B64}], "parameters": {"format": "gif"}}, False),
+    ({"instances": [{"b64": SMALL_B64}], "parameters": {"format": "image/jpg"}}, False),
+    ({"instances": [{"b64": SMALL_B64}], "parameters": {"format": " "}}, False),
+    ({"instances": [{"b64": SMALL_B64}], "parameters": {"format": 5}}, False),
+    ({"instances": [{"b64": SMALL_B64}], "parameters": "jpeg"}, False),
+    ({"instances": [{"b64": 5, "image": {"b64": SMALL_B64}}]}, False),
+    ({"instances": [{"b64": None}]}, False),
+    ({"instances": [{"image": {"b64": None}}]}, False),
+    ({"instances": [{"picture": SMALL_B64}]}, False),
+    ({"instances": [{"b64": SMALL_B64}] * 3}, False),
+    ({"instances": []}, False),
+    ({"parameters": {"format": "png"}}, False),
+]
+
+
+@pytest.mark.parametrize(("body", "accepted"), PREDICT_SHAPES,
+                         ids=[json.dumps(b).replace(SMALL_B64, "B64")[:70] for b, _ in PREDICT_SHAPES])
+def test_the_predict_schema_accepts_what_the_route_accepts(client: httpx.Client, body: dict, accepted: bool) -> None:
+    """A client generated from /openapi.json, or a validator in front of the server, must neither refuse a request
+    the route takes nor let through a shape it refuses (bad base64 or bytes are past what a schema can tell)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    operation = client.get("/openapi.json").json()["paths"]["/predict"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    by_schema = jsonschema.Draft202012Validator(schema).is_valid(body)
+    r = client.post("/predict", json=body)
+    assert (by_schema, r.status_code) == (accepted, 200 if accepted else 400), r.text[:300]
+
+
 def test_vertex_accepts_line_wrapped_base64(client: httpx.Client) -> None:
     """What `base64 photo.jpg` prints: 76-character lines (CRLF from other tools)."""
     lines = [CAMERA_B64[i:i + 76] for i in range(0, len(CAMERA_B64), 76)]
@@ -306,6 +355,44 @@ def test_pool_answers_503_past_concurrency_plus_queue() -> None:
         return status
 
     assert asyncio.run(scenario()) == 503
+
+
+def test_past_the_connection_limit_the_answer_is_the_plain_503_the_schema_describes(model_dir: Path) -> None:
+    """`serve`'s uvicorn answers connections past its limit itself, before the app: plain text, no Retry-After, on
+    /healthz too, and idle keep-alive connections count. The schema promised JSON and Retry-After for every error."""
+    import uvicorn
+
+    settings = ServeSettings(concurrency=1, max_queue=0, port=free_port(), log_level="warning")
+    app = create_app(settings, model_dir)
+    server = uvicorn.Server(uvicorn.Config(app, **server_options(settings)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    base, limit = f"http://127.0.0.1:{settings.port}", connection_limit(settings)
+    assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+    idle = [socket.create_connection(("127.0.0.1", settings.port)) for _ in range(limit)]
+    try:
+        deadline = time.monotonic() + 10
+        while (r := httpx.get(base + "/healthz", timeout=10)).status_code == 200:  # until uvicorn has taken them all
+            assert time.monotonic() < deadline, "never refused"
+            time.sleep(0.05)
+    finally:
+        for s in idle:
+            s.close()
+        server.should_exit = True
+        thread.join(timeout=15)
+    assert (r.status_code, r.headers["content-type"].split(";")[0], r.text) == (503, "text/plain",
+                                                                               "Service Unavailable")
+    assert "retry-after" not in r.headers
+    schema = app.openapi()
+    for answer in (schema["paths"]["/healthz"]["get"]["responses"]["503"],
+                   schema["paths"]["/predict"]["post"]["responses"]["503"]):
+        assert answer["content"]["text/plain"]["schema"] == {"const": r.text}
+        assert f"past {limit} open connections" in answer["description"] and "no Retry-After" in answer["description"]
+    assert f"past {limit} open connections" in schema["info"]["description"]
 
 
 def test_sniffing_and_negotiation_units() -> None:

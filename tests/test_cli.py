@@ -14,6 +14,22 @@ def test_help_lists_every_stage_without_importing_torch():
     assert out.strip().endswith("LIGHT")
 
 
+def test_the_cli_runs_on_a_typer_without_the_method_its_help_patch_replaces(tmp_path):
+    """Older typer, which pyproject allows (>=0.12), has no TyperOption.display_type_rich: reading it at import
+    ended every command in an AttributeError there. Here the method is taken away before the import."""
+    code = (
+        "import runpy, sys\n"
+        "from typer.core import TyperOption\n"
+        "for cls in TyperOption.__mro__:\n"
+        "    if 'display_type_rich' in vars(cls):\n"
+        "        delattr(cls, 'display_type_rich')\n"
+        "sys.argv = ['chromify', 'models', 'list', '--params', 'none.yaml']\n"
+        "runpy.run_module('chromify.cli', run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (2, "chromify: error: none.yaml: no such params file\n")
+
+
 def test_errors_are_one_line_without_traceback(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("train:\n  epochs: lots\n")

@@ -19,7 +19,8 @@ from typer.core import TyperOption
 from chromify.config import DEFAULT_PARAMS
 from chromify.errors import ChromifyError
 
-_option_type = TyperOption.display_type_rich
+# Older typer (pyproject allows >=0.12) has no such method: there the patch is skipped and its help left as it is.
+_option_type = getattr(TyperOption, "display_type_rich", None)
 
 
 def _value_type(self: TyperOption, ctx: Any) -> str | None:
@@ -28,7 +29,8 @@ def _value_type(self: TyperOption, ctx: Any) -> str | None:
     return None if self.is_flag or self.count else _option_type(self, ctx)
 
 
-TyperOption.display_type_rich = _value_type  # the rich help panel's only source for that column
+if _option_type is not None:
+    TyperOption.display_type_rich = _value_type  # the rich help panel's only source for that column
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Chromify: bring black-and-white photographs back to colour.")

@@ -1,7 +1,7 @@
 """The FastAPI app: one model loaded once, photos colorized in a bounded worker pool, a web page at `/`, the API
 reference at `/docs` (served from here: nothing is fetched from elsewhere).
 
-Status codes (every error body is {"detail": "<one line>"}):
+Status codes (every error body is {"detail": "<one line>"}, but for uvicorn's own 503 below):
     200  the colorized image (POST /colorize) or {"predictions": [...]} (Vertex AI predict route)
     400  malformed request: no multipart `file` field, unknown `format`, bad JSON or base64, a field of the wrong
          type, no or too many instances
@@ -10,7 +10,9 @@ Status codes (every error body is {"detail": "<one line>"}):
     415  the bytes are not a JPEG, PNG, WebP, BMP or TIFF (sniffed from the content, never the name or type)
     422  an image that cannot be used: empty file, more pixels than max_pixels (read from the header, before
          decoding: decompression bombs cost nothing), corrupt or truncated data
-    503  more than concurrency + max_queue requests in flight; retry after the Retry-After seconds
+    503  more than concurrency + max_queue requests in flight; retry after the Retry-After seconds. Under `serve`,
+         past connection_limit() open connections (idle keep-alive ones count), uvicorn answers before the app: a
+         plain-text 503 "Service Unavailable" without Retry-After, on every route
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +44,13 @@ from chromify.errors import InputImageError
 
 STATIC_DIR = Path(__file__).parent / "static"
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+FORMAT_ALIASES = {"jpg": "jpeg", "image/jpeg": "jpeg", "image/png": "png"}
+# What a `format` field may say, in any case: the schema's pattern has no case-insensitive flag in JSON Schema.
+FORMAT_PATTERN = r"^(?:\s*(?:{})\s*)?$".format("|".join(  # empty: as if absent
+    "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
+    for name in (*MEDIA_TYPES, *FORMAT_ALIASES)))
+# Open connections `serve` lets in beyond the pool's line, so health checks and the page answer while it is full.
+CONNECTION_HEADROOM = 16
 # The page loads nothing from anywhere else; the browser enforces it.
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -65,7 +75,7 @@ def choose_format(field: str | None, accept: str | None) -> str:
     """'png' or 'jpeg': the `format` field wins, then the Accept header's preference; PNG by default."""
     if field:
         name = field.strip().lower()
-        name = {"jpg": "jpeg", "image/jpeg": "jpeg", "image/png": "png"}.get(name, name)
+        name = FORMAT_ALIASES.get(name, name)
         if name not in MEDIA_TYPES:
             raise HTTPException(400, f"format {field!r} is not one of: png, jpeg")
         return name
@@ -108,8 +118,25 @@ def _error_responses(settings: ServeSettings, bad_request: str) -> dict[int | st
         (415, "Not a JPEG, PNG, WebP, BMP or TIFF (judged by the bytes, never the name or Content-Type)."),
         (422, f"An empty, corrupt or truncated image, or one over {settings.max_pixels} pixels (read from the "
               "header, before decoding)."),
-        (503, "Busy: more photos in line than the server takes; retry after the Retry-After seconds."),
-    )}
+    )} | {503: _busy_response(settings)}
+
+
+def _busy_response(settings: ServeSettings) -> dict[str, Any]:
+    """The two 503s, for the schema: the pool's JSON one, and uvicorn's plain-text one that never reaches the app."""
+    return {"model": ErrorDetail, "content": {"application/json": {},
+                                             "text/plain": {"schema": {"const": "Service Unavailable"}}},
+            "description": "Busy. More photos in line than the server takes: `{\"detail\": ...}`, retry after the "
+                           f"Retry-After seconds. Or, under `chromify serve`, past {connection_limit(settings)} open "
+                           "connections: uvicorn's plain-text `Service Unavailable`, with no Retry-After; retry "
+                           "after a pause.",
+            "headers": {"Retry-After": {"description": "Seconds to wait; sent with the JSON answer only.",
+                                        "schema": {"type": "integer"}}}}
+
+
+def connection_limit(settings: ServeSettings) -> int:
+    """uvicorn's limit_concurrency under `serve`: open connections, idle keep-alive ones included, past which
+    uvicorn answers 503 itself."""
+    return settings.concurrency + settings.max_queue + CONNECTION_HEADROOM
 
 
 class BodyTooLarge(Exception):
@@ -199,7 +226,10 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
 
     # Swagger UI and ReDoc load from a CDN, which the offline machines this serves on cannot reach: /docs is ours.
     app = FastAPI(title="Chromify", version="1", summary="Colorize black-and-white photos at full resolution.",
-                  description='Every error answers `{"detail": "<one line>"}`.', docs_url=None, redoc_url=None)
+                  description='Every error answers `{"detail": "<one line>"}`, but one: under `chromify serve`, past '
+                              f'{connection_limit(settings)} open connections (idle keep-alive ones count), uvicorn '
+                              'answers any route with a plain-text 503 `Service Unavailable` and no Retry-After.',
+                  docs_url=None, redoc_url=None)
     # base64 makes Vertex AI bodies 4/3 of the image; exact per-file limits are checked in the routes. The message
     # names the per-file limit too: the body's own number is not one the user was ever told.
     body_limit = settings.max_upload_bytes * 4 // 3 + 64 * 1024
@@ -257,7 +287,10 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
     health_answer = {200: {"description": "The model is loaded.", "content": {"application/json": {"schema": _object({
         "status": {"const": "ok"}, "model": {"type": "string", "description": "The served model's name."},
         "render_size": {"type": "integer"}, "max_upload_bytes": {"type": "integer"},
-        "max_pixels": {"type": "integer"}})}}}}
+        "max_pixels": {"type": "integer"}})}}},
+        503: {"description": f"Under `chromify serve`, past {connection_limit(settings)} open connections: uvicorn's "
+                             "plain-text `Service Unavailable`, with no Retry-After.",
+              "content": {"text/plain": {"schema": {"const": "Service Unavailable"}}}}}
     app.get("/healthz", summary="Liveness and readiness: the model is loaded.", responses=health_answer)(health)
     if settings.health_route != "/healthz":
         app.get(settings.health_route, summary="Vertex AI health check.", responses=health_answer)(health)
@@ -294,15 +327,24 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
                       "width": {"type": "integer"}, "height": {"type": "integer"}})},
                       "model": {"type": "string", "description": "The model's name."}})}}},
                   **_error_responses(settings, f"Bad JSON, no instances or more than {settings.max_instances}, invalid "
-                                              "base64, or a field of the wrong type.")},
+                                              "base64, a field of the wrong type, or a `format` other than png or "
+                                              "jpeg.")},
               # the body is checked by hand, for messages that say what to send; this is what it accepts
               openapi_extra={"requestBody": {"content": {"application/json": {"schema": _object({
                   "instances": {"type": "array", "minItems": 1, "maxItems": settings.max_instances,
-                                "items": _object({"b64": {
-                                    "type": "string", "contentEncoding": "base64",
-                                    "description": "A photo (as for /colorize), base64; {\"image\": {\"b64\": "
-                                                   "...}} works too."}}, required=["b64"])},
-                  "parameters": _object({"format": {"enum": ["png", "jpeg"], "default": "png"}})},
+                                "description": 'Photos, each `{"b64": ...}` or `{"image": {"b64": ...}}`.',
+                                "items": {"anyOf": [
+                                    _object({"b64": {"type": "string", "contentEncoding": "base64",
+                                                     "description": "A photo (as for /colorize), base64; line "
+                                                                    "breaks are ignored."}}, required=["b64"]),
+                                    # the image variant counts only without a b64: one beside it wins
+                                    _object({"b64": {"type": "null"}, "image": _object({"b64": {
+                                        "type": "string", "contentEncoding": "base64",
+                                        "description": "The same, as Vertex AI's image instance."}},
+                                        required=["b64"])}, required=["image"])]}},
+                  "parameters": _object({"format": {
+                      "type": ["string", "null"], "pattern": FORMAT_PATTERN, "default": "png",
+                      "description": "png or jpeg; also jpg, image/png or image/jpeg, in any case."}}, nullable=True)},
                   required=["instances"])}}}})
     async def predict(body: dict[str, Any]) -> dict[str, Any]:
         instances = body.get("instances")
@@ -379,9 +421,10 @@ def _mib(size: int) -> str:
     return f"{size / 2**20:.3g} MiB"
 
 
-def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+def _object(properties: dict[str, Any], required: list[str] | None = None, nullable: bool = False) -> dict[str, Any]:
     """A JSON Schema object, for the routes whose bodies are checked by hand."""
-    return {"type": "object", "properties": properties, **({"required": required} if required else {})}
+    return {"type": ["object", "null"] if nullable else "object", "properties": properties,
+            **({"required": required} if required else {})}
 
 
 def _example_address(settings: ServeSettings) -> str:
@@ -409,8 +452,12 @@ def serve(settings: ServeSettings, model_dir: str | Path) -> None:
     """Run uvicorn in this process with the app (one process: the model is loaded once)."""
     import uvicorn
 
+    uvicorn.run(create_app(settings, model_dir), **server_options(settings))
+
+
+def server_options(settings: ServeSettings) -> dict[str, Any]:
+    """uvicorn's settings for `serve`, in one place: the schema's 503 text and a test rely on its connection limit."""
     # Connections past what the pool would queue anyway get uvicorn's 503 before their bodies are read; the
     # headroom keeps health checks and the page answering while the line is full.
-    uvicorn.run(create_app(settings, model_dir), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=10,
-                limit_concurrency=settings.concurrency + settings.max_queue + 16)
+    return {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
+            "timeout_graceful_shutdown": 10, "limit_concurrency": connection_limit(settings)}

@@ -104,13 +104,22 @@ def _response_body(root: dict, response: dict) -> str:
 
 def _fields(root: dict, node: dict, prefix: str = "", depth: int = 0) -> list[tuple[str, dict, bool]]:
     """An object's properties as (dotted name, schema, required), nested objects and arrays of objects flattened:
-    `instances[].b64`."""
+    `instances[].b64`. Alternatives (anyOf, oneOf) show every field once, as the first one to name it has it, and
+    required only where every alternative requires it: a reader sees each way to write the object."""
     node = _resolve(root, node)
-    if depth >= MAX_DEPTH or not isinstance(node.get("properties"), dict):
+    alternatives = [_resolve(root, n) for n in node.get("anyOf") or node.get("oneOf") or []]
+    shapes = [n for n in (node, *alternatives) if isinstance(n.get("properties"), dict)]
+    if depth >= MAX_DEPTH or not shapes:
         return []
-    rows = []
+    properties: dict[str, Any] = {}
+    for shape in shapes:
+        for name, prop in shape["properties"].items():
+            properties.setdefault(name, prop)
     required = set(node.get("required", ()))
-    for name, prop in node["properties"].items():
+    if alternatives:
+        required |= set.intersection(*(set(n.get("required", ())) for n in alternatives))
+    rows = []
+    for name, prop in properties.items():
         rows.append((prefix + name, prop, name in required))
         prop = _resolve(root, prop)
         inner = _resolve(root, prop.get("items", {})) if prop.get("type") == "array" else prop
