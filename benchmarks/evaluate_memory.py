@@ -4,10 +4,13 @@ Builds test splits of real photos (scikit-image's colour images, cropped and fli
 samples, stored as 8-bit Lab shards as preprocess writes them), exports a tiny untrained model, and runs
 `evaluate` on each split in a fresh process, so each peak RSS is that run's alone (the data is made in
 another, so that this process stays small: Linux counts the parent's RSS at fork into a child's peak).
-FID/LPIPS are off (an empty torch hub cache), as on a machine without their weights.
+FID/LPIPS are off (an empty torch hub cache), as on a machine without their weights. Without --champion it scores
+gray and the candidate; with it, a third model too, as once a champion is registered (each model's rendering of a
+chunk is kept until the chunk is scored, ~50 MB at 256 px).
 
     python benchmarks/evaluate_memory.py                     # 256 and 1024 test photos at 256 px
     python benchmarks/evaluate_memory.py --sizes 100,400,1600 --side 128
+    python benchmarks/evaluate_memory.py --champion          # gray, candidate and champion
     PYTHONPATH=/tmp/old/src python benchmarks/evaluate_memory.py   # another chromify, e.g. before a change
 
 Prints: test photos, wall seconds, peak RSS (MB), and the RSS slope in MB per test photo between the smallest
@@ -38,8 +41,8 @@ import chromify.evaluate as ev
 from chromify.config import GateParams
 gate = GateParams(min_psnr_gain_db=-100.0, max_delta_cf=1000.0, champion_psnr_tolerance_db=100.0,
                   champion_delta_cf_tolerance=1000.0)
-data, model, reports, batch = sys.argv[1:5]
-summary, _ = ev.evaluate(data, model, None, gate, reports, batch_size=int(batch))
+data, model, reports, batch, champion = sys.argv[1:6]
+summary, _ = ev.evaluate(data, model, champion or None, gate, reports, batch_size=int(batch))
 print(json.dumps({"module": ev.__file__, "images": summary["images"]}))
 """
 PREPARE = """
@@ -49,6 +52,7 @@ import evaluate_memory as bench
 from pathlib import Path
 tmp, side, seed = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 bench.tiny_model(tmp / "model", side)
+bench.tiny_model(tmp / "champion", side, seed=1)
 for n in map(int, sys.argv[5:]):
     bench.write_split(tmp / f"data-{n}", n, side, seed)
 """
@@ -107,25 +111,26 @@ def write_split(root: Path, count: int, side: int, seed: int) -> Path:
     return root
 
 
-def tiny_model(path: Path, side: int) -> Path:
+def tiny_model(path: Path, side: int, seed: int = 0) -> Path:
     import torch
 
     from chromify.models import get_model
     from chromify.train.checkpoint import export_model
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     export_model(path, get_model("unet_s", base_width=4, depth=2),
                  {"arch": "unet_s", "model": {"base_width": 4, "depth": 2}, "size": side})
     return path
 
 
-def run_child(data: Path, model: Path, reports: Path, batch_size: int, env: dict) -> tuple[float, float, dict]:
+def run_child(data: Path, model: Path, reports: Path, batch_size: int, env: dict,
+              champion: Path | None = None) -> tuple[float, float, dict]:
     """(wall s, peak RSS MB, what the child printed) of one `evaluate` in a fresh interpreter."""
     logs = reports.parent / f"{reports.name}.log"
     with open(logs.with_suffix(".out"), "w") as out, open(logs, "w") as err:
         t0 = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(data), str(model), str(reports),
-                                 str(batch_size)], env=env, stdout=out, stderr=err)
+                                 str(batch_size), str(champion or "")], env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (not Popen.wait: it would reap it)
         wall = time.monotonic() - t0
     proc.returncode = code = os.waitstatus_to_exitcode(status)
@@ -141,6 +146,7 @@ def main() -> None:
     ap.add_argument("--side", type=positive_int, default=256, help="sample side in pixels (preprocess: 256)")
     ap.add_argument("--batch-size", type=positive_int, default=16, help="evaluate.batch_size (params.yaml: 16)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--champion", action="store_true", help="score a champion too (three models, not two)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep the splits, model and reports here (a new folder; default: a temp dir, removed)")
     args = ap.parse_args()
@@ -160,9 +166,10 @@ def main() -> None:
         rows = []
         for n in args.sizes:
             wall, rss, said = run_child(tmp / f"data-{n}", tmp / "model", tmp / f"reports-{n}", args.batch_size,
-                                        env)
+                                        env, tmp / "champion" if args.champion else None)
             rows.append((n, wall, rss))
-            print(f"  evaluated {n} photos with {said['module']}", file=sys.stderr, flush=True)
+            print(f"  evaluated {n} photos ({'3' if args.champion else '2'} models) with {said['module']}",
+                  file=sys.stderr, flush=True)
 
     print(f"{'test photos':>11} | {'wall s':>7} | {'peak RSS MB':>11}")
     for n, wall, rss in rows:

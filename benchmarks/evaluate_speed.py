@@ -10,8 +10,9 @@ go through the 8-bit Lab of the shards and are rendered to 8-bit RGB as evaluate
     python benchmarks/evaluate_speed.py                        # 200 photos, 3 rounds
     python benchmarks/evaluate_speed.py --photos 50 --rounds 5
 
-Before: `reference_image_metrics` below, chromify.metrics as it was (SSIM from a float64 summed-area table,
-CIEDE2000 with a trigonometric call per angle, whole-image arrays), fed float32 k / 255 images as evaluate fed it.
+Before: `reference_image_metrics` of tests/metric_references.py, chromify.metrics as it was (SSIM from a float64
+summed-area table, CIEDE2000 with a trigonometric call per angle, whole-image arrays), fed float32 k / 255 images as
+evaluate fed it; the tests pin the fast path to the same code.
 After: a PreparedTruth per photo and image_metrics_8bit per rendering. The two alternate within each round so that
 both see the same machine load. Prints per-photo CPU ms of each (median and range over the rounds), the speed-up,
 and the largest absolute and relative difference of every metric over all photos and renderings.
@@ -27,86 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 from cli_args import folder, positive_int, run_main  # noqa: E402
+from metric_references import reference_image_metrics  # noqa: E402
 
 SIDE = 256  # the stored size of preprocessed samples
-PHOTOS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "photos").resolve()
+PHOTOS = (ROOT / ".." / "shared" / "data" / "photos").resolve()
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 METRICS = ("psnr", "ssim", "delta_e2000", "colourfulness", "colourfulness_truth")
-
-
-# --- chromify.metrics before the fast path, kept as the reference ---------------------------------------------
-
-
-def reference_psnr(pred: np.ndarray, truth: np.ndarray) -> float:
-    mse = float(np.mean((pred - truth) ** 2))
-    return 100.0 if mse == 0.0 else min(100.0, -10.0 * np.log10(mse))
-
-
-def _reference_box_mean(x: np.ndarray, k: int) -> np.ndarray:
-    s = np.zeros((x.shape[0] + 1, x.shape[1] + 1, x.shape[2]))
-    np.cumsum(np.cumsum(x, axis=0), axis=1, out=s[1:, 1:])
-    return (s[k:, k:] - s[:-k, k:] - s[k:, :-k] + s[:-k, :-k]) / (k * k)
-
-
-def reference_ssim(x: np.ndarray, y: np.ndarray, k: int = 7) -> float:
-    cov_norm = k * k / (k * k - 1)
-    mx, my = _reference_box_mean(x, k), _reference_box_mean(y, k)
-    vx = cov_norm * (_reference_box_mean(x * x, k) - mx * mx)
-    vy = cov_norm * (_reference_box_mean(y * y, k) - my * my)
-    vxy = cov_norm * (_reference_box_mean(x * y, k) - mx * my)
-    c1, c2 = 0.01**2, 0.03**2
-    return float(((2 * mx * my + c1) * (2 * vxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))).mean())
-
-
-def reference_delta_e2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
-    L1, a1, b1 = np.moveaxis(np.asarray(lab1, dtype=np.float64), -1, 0)
-    L2, a2, b2 = np.moveaxis(np.asarray(lab2, dtype=np.float64), -1, 0)
-    c_mean7 = ((np.hypot(a1, b1) + np.hypot(a2, b2)) / 2) ** 7
-    a_scale = 1.5 - 0.5 * np.sqrt(c_mean7 / (c_mean7 + 25.0**7))
-    c1, c2 = np.hypot(a_scale * a1, b1), np.hypot(a_scale * a2, b2)
-    h1 = np.degrees(np.arctan2(b1, a_scale * a1)) % 360.0
-    h2 = np.degrees(np.arctan2(b2, a_scale * a2)) % 360.0
-    chroma_zero = c1 * c2 == 0.0
-    dh = h2 - h1
-    dh = np.where(dh > 180.0, dh - 360.0, np.where(dh < -180.0, dh + 360.0, dh))
-    dH = 2.0 * np.sqrt(c1 * c2) * np.sin(np.radians(np.where(chroma_zero, 0.0, dh)) / 2)
-    h_sum = h1 + h2
-    h_wrap = np.where(h_sum < 360.0, h_sum + 360.0, h_sum - 360.0)
-    h_mean = np.where(chroma_zero, h_sum, np.where(np.abs(h1 - h2) <= 180.0, h_sum, h_wrap) / 2)
-    t = (1 - 0.17 * np.cos(np.radians(h_mean - 30)) + 0.24 * np.cos(np.radians(2 * h_mean))
-         + 0.32 * np.cos(np.radians(3 * h_mean + 6)) - 0.20 * np.cos(np.radians(4 * h_mean - 63)))
-    l_dev2 = ((L1 + L2) / 2 - 50.0) ** 2
-    c_mean = (c1 + c2) / 2
-    r_c = 2 * np.sqrt(c_mean**7 / (c_mean**7 + 25.0**7))
-    rotation = -np.sin(np.radians(60.0 * np.exp(-(((h_mean - 275.0) / 25.0) ** 2)))) * r_c
-    dl_term = (L2 - L1) / (1 + 0.015 * l_dev2 / np.sqrt(20 + l_dev2))
-    dc_term = (c2 - c1) / (1 + 0.045 * c_mean)
-    dh_term = dH / (1 + 0.015 * c_mean * t)
-    return np.sqrt(np.maximum(dl_term**2 + dc_term**2 + dh_term**2 + rotation * dc_term * dh_term, 0.0))
-
-
-def reference_colourfulness(rgb: np.ndarray) -> float:
-    rgb = rgb.reshape(-1, 3) * 255.0
-    rg = rgb[:, 0] - rgb[:, 1]
-    yb = 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
-    return float(np.sqrt(rg.var() + yb.var()) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2))
-
-
-def reference_image_metrics(pred_rgb8: np.ndarray, truth_rgb8: np.ndarray) -> dict[str, float]:
-    """What evaluate's `_image_rows` computed per image before the fast path."""
-    from chromify.lab import rgb_to_lab
-
-    pred32, truth32 = pred_rgb8.astype(np.float32) / 255.0, truth_rgb8.astype(np.float32) / 255.0
-    pred, truth = pred32.astype(np.float64), truth32.astype(np.float64)
-    return {
-        "psnr": reference_psnr(pred, truth),
-        "ssim": reference_ssim(pred, truth),
-        "delta_e2000": float(reference_delta_e2000(rgb_to_lab(pred32), rgb_to_lab(truth32)).mean()),
-        "colourfulness": reference_colourfulness(pred),
-        "colourfulness_truth": reference_colourfulness(truth),
-    }
 
 
 # --- images ------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from metric_references import reference_image_metrics
 from PIL import Image
 from skimage import data as skdata
 
@@ -15,7 +16,7 @@ from chromify import evaluate as ev
 from chromify.config import GateParams
 from chromify.io import file_sha256
 from chromify.lab import dequantise_lab, lab_to_rgb8, quantise_lab, rgb_to_lab
-from chromify.metrics import PSNR_CAP_DB, colourfulness, image_metrics, psnr
+from chromify.metrics import PSNR_CAP_DB, colourfulness, psnr
 from chromify.models import get_model
 from chromify.shards import FORMAT
 from chromify.train.checkpoint import export_model
@@ -103,17 +104,18 @@ def test_gray_is_colourless_and_a_perfect_model_hits_the_psnr_cap(lab_truth):
     assert 10.0 < gray.summary["psnr"] < 40.0
 
 
-def test_each_model_is_scored_as_image_metrics_scores_its_float32_rendering(lab_truth):
-    """The numbers evaluate gave before its fast path: image_metrics of each rendering and the truth as float32 / 255,
-    for every model scored against a truth in turn."""
+def test_each_model_is_scored_as_before_the_fast_path(lab_truth):
+    """Several models scored against each truth in turn: every row is the one evaluate gave before its fast path
+    (tests/metric_references.py, which shares no code with chromify.metrics), in the models' order."""
     truth_rgb = lab_to_rgb8(lab_truth)
-    models = [ev.score("gray", lab_truth, None, None), ev.score("half", lab_truth, 0.5 * lab_truth[..., 1:], "h"),
-              ev.score("turned", lab_truth, lab_truth[..., 1:][..., ::-1], "t")]
-    for scored, rows in zip(models, ev._image_rows([m.images for m in models], truth_rgb), strict=True):
-        assert rows == scored.rows
-        for pred, truth, row in zip(scored.images, truth_rgb, rows, strict=True):
-            want = image_metrics(pred.astype(np.float32) / 255.0, truth.astype(np.float32) / 255.0)
-            assert row == pytest.approx(want, rel=1e-12, abs=1e-12), scored.name
+    renderings = []
+    for ab in (0.0, 0.5 * lab_truth[..., 1:], lab_truth[..., 1:][..., ::-1]):  # gray, washed out, a and b swapped
+        pred_lab = lab_truth.copy()
+        pred_lab[..., 1:] = ab
+        renderings.append(lab_to_rgb8(pred_lab))
+    for k, (pred_rgb, rows) in enumerate(zip(renderings, ev._image_rows(renderings, truth_rgb), strict=True)):
+        want = [reference_image_metrics(pred, truth) for pred, truth in zip(pred_rgb, truth_rgb, strict=True)]
+        assert rows == [pytest.approx(w, rel=1e-12, abs=1e-12) for w in want], f"model {k}"
 
 
 def test_the_gallery_leads_with_the_worst_and_the_best_image(lab_truth, tmp_path):

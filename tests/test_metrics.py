@@ -3,12 +3,14 @@ formulas written out slowly (the fast paths evaluate uses must give their number
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
 
 import numpy as np
 import pytest
+from metric_references import reference_colourfulness, reference_delta_e2000, reference_image_metrics
 from skimage import color, data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -117,6 +119,15 @@ def test_delta_e2000_matches_skimage_on_random_lab(shape):
 def test_delta_e2000_of_a_colour_with_itself_is_zero():
     lab = _random_lab(np.random.default_rng(3), (50,))
     np.testing.assert_array_equal(delta_e2000(lab, lab), np.zeros(50))
+
+
+def test_delta_e2000_of_one_pair_is_a_float():
+    """A single pair gives a numpy float64, as it always has: json.dumps takes it and refuses a 0-d array."""
+    lab1, lab2, expected = SHARMA_2005_TABLE_1[16]
+    got = delta_e2000(np.array(lab1), np.array(lab2))
+    assert type(got) is np.float64 and round(got, 4) == expected
+    assert json.loads(json.dumps({"delta_e2000": got})) == {"delta_e2000": float(got)}
+    assert delta_e2000(np.array([lab1]), np.array([lab2])).shape == (1,)
 
 
 # --- sRGB ↔ Lab ------------------------------------------------------------------------------------------
@@ -299,44 +310,9 @@ def test_summarise_rejects_empty_and_ragged_rows():
 
 # --- the fast paths against slow references --------------------------------------------------------------
 # evaluate scores 8-bit renderings with image_metrics_8bit against a PreparedTruth, and the metrics work in strips
-# and blocks with little trigonometry: each is pinned here to a slow, independent form of the same number.
-
-
-def _textbook_delta_e2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
-    """CIEDE2000 step by step as Sharma, Wu & Dalal (2005) write it, on whole arrays, a trigonometric call per angle.
-
-    a' and the hue angles are computed by the operations chromify has always used, so that pairs on the formula's
-    jumps (exactly opposite hues; a hue mean of exactly 0°/360°) fall on the same side as there.
-    """
-    L1, a1, b1 = np.moveaxis(np.asarray(lab1, dtype=np.float64), -1, 0)
-    L2, a2, b2 = np.moveaxis(np.asarray(lab2, dtype=np.float64), -1, 0)
-    c_mean7 = ((np.hypot(a1, b1) + np.hypot(a2, b2)) / 2) ** 7
-    one_plus_g = 1.5 - 0.5 * np.sqrt(c_mean7 / (c_mean7 + 25.0**7))
-    c1, c2 = np.hypot(one_plus_g * a1, b1), np.hypot(one_plus_g * a2, b2)
-    h1 = np.degrees(np.arctan2(b1, one_plus_g * a1)) % 360.0
-    h2 = np.degrees(np.arctan2(b2, one_plus_g * a2)) % 360.0
-    no_hue = c1 * c2 == 0.0
-    dh = h2 - h1
-    dh = np.where(no_hue, 0.0, np.where(dh > 180.0, dh - 360.0, np.where(dh < -180.0, dh + 360.0, dh)))
-    dH = 2.0 * np.sqrt(c1 * c2) * np.sin(np.radians(dh / 2.0))
-    h_sum = h1 + h2
-    h_mean = np.where(no_hue, h_sum, np.where(np.abs(h1 - h2) <= 180.0, h_sum,
-                                              np.where(h_sum < 360.0, h_sum + 360.0, h_sum - 360.0)) / 2)
-    t = (1 - 0.17 * np.cos(np.radians(h_mean - 30)) + 0.24 * np.cos(np.radians(2 * h_mean))
-         + 0.32 * np.cos(np.radians(3 * h_mean + 6)) - 0.20 * np.cos(np.radians(4 * h_mean - 63)))
-    c_mean = (c1 + c2) / 2
-    l_dev2 = ((L1 + L2) / 2 - 50) ** 2
-    s_l, s_c, s_h = 1 + 0.015 * l_dev2 / np.sqrt(20 + l_dev2), 1 + 0.045 * c_mean, 1 + 0.015 * c_mean * t
-    r_t = -2 * np.sqrt(c_mean**7 / (c_mean**7 + 25.0**7)) * np.sin(np.radians(60 * np.exp(-((h_mean - 275) / 25) ** 2)))
-    return np.sqrt(((L2 - L1) / s_l) ** 2 + ((c2 - c1) / s_c) ** 2 + (dH / s_h) ** 2
-                   + r_t * (c2 - c1) / s_c * dH / s_h)
-
-
-def _textbook_colourfulness(rgb: np.ndarray) -> float:
-    """Hasler & Süsstrunk on the whole image at once, with numpy's two-pass variance."""
-    rgb = np.asarray(rgb, dtype=np.float64).reshape(-1, 3) * 255.0
-    rg, yb = rgb[:, 0] - rgb[:, 1], 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
-    return float(np.sqrt(rg.var() + yb.var()) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2))
+# and blocks with little trigonometry: each is pinned here to skimage and to tests/metric_references.py, the
+# metrics as they were before the fast path (whole images, a summed-area SSIM, CIEDE2000 a trigonometric call per
+# angle), which share no code with it.
 
 
 def _lab_pairs_around_the_hue_circle() -> tuple[np.ndarray, np.ndarray]:
@@ -358,7 +334,7 @@ def test_delta_e2000_matches_skimage_around_the_hue_circle_and_on_gray():
     assert np.isfinite(ours).all() and (ours[np.all(lab1 == lab2, axis=-1)] == 0.0).all()
     # 1e-8, not 1e-12: where the hue mean is exactly 0° skimage takes it as 360°, a jump of the formula (~1e-9 here)
     np.testing.assert_allclose(ours, color.deltaE_ciede2000(lab1, lab2), rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(ours, _textbook_delta_e2000(lab1, lab2), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours, reference_delta_e2000(lab1, lab2), rtol=1e-12, atol=1e-12)
 
 
 def test_delta_e2000_takes_the_textbook_side_of_its_jumps():
@@ -369,7 +345,7 @@ def test_delta_e2000_takes_the_textbook_side_of_its_jumps():
     lab = np.stack([L1, a, b], axis=-1).astype(np.float32)  # float32 values, as rgb_to_lab gives
     for other in (np.stack([L2, -a, -b], axis=-1), np.stack([L2, a, -b], axis=-1)):
         other = other.astype(np.float32)
-        np.testing.assert_allclose(delta_e2000(lab, other), _textbook_delta_e2000(lab, other), rtol=1e-12)
+        np.testing.assert_allclose(delta_e2000(lab, other), reference_delta_e2000(lab, other), rtol=1e-12)
 
 
 def _crop(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -420,8 +396,8 @@ def test_8bit_fast_path_matches_skimage_and_the_textbook(name, shape):
             "psnr": 100.0 if identical else peak_signal_noise_ratio(truth, pred, data_range=1.0),
             "ssim": structural_similarity(pred, truth, channel_axis=-1, data_range=1.0),
             "delta_e2000": color.deltaE_ciede2000(rgb_to_lab(_as_scored(pred8)).astype(np.float64), truth_lab).mean(),
-            "colourfulness": _textbook_colourfulness(pred),
-            "colourfulness_truth": _textbook_colourfulness(truth),
+            "colourfulness": reference_colourfulness(pred),
+            "colourfulness_truth": reference_colourfulness(truth),
         }
         assert set(got) == set(want)
         for key, value in want.items():
@@ -433,14 +409,13 @@ def test_8bit_fast_path_matches_skimage_and_the_textbook(name, shape):
 
 
 @pytest.mark.parametrize(("name", "shape"), FAST_PATH_CASES)
-def test_8bit_fast_path_gives_image_metrics_of_float32_renderings(name, shape):
-    """The numbers evaluate reported before the fast path: image_metrics of float32 k / 255 images."""
+def test_8bit_fast_path_gives_the_numbers_evaluate_gave_before_it(name, shape):
+    """The metrics before the fast path, on float32 k / 255 images as evaluate fed them, to 1e-12."""
     truth8 = _truth(name, shape)
     prepared = PreparedTruth(truth8)
     for kind, pred8 in _renderings(truth8).items():
         got = image_metrics_8bit(pred8, prepared)
-        want = image_metrics(_as_scored(pred8), _as_scored(truth8))
-        assert got == pytest.approx(want, rel=1e-12, abs=1e-12), kind
+        assert got == pytest.approx(reference_image_metrics(pred8, truth8), rel=1e-12, abs=1e-12), kind
 
 
 def test_8bit_lab_lookup_is_rgb_to_lab_of_float32_values_bit_for_bit():
@@ -466,11 +441,11 @@ def test_colourfulness_in_blocks_is_the_whole_image_formula(shape):
     rng = np.random.default_rng(shape[0])
     tinted = np.clip(rng.normal([0.7, 0.45, 0.3], 0.05, (*shape, 3)), 0, 1)  # sepia-like: large mean, small spread
     for rgb in (tinted, _crop(PHOTOS["chelsea"], shape) / 255.0):
-        assert colourfulness(rgb) == pytest.approx(_textbook_colourfulness(rgb), rel=1e-12)
+        assert colourfulness(rgb) == pytest.approx(reference_colourfulness(rgb), rel=1e-12)
     if min(shape) >= 7:
         rgb8 = (tinted * 255).round().astype(np.uint8)
         got = image_metrics_8bit(rgb8, PreparedTruth(rgb8))
-        want = _textbook_colourfulness(_as_scored(rgb8))
+        want = reference_colourfulness(_as_scored(rgb8))
         assert got["colourfulness"] == got["colourfulness_truth"] == pytest.approx(want, rel=1e-12)
 
 

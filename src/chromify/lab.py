@@ -41,8 +41,14 @@ def _linear_to_srgb(v: np.ndarray) -> np.ndarray:
     return np.where(v > 0.0031308, 1.055 * np.maximum(v, 0.0031308) ** (1 / 2.4) - 0.055, 12.92 * v)
 
 
-# uint8 input needs only 256 gamma evaluations; a table lookup replaces the per-pixel power.
+# Linear light of each 8-bit value k, looked up instead of a per-pixel power; two tables, because two paths have
+# always read k differently (214 of 256 entries differ, by up to 1.8e-7) and neither's numbers may move:
+# rgb_to_lab's uint8 path (and shards' 8-bit Lab table): the float64 gamma of k / 255, rounded once to float32.
 _LINEAR_FROM_U8 = _srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
+# chromify.metrics' 8-bit path: evaluate has always scored renderings as `rgb8.astype(np.float32) / 255`, so there k
+# is float32 k / 255 and its linear light is rgb_to_lab's float path on that float32 value.
+U8_AS_FLOAT32 = np.arange(256, dtype=np.float32) / np.float32(255.0)
+LINEAR_FROM_U8_AS_FLOAT32 = _srgb_to_linear(U8_AS_FLOAT32).astype(np.float32, copy=False)
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:

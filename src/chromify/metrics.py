@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from chromify.errors import DataError
-from chromify.lab import _srgb_to_linear, lab_to_rgb, linear_to_lab, rgb_to_lab
+from chromify.lab import LINEAR_FROM_U8_AS_FLOAT32, U8_AS_FLOAT32, lab_to_rgb, linear_to_lab, rgb_to_lab
 
 __all__ = ["lab_to_rgb", "rgb_to_lab"]  # re-exported: the metrics are defined on Lab from chromify.lab
 
@@ -40,12 +40,9 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 SSIM_STRIP = 16
 PIXEL_BLOCK = 8192
 
-# An 8-bit value k as evaluate has always scored it: float32 k / 255 (renderings went through
-# `astype(np.float32) / 255.0`), widened to float64 by the metrics; and its linear light as rgb_to_lab's float
-# path computes it. Looking up these 256 values gives the same values as that per-pixel arithmetic.
-_UNIT_F32 = np.arange(256, dtype=np.float32) / np.float32(255.0)
-_UNIT_FROM_8BIT = _UNIT_F32.astype(np.float64)
-_LINEAR_FROM_8BIT = _srgb_to_linear(_UNIT_F32)
+# An 8-bit value k as evaluate has always scored it (float32 k / 255, see chromify.lab), widened to float64 as the
+# metrics widen every image: looking it up gives what the per-pixel arithmetic gave.
+_UNIT_FROM_8BIT = U8_AS_FLOAT32.astype(np.float64)
 
 
 def _unit_float(rgb: np.ndarray) -> np.ndarray:
@@ -153,8 +150,9 @@ _T_TERMS = tuple((w * np.cos(np.radians(phi)), w * np.sin(np.radians(phi)))
                  for w, phi in ((-0.17, -30.0), (0.24, 0.0), (0.32, 6.0), (-0.20, -63.0)))
 
 
-def delta_e2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
-    """CIEDE2000 colour difference (kL = kC = kH = 1) per pixel: Lab (..., 3) × 2 → (...), float64.
+def delta_e2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray | np.float64:
+    """CIEDE2000 colour difference (kL = kC = kH = 1) per pixel: Lab (..., 3) × 2 → (...) float64; for a single
+    pair, (3,) × 2, a numpy float64, which json.dumps takes (a 0-d array it refuses).
 
     Follows Sharma, Wu & Dalal (2005), including their conventions for the hue mean and for zero chroma.
     """
@@ -164,7 +162,7 @@ def delta_e2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     for lo in range(0, len(out), PIXEL_BLOCK):
         hi = lo + PIXEL_BLOCK
         out[lo:hi] = _delta_e2000_block(*lab1[:, lo:hi], *lab2[:, lo:hi])
-    return out.reshape(shape)
+    return out.reshape(shape)[()]  # [()]: a 0-d array's scalar; any other array unchanged
 
 
 def _planar(lab: np.ndarray) -> np.ndarray:
@@ -291,7 +289,12 @@ def delta_cf(mean_cf_output: float, mean_cf_truth: float) -> float:
 
 
 def image_metrics(pred_rgb: np.ndarray, truth_rgb: np.ndarray) -> dict[str, float]:
-    """All per-image metrics for one (H, W, 3) prediction against its ground truth."""
+    """All per-image metrics for one (H, W, 3) prediction against its ground truth, float in [0, 1] or uint8.
+
+    The public per-image API; nothing in chromify calls it (evaluate scores several renderings against each truth
+    with PreparedTruth and image_metrics_8bit). It reads uint8 as k / 255 in float64, evaluate as float32 k / 255:
+    on the same 8-bit images the two differ by ~1e-8 relative.
+    """
     return {
         "psnr": psnr(pred_rgb, truth_rgb),
         "ssim": ssim(pred_rgb, truth_rgb),
@@ -333,7 +336,7 @@ class PreparedTruth:
 
 def _planar_lab(rgb8: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 → (3, n) float64 Lab, as rgb_to_lab gives it for rgb8 as float32 / 255."""
-    return _planar(linear_to_lab(_LINEAR_FROM_8BIT[rgb8]))
+    return _planar(linear_to_lab(LINEAR_FROM_U8_AS_FLOAT32[rgb8]))
 
 
 def image_metrics_8bit(pred_rgb8: np.ndarray, truth: PreparedTruth) -> dict[str, float]:
