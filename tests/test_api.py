@@ -15,6 +15,8 @@ import subprocess
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -58,18 +60,28 @@ def client(model_dir: Path) -> httpx.Client:
     port = free_port()  # in the settings too: the examples on /docs name it
     settings = ServeSettings(max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, concurrency=1, max_instances=2,
                              port=port)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, model_dir), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    config = uvicorn.Config(create_app(settings, model_dir), host="127.0.0.1", port=port, log_level="warning")
+    with serving(config), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        yield c
+
+
+@contextmanager
+def serving(config) -> Iterator[None]:
+    """A real uvicorn with `config` in a thread of this process, from started to stopped."""
+    import uvicorn
+
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-        yield c
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
@@ -364,26 +376,18 @@ def test_past_the_connection_limit_the_answer_is_the_plain_503_the_schema_descri
 
     settings = ServeSettings(concurrency=1, max_queue=0, port=free_port(), log_level="warning")
     app = create_app(settings, model_dir)
-    server = uvicorn.Server(uvicorn.Config(app, **server_options(settings)))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     base, limit = f"http://127.0.0.1:{settings.port}", connection_limit(settings)
-    assert httpx.get(base + "/healthz", timeout=10).status_code == 200
-    idle = [socket.create_connection(("127.0.0.1", settings.port)) for _ in range(limit)]
-    try:
-        deadline = time.monotonic() + 10
-        while (r := httpx.get(base + "/healthz", timeout=10)).status_code == 200:  # until uvicorn has taken them all
-            assert time.monotonic() < deadline, "never refused"
-            time.sleep(0.05)
-    finally:
-        for s in idle:
-            s.close()
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serving(uvicorn.Config(app, **server_options(settings))):
+        assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+        idle = [socket.create_connection(("127.0.0.1", settings.port)) for _ in range(limit)]
+        try:
+            deadline = time.monotonic() + 10
+            while (r := httpx.get(base + "/healthz", timeout=10)).status_code == 200:  # until uvicorn took them all
+                assert time.monotonic() < deadline, "never refused"
+                time.sleep(0.05)
+        finally:
+            for s in idle:
+                s.close()
     assert (r.status_code, r.headers["content-type"].split(";")[0], r.text) == (503, "text/plain",
                                                                                "Service Unavailable")
     assert "retry-after" not in r.headers
