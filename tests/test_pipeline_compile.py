@@ -314,3 +314,42 @@ def test_train_component_runs_torchrun_ranks_and_reports_rank_0s_metrics(tmp_pat
     exported = json.loads((tmp_path / "model" / "config.json").read_text())["model"]
     assert model.metadata["decode"] == {k: exported[k] for k in ("temperature", "prior_correction", "chroma_gain")}
     assert metrics.metadata["val_decode_delta_cf"] >= 0 and np.isfinite(metrics.metadata["val_decode_psnr_gain_db"])
+
+
+def test_evaluate_component_returns_the_gate_decision_and_hands_over_its_reports(tmp_path, monkeypatch):
+    """The component's own code on a two-step model: the bool it returns is what the DAG's dsl.If branches on, so
+    it must be the gate's decision both ways; the gallery, table and gate artifacts are the reports' own."""
+    from kfp import dsl
+
+    from chromify.stages import run_ingest, run_preprocess, run_train
+    from components.evaluate import evaluate
+
+    monkeypatch.chdir(tmp_path)  # the registry (no champion yet) is relative to here
+    small = {"preprocess": {"size": 64, "workers": 1}, "model": {"base_width": 8, "depth": 3},
+             "train": {"max_steps": 2, "max_minutes": 0, "crop": 48, "batch_size": 2, "checkpoint_every": 0,
+                       "warmup_steps": 1}}
+    p = load_params(params_file(tmp_path, **small))
+    run_ingest(p, tmp_path / "raw", tmp_path / "reports")
+    run_preprocess(p, tmp_path / "raw", tmp_path / "shards")
+    run_train(p, tmp_path / "shards", tmp_path / "model", reports_dir=None)
+    decisions = {}
+    for name, bar in (("lenient", -100.0), ("strict", 100.0)):
+        gate_params = {"min_psnr_gain_db": bar, "max_delta_cf": 1000.0}
+        params_json = json.dumps(load_params(params_file(tmp_path, gate=gate_params, **small)).to_dict())
+        out = tmp_path / name
+        artifacts = {"metrics": dsl.Metrics(uri=str(out / "metrics")), "gallery": dsl.HTML(uri=str(out / "gallery")),
+                     "table": dsl.Markdown(uri=str(out / "table")), "gate": dsl.Artifact(uri=str(out / "gate"))}
+        out.mkdir()
+        passed = evaluate.python_func(params_json=params_json, shards=dsl.Dataset(uri=str(tmp_path / "shards")),
+                                      model=dsl.Model(uri=str(tmp_path / "model")), **artifacts)
+        gate = json.loads((out / "gate").read_text())
+        reports = out / "reports"
+        assert passed is gate["passed"]
+        assert (out / "gallery").read_bytes() == (reports / "gallery.html").read_bytes()
+        assert (out / "table").read_text() == (reports / "metrics.md").read_text()
+        logged = artifacts["metrics"].metadata
+        assert logged["psnr_gain_db"] == pytest.approx(gate["metrics"]["psnr_gain_db"])
+        assert logged["candidate_psnr"] - logged["gray_psnr"] == pytest.approx(logged["psnr_gain_db"])
+        decisions[name] = (passed, gate["reasons"])
+    assert decisions["lenient"][0] is True and decisions["strict"][0] is False
+    assert any("PSNR" in reason for reason in decisions["strict"][1])
