@@ -132,6 +132,22 @@ def test_patch_discriminator_scores_70px_patches() -> None:
     assert losses.PatchDiscriminator(width=8)(torch.rand(2, 1, 64, 64), torch.rand(2, 2, 64, 64)).shape == (2, 1, 6, 6)
 
 
+def test_the_discriminator_sees_l_on_the_same_centred_scale_as_ab() -> None:
+    # L comes in as L/100 in [0, 1] and ab as ab/128 in (-1, 1): uncentred, black and white would sit on one side
+    # of zero only, and the first layer's init would see a brightness offset it never sees in ab.
+    disc = losses.PatchDiscriminator(width=8)
+    seen: list[torch.Tensor] = []
+    disc.net[0].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    lum = torch.linspace(0, 1, 64).expand(1, 1, 64, 64)  # black to white across the image
+    ab = torch.full((1, 2, 64, 64), 0.25)
+    disc(lum, ab)
+    first = seen[0]
+    assert first.shape == (1, 3, 64, 64)
+    assert (first[0, 0].min().item(), first[0, 0].max().item()) == pytest.approx((-1.0, 1.0))
+    assert first[0, 0].mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert torch.equal(first[:, 1:], ab)  # ab unchanged
+
+
 @pytest.mark.parametrize("term", ["l1", "huber", "colourfulness", "perceptual", "adversarial"])
 def test_every_term_passes_gradient_to_the_prediction(term: str, tmp_path, monkeypatch) -> None:
     if term == "perceptual":
