@@ -153,10 +153,13 @@ def rescore(row: dict, tried: list[dict], decodes: list[tuple[float, ...]], floo
     (`tried`, the rows of its reports/decode_search.json) would have chosen with that
     train.decode_min_psnr_gain_db, so the trade-off can be read off the test split without choosing anything on it.
     """
+    import numpy as np
+
     from chromify.decode_search import choose, describe
-    from chromify.evaluate import predict_split, score
+    from chromify.evaluate import EVAL_CHUNK, predict_split, score
     from chromify.lab import dequantise_lab
     from chromify.loader import ShardSet
+    from chromify.metrics import summarise
 
     repo = Path(row["gallery"]).parents[1]
     model_dir = repo / "models/candidate"
@@ -168,14 +171,17 @@ def rescore(row: dict, tried: list[dict], decodes: list[tuple[float, ...]], floo
             todo.append((f"floor {floor:+g} dB: ", d["temperature"], d["prior_correction"], d["chroma_gain"]))
     if bins:
         todo += [("", d[0], d[1], d[2] if len(d) > 2 else 1.0) for d in decodes]
-    data = ShardSet(repo / "data/processed/test").all()
-    lab_truth = dequantise_lab(data.transpose(0, 2, 3, 1))
+    test = ShardSet(repo / "data/processed/test")
     rows = []
     for label, t, beta, gain in todo:
-        ab = predict_split(model_dir, data, 16, temperature=t, prior_correction=beta, chroma_gain=gain)
+        per_image = []  # a chunk of the split at a time, as evaluate does: a Kaggle-sized test split fits too
+        for lo in range(0, len(test), EVAL_CHUNK):
+            data = test.gather(np.arange(lo, min(lo + EVAL_CHUNK, len(test))))
+            ab = predict_split(model_dir, data, 16, temperature=t, prior_correction=beta, chroma_gain=gain)
+            per_image += score("candidate", dequantise_lab(data.transpose(0, 2, 3, 1)), ab, None).rows
         decode = {"temperature": t, "prior_correction": beta, "chroma_gain": gain}
         rows.append({**row, "method": f"  same weights, {label}{describe(decode)}",
-                     **columns(score("candidate", lab_truth, ab, None).summary, row["gray_psnr"])})
+                     **columns(summarise(per_image), row["gray_psnr"])})
     return rows
 
 
