@@ -19,7 +19,7 @@ from typer.core import TyperOption
 from chromify.config import DEFAULT_PARAMS
 from chromify.errors import ChromifyError
 
-# Older typer (pyproject allows >=0.12) has no such method: there the patch is skipped and its help left as it is.
+# A typer without that method (it is not public API) keeps its own help: the patch is skipped.
 _option_type = getattr(TyperOption, "display_type_rich", None)
 
 

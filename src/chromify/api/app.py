@@ -121,14 +121,20 @@ def _error_responses(settings: ServeSettings, bad_request: str) -> dict[int | st
     )} | {503: _busy_response(settings)}
 
 
+# uvicorn's own 503, for the schema of every route: it answers before the app, so not as the app's errors do.
+UVICORN_BUSY = {"text/plain": {"schema": {"const": "Service Unavailable"}}}
+
+
+def _uvicorn_busy(settings: ServeSettings) -> str:
+    return (f"under `chromify serve`, past {connection_limit(settings)} open connections: uvicorn's plain-text "
+            "`Service Unavailable`, with no Retry-After")
+
+
 def _busy_response(settings: ServeSettings) -> dict[str, Any]:
     """The two 503s, for the schema: the pool's JSON one, and uvicorn's plain-text one that never reaches the app."""
-    return {"model": ErrorDetail, "content": {"application/json": {},
-                                             "text/plain": {"schema": {"const": "Service Unavailable"}}},
+    return {"model": ErrorDetail, "content": {"application/json": {}, **UVICORN_BUSY},
             "description": "Busy. More photos in line than the server takes: `{\"detail\": ...}`, retry after the "
-                           f"Retry-After seconds. Or, under `chromify serve`, past {connection_limit(settings)} open "
-                           "connections: uvicorn's plain-text `Service Unavailable`, with no Retry-After; retry "
-                           "after a pause.",
+                           f"Retry-After seconds. Or, {_uvicorn_busy(settings)}; retry after a pause.",
             "headers": {"Retry-After": {"description": "Seconds to wait; sent with the JSON answer only.",
                                         "schema": {"type": "integer"}}}}
 
@@ -288,9 +294,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
         "status": {"const": "ok"}, "model": {"type": "string", "description": "The served model's name."},
         "render_size": {"type": "integer"}, "max_upload_bytes": {"type": "integer"},
         "max_pixels": {"type": "integer"}})}}},
-        503: {"description": f"Under `chromify serve`, past {connection_limit(settings)} open connections: uvicorn's "
-                             "plain-text `Service Unavailable`, with no Retry-After.",
-              "content": {"text/plain": {"schema": {"const": "Service Unavailable"}}}}}
+        503: {"description": f"Only {_uvicorn_busy(settings)}.", "content": UVICORN_BUSY}}
     app.get("/healthz", summary="Liveness and readiness: the model is loaded.", responses=health_answer)(health)
     if settings.health_route != "/healthz":
         app.get(settings.health_route, summary="Vertex AI health check.", responses=health_answer)(health)
