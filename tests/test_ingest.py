@@ -308,3 +308,57 @@ def test_a_manifest_damaged_anywhere_is_read_afresh_or_one_line_never_a_tracebac
             assert str(exc).startswith(f"{manifest}: unreadable (") and "\n" not in str(exc)
     assert refused > 0
     assert "reading every photo again" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("suffix", "where", "method"), [
+    ("jpg", "PIL.ImageFile.ImageFile", "load"),  # to_srgb's decode
+    ("png", "PIL.PngImagePlugin.PngImageFile", "getexif"),  # orientation_of: a PNG's EXIF may follow the pixels
+    ("png", "PIL.PngImagePlugin.PngImageFile", "_open"),  # open_checked's header
+])
+def test_running_out_of_memory_while_reading_a_photo_is_tried_again_not_cached_as_its_fault(
+        tmp_path, photos, monkeypatch, suffix, where, method):
+    """A MemoryError (eight workers on big photos) was recorded as `undecodable` (or the photo as upright), a fact
+    about the file that no re-run reads again: now it is `unreadable`, which the next run reads again."""
+    import importlib
+
+    module, cls = where.rsplit(".", 1)
+    owner = getattr(importlib.import_module(module), cls)
+    original, calls = getattr(owner, method), []
+
+    def out_of_memory_once(self, *args, **kwargs):
+        calls.append(method)
+        if len(calls) == 1:
+            raise MemoryError
+        return original(self, *args, **kwargs)
+
+    root, raw, reports = tmp_path / "photos", tmp_path / "raw", tmp_path / "reports"
+    root.mkdir()
+    Image.fromarray(photos["astronaut"]).save(root / f"a.{suffix}")  # listed first: the one that meets the fault
+    Image.fromarray(photos["chelsea"]).save(root / f"b.{suffix}")
+    p = IngestParams(source=str(root), out_dir=str(raw))
+    monkeypatch.setattr(owner, method, out_of_memory_once)
+    first = run_ingest(p, reports, workers=1)
+    assert calls and first["accepted"] == 1
+    with open(reports / "ingest_rejects.csv", encoding="utf-8", newline="") as f:
+        assert [(r["path"], r["reason"], r["detail"]) for r in csv.DictReader(f)] == \
+            [(str(root / f"a.{suffix}"), "unreadable", "out of memory while decoding; tried again on the next run")]
+
+    second = run_ingest(p, reports, workers=1)
+    assert (second["decoded_this_run"], second["accepted"], second["rejected"]) == (1, 2, 0)
+    stored = {r["uri"]: raw / r["path"] for r in read_manifest(raw)}
+    assert stored[str(root / f"a.{suffix}")].read_bytes() == (root / f"a.{suffix}").read_bytes()
+
+
+def test_stored_photos_get_the_ordinary_file_mode_not_mkstemps_0600(tmp_path, photos):
+    """The content store is read by other users and services (a shared data folder, a container's user): its files
+    get the mode any other output gets, 0644 under umask 022."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(photos["chelsea"]).save(root / "chelsea.jpg")
+    chromify = Path(sys.executable).with_name("chromify")
+    proc = subprocess.run([str(chromify), "ingest", "--source", str(root), "--out", "raw", "--reports", "reports"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, umask=0o022)
+    assert proc.returncode == 0, proc.stderr
+    [row] = read_manifest(tmp_path / "raw")
+    for path in (tmp_path / "raw" / row["path"], tmp_path / "raw" / "manifest.parquet"):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644), path

@@ -171,3 +171,78 @@ def test_kill_9_mid_run_then_rerun_gives_identical_shards(tmp_path, derived_raw)
     assert counts["shards_skipped"] >= finished - 1 and counts["shards_written"] >= n_shards - finished
     assert {split: shards.read_index(out / split)["shards"] for split in shards.SPLITS} == expected
     assert not list(out.rglob(".*")), "temporary files left behind"
+
+
+def test_a_second_run_of_a_partition_is_refused_and_the_first_finishes_every_photo(tmp_path, derived_raw):
+    """Two runs of one partition into one folder: the second took the first's partial files for a killed run's
+    leftovers, deleted and recreated them, and both finished shards with rows of zeros and valid checksums. Now the
+    second stops at once while the first (stopped mid-run here) holds the partition, and the first ends whole."""
+    size, mb = 128, 1
+    rows = read_manifest(derived_raw)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"preprocess:\n  size: {size}\n  shard_mb: {mb}\n  workers: 1\n")
+    out, log = tmp_path / "out", tmp_path / "first.log"
+    cmd = [str(Path(sys.executable).with_name("chromify")), "preprocess", "--params", str(params),
+           "--raw", str(derived_raw), "--out", str(out)]
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("*/p000of001-*.json")):  # the first finished shard: the run is under way
+            assert proc.poll() is None, f"preprocess ended before it could be stopped: {log.read_text()}"
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        assert proc.poll() is None, "preprocess ended before it could be stopped"
+        with pytest.raises(DataError) as refused:
+            shards.preprocess(rows, derived_raw, out, size, mb, workers=1)
+        assert str(refused.value) == (f"{out}: another preprocess is writing partition p000of001 here "
+                                      f"(pid {proc.pid}); wait for it to end or preprocess into another folder")
+        os.killpg(proc.pid, signal.SIGCONT)
+        assert proc.wait(timeout=120) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    stored = samples_by_sha(out)
+    assert len(stored) == len(rows)
+    for r in rows:
+        want = shards.lab_sample(str(derived_raw / r["path"]), r["uri"], size, r["decoder"], r["orientation"])
+        np.testing.assert_array_equal(stored[r["sha256"]], want, err_msg=r["uri"])
+    assert not list(out.rglob(".*")), "the lock or a partial file left behind"
+
+
+def test_a_stored_photo_damaged_at_its_size_is_removed_and_the_next_ingest_copies_it_again(tmp_path, photos):
+    """Ingest knows a stored file by its size: one damaged at the same size (a crash before the page cache reached
+    the disk, bit rot) passed for good, and a JPEG's damage decodes into wrong pixels without an error. Preprocess
+    hashes the bytes it reads, removes the damaged file and says so in one line; ingest then copies it again."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name, rgb in photos.items():
+        Image.fromarray(rgb).save(src / f"{name}.jpg", quality=90)
+    raw, out, size = tmp_path / "raw", tmp_path / "out", 64
+    p = IngestParams(source=str(src), out_dir=str(raw), val_fraction=0, test_fraction=0)
+    ingest(p, tmp_path / "reports", workers=1)
+    victim = next(r for r in read_manifest(raw) if r["uri"] == str(src / "chelsea.jpg"))
+    stored = raw / victim["path"]
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # inside the entropy-coded scan: no marker is hit
+    stored.write_bytes(bytes(data))
+
+    with pytest.raises(DataError) as damaged:
+        shards.preprocess(read_manifest(raw), raw, out, size, workers=2)  # raised in a worker
+    assert str(damaged.value) == (f"{stored}: the stored copy of {src / 'chelsea.jpg'} is damaged (its sha256 is not "
+                                  "the manifest's) and was removed; re-run ingest to copy it again")
+    assert not stored.exists()
+
+    again = ingest(p, tmp_path / "reports", workers=1)
+    assert (again["decoded_this_run"], again["accepted"]) == (1, 3)
+    assert stored.read_bytes() == (src / "chelsea.jpg").read_bytes()
+    rows = read_manifest(raw)
+    assert shards.preprocess(rows, raw, out, size, workers=1)["shards_written"] == 1
+    shards.write_index(out, size)
+    samples = samples_by_sha(out)
+    for r in rows:
+        want = shards.lab_sample(r["uri"], r["uri"], size, r["decoder"], r["orientation"])  # from the source
+        np.testing.assert_array_equal(samples[r["sha256"]], want, err_msg=r["uri"])

@@ -72,6 +72,8 @@ def open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
         size = f"{int(claimed.group(1)):,} pixels" if claimed else "size"
         limit = min(max_pixels, pil_hard_limit())  # the limit that refused it, ours or PIL's
         raise InputImageError(name, f"too many pixels ({size} > {limit:,}): refused before decoding") from None
+    except MemoryError:
+        raise  # the machine's trouble, not the file's (as in to_srgb)
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes means "not an image we can read"
         if isinstance(exc, Image.UnidentifiedImageError):
             raise InputImageError(name, "not an image (unrecognised format)") from None
@@ -87,7 +89,9 @@ def open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
 def orientation_of(img: Image.Image) -> int:
     """EXIF orientation 1..8 (1: as stored)."""
     try:
-        value = int(img.getexif().get(EXIF_ORIENTATION, 1))
+        value = int(img.getexif().get(EXIF_ORIENTATION, 1))  # a PNG's may decode the pixels (eXIf can follow them)
+    except MemoryError:
+        raise  # the machine's trouble: "upright" would be recorded as a fact about the file
     except Exception:  # noqa: BLE001 - a broken EXIF block is common and harmless: treat as upright
         return 1
     return value if 1 <= value <= 8 else 1
@@ -143,6 +147,8 @@ def to_srgb(img: Image.Image, name: str, draft_size: int | None = None) -> Image
         if img.mode != "RGB":
             img = img.convert("RGB")
         return img
+    except MemoryError:
+        raise  # the machine's trouble, not the file's: the caller may try again, which a reject would not
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, EOFError, struct.error ...
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason:

@@ -16,7 +16,6 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -301,19 +300,12 @@ def _needs_decode(f: Facts, p: IngestParams) -> bool:
 
 def _store(data: bytes, out_dir: Path, sha: str, fmt: str) -> str:
     """Write once under the content's name. Renamed into place but not fsynced (10 ms a file): after a crash a
-    re-run finds a short or empty file by its size and reads the source again."""
+    re-run finds a short or empty file by its size and reads the source again; preprocess, which hashes what it
+    reads, removes one of the right size with the wrong bytes, and the next ingest reads that source again too."""
     rel = Path("images") / sha[:2] / f"{sha}{FORMAT_SUFFIX.get(fmt, '.img')}"
     target = out_dir / rel
     if not _stored_ok(target, len(data)):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, lambda fh: fh.write(data), durable=False)
     return rel.as_posix()
 
 
@@ -332,7 +324,10 @@ def _inspect_task(args: tuple[SourceFile, str, int]) -> tuple[SourceFile, Facts]
         return f, Facts(error="unreadable", detail=f"cannot read ({exc})")
     except Exception as exc:  # noqa: BLE001 - e.g. a GCS transport error: report the file, keep ingesting
         return f, Facts(error="unreadable", detail=f"cannot read ({type(exc).__name__}: {exc})")
-    facts = inspect_bytes(data, f.uri, max_pixels)
+    try:
+        facts = inspect_bytes(data, f.uri, max_pixels)
+    except MemoryError:  # this machine's state, not a fact about the file (as "undecodable" would cache it)
+        return f, Facts(error="unreadable", detail="out of memory while decoding; tried again on the next run")
     if not facts.error:
         # Stored even if a threshold rejects it now: a later, looser threshold then needs no second read.
         facts = replace(facts, path=_store(data, Path(out_dir), facts.sha256, facts.format))

@@ -7,15 +7,20 @@ shape, sha256 of the file) written last: a shard without one is unfinished and i
 sidecar and checksum agree is skipped on re-runs. Each split's `index.json` lists the shards.
 
 Workers write their images straight into their rows of the shard's file (a hidden `.partial` file), and the
-finished file is hashed, fsynced and renamed into place, so a kill at any moment leaves only whole shards.
+finished file is hashed, fsynced and renamed into place, so a kill at any moment leaves only whole shards. A run
+holds a lock on its partition (`.<tag>.lock` in the output folder), so that no second run takes those partial files
+for a killed run's leftovers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +28,7 @@ import numpy as np
 
 from chromify.decode import DECODER_PIL, load_square, read_bytes
 from chromify.errors import DataError, InputImageError
-from chromify.io import atomic_write_json, file_sha256
+from chromify.io import atomic_write_json, exclusive_lock, file_sha256
 from chromify.lab import AB_OFFSET, L_SCALE
 from chromify.progress import Progress
 
@@ -195,8 +200,33 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # the resize of one photo is too small to share: the processes are the parallelism
 
 
-def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str, int]], size: int) -> int:
-    """Decode `tasks` into rows start.. of the partial shard file, whose pixels begin at byte `offset`.
+def _stored_sample(path: str, name: str, sha256: str, size: int, decoder: str, orientation: int,
+                   out: np.ndarray) -> None:
+    """One stored photo into `out` as lab_sample does, once its bytes match the manifest's sha256.
+
+    Ingest knows a stored file by its size alone (hashing the whole store on every run would read it all): a file
+    damaged at the same size is caught here, where its bytes are in memory anyway, and removed, so that the next
+    ingest copies it from the source again. So is one that no longer decodes: ingest then judges it afresh.
+    """
+    try:
+        data = read_bytes(path)
+    except InputImageError as exc:
+        raise DataError(f"{name}: accepted by ingest but unreadable now ({exc.reason}); re-run ingest") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        problem = "damaged (its sha256 is not the manifest's)"
+    else:
+        try:
+            rgb_to_lab8(load_square(data, name, size, decoder, orientation), out)
+            return
+        except InputImageError as exc:
+            problem = f"unreadable now ({exc.reason})"
+    Path(path).unlink(missing_ok=True)
+    raise DataError(f"{path}: the stored copy of {name} is {problem} and was removed; re-run ingest to copy it again")
+
+
+def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str, str, int]], size: int) -> int:
+    """Decode `tasks` (stored file, uri, sha256, decoder, orientation) into rows start.. of the partial shard file,
+    whose pixels begin at byte `offset`.
 
     pwrite from one reused buffer: a memory map would take a page fault (and a block allocation) for every
     4 KiB it first touches, which cost more than the copy into the page cache.
@@ -204,12 +234,8 @@ def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str
     sample = np.empty((3, size, size), dtype=np.uint8)
     fd = os.open(partial, os.O_WRONLY)
     try:
-        for k, (path, name, decoder, orientation) in enumerate(tasks):
-            try:
-                lab_sample(path, name, size, decoder, orientation, out=sample)
-            except InputImageError as exc:
-                raise DataError(f"{name}: accepted by ingest but unreadable now ({exc.reason}); "
-                                "re-run ingest") from None
+        for k, (path, name, sha256, decoder, orientation) in enumerate(tasks):
+            _stored_sample(path, name, sha256, size, decoder, orientation, sample)
             if os.pwrite(fd, sample, offset + (start + k) * sample.nbytes) != sample.nbytes:
                 raise OSError(f"{partial}: short write")
     finally:
@@ -245,6 +271,22 @@ def _done_marker(out_dir: Path, partition: Partition) -> Path:
     return out_dir / f"{partition.tag}.done.json"
 
 
+@contextmanager
+def _holding(out_dir: Path, partition: Partition) -> Iterator[None]:
+    """Hold `<out_dir>/.<tag>.lock` for a run: a second run of the partition would delete this one's partial files
+    as a killed run's leftovers and recreate them, and both would then finish shards of zeros with valid checksums."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def busy(pid: int | None) -> DataError:
+        holder = f" (pid {pid})" if pid is not None else ""
+        return DataError(f"{out_dir}: another preprocess is writing partition {partition.tag} here{holder}; "
+                         "wait for it to end or preprocess into another folder")
+
+    with exclusive_lock(out_dir / f".{partition.tag}.lock", busy,
+                        f"a second preprocess of partition {partition.tag} from writing into it"):
+        yield
+
+
 def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size: int, shard_mb: float = 256,
                workers: int = 0, partition: Partition = Partition(), progress: bool = False) -> dict[str, int]:
     """Write this partition's shards; returns counts. Re-runs skip verified shards; a killed run resumes."""
@@ -252,52 +294,53 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
     if not rows:  # the whole manifest, before partitioning: a last ingest that accepted nothing
         raise DataError(f"{raw_dir / 'manifest.parquet'}: no accepted photos to convert; the ingest report says why")
     workers = workers or (os.cpu_count() or 1)
-    _done_marker(out_dir, partition).unlink(missing_ok=True)
-    jobs: list[tuple[ShardJob, list[dict]]] = []
-    changed: set[str] = set()
-    for split, groups in plan_shards(rows, size, shard_mb, partition).items():
-        stems = [f"{partition.tag}-{k:05d}" for k in range(len(groups))]
-        if _clean(out_dir / split, partition, set(stems)):
-            changed.add(split)
-        for stem, group in zip(stems, groups, strict=True):
-            meta = {"format": FORMAT, "pixels": PIXELS, "file": f"{stem}.npy", "count": len(group),
-                    "shape": [len(group), 3, size, size], "images": [r["sha256"] for r in group]}
-            jobs.append((ShardJob(out_dir / split / f"{stem}.npy", meta), group))
-    total = sum(len(g) for _, g in jobs)
-    counts = {"images": total, "shards_written": 0, "shards_skipped": 0}
+    with _holding(out_dir, partition):  # before anything of the partition is read or removed
+        _done_marker(out_dir, partition).unlink(missing_ok=True)
+        jobs: list[tuple[ShardJob, list[dict]]] = []
+        changed: set[str] = set()
+        for split, groups in plan_shards(rows, size, shard_mb, partition).items():
+            stems = [f"{partition.tag}-{k:05d}" for k in range(len(groups))]
+            if _clean(out_dir / split, partition, set(stems)):
+                changed.add(split)
+            for stem, group in zip(stems, groups, strict=True):
+                meta = {"format": FORMAT, "pixels": PIXELS, "file": f"{stem}.npy", "count": len(group),
+                        "shape": [len(group), 3, size, size], "images": [r["sha256"] for r in group]}
+                jobs.append((ShardJob(out_dir / split / f"{stem}.npy", meta), group))
+        total = sum(len(g) for _, g in jobs)
+        counts = {"images": total, "shards_written": 0, "shards_skipped": 0}
 
-    # Verifying is hashing, which releases the GIL: threads suffice, and no worker is forked for a no-op re-run.
-    with ThreadPoolExecutor(max_workers=workers) as threads:
-        ok = list(threads.map(_shard_ok, [j for j, _ in jobs]))
-    todo = [(j, g) for (j, g), good in zip(jobs, ok, strict=True) if not good]
-    counts["shards_skipped"] = len(jobs) - len(todo)
-    changed |= {j.npy.parent.name for j, _ in todo}
-    for split in changed:
-        (out_dir / split / "index.json").unlink(missing_ok=True)  # stale from here on; write_index redoes it
-    import torch  # the resize's: imported before the workers fork, so they inherit it
+        # Verifying is hashing, which releases the GIL: threads suffice, and no worker is forked for a no-op re-run.
+        with ThreadPoolExecutor(max_workers=workers) as threads:
+            ok = list(threads.map(_shard_ok, [j for j, _ in jobs]))
+        todo = [(j, g) for (j, g), good in zip(jobs, ok, strict=True) if not good]
+        counts["shards_skipped"] = len(jobs) - len(todo)
+        changed |= {j.npy.parent.name for j, _ in todo}
+        for split in changed:
+            (out_dir / split / "index.json").unlink(missing_ok=True)  # stale from here on; write_index redoes it
+        import torch  # the resize's: imported before the workers fork, so they inherit it
 
-    pool = None
-    threads = torch.get_num_threads()
-    if todo and workers > 1:
-        lab8_table()  # built once here and shared by the forked workers
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
-        pool.submit(int).result()  # forks every worker now, before tqdm starts its monitor thread
-    bar = Progress(total, f"preprocess {partition.tag}", initial=total - sum(len(g) for _, g in todo),
-                   enabled=progress)
-    try:
-        if pool is None:
-            torch.set_num_threads(1)  # in this process, as in each worker (_init_worker)
-        _run_jobs(todo, raw_dir, size, pool, bar)
-        counts["shards_written"] = len(todo)
-    finally:
-        torch.set_num_threads(threads)
-        if pool:
-            pool.shutdown(cancel_futures=True)
-        bar.close()
-    shards = {split: [j.meta["file"] for j, _ in jobs if j.npy.parent.name == split] for split in SPLITS}
-    atomic_write_json(_done_marker(out_dir, partition), {"size": size, "shards": shards})
-    return counts
+        pool = None
+        threads = torch.get_num_threads()
+        if todo and workers > 1:
+            lab8_table()  # built once here and shared by the forked workers
+            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
+            pool.submit(int).result()  # forks every worker now, before tqdm starts its monitor thread
+        bar = Progress(total, f"preprocess {partition.tag}", initial=total - sum(len(g) for _, g in todo),
+                       enabled=progress)
+        try:
+            if pool is None:
+                torch.set_num_threads(1)  # in this process, as in each worker (_init_worker)
+            _run_jobs(todo, raw_dir, size, pool, bar)
+            counts["shards_written"] = len(todo)
+        finally:
+            torch.set_num_threads(threads)
+            if pool:
+                pool.shutdown(cancel_futures=True)
+            bar.close()
+        shards = {split: [j.meta["file"] for j, _ in jobs if j.npy.parent.name == split] for split in SPLITS}
+        atomic_write_json(_done_marker(out_dir, partition), {"size": size, "shards": shards})
+        return counts
 
 
 def _run_jobs(todo: list[tuple[ShardJob, list[dict]]], raw_dir: Path, size: int, pool, bar: Progress) -> None:
@@ -310,8 +353,8 @@ def _run_jobs(todo: list[tuple[ShardJob, list[dict]]], raw_dir: Path, size: int,
         del_me = np.lib.format.open_memmap(job.partial, mode="w+", dtype=np.uint8, shape=shape)
         del del_me  # a sparse file of the final size, header included; the workers fill it in place
         offset = job.partial.stat().st_size - int(np.prod(shape))
-        tasks = [(str(raw_dir / r["path"]), r["uri"], r.get("decoder") or DECODER_PIL, int(r.get("orientation") or 1))
-                 for r in group]
+        tasks = [(str(raw_dir / r["path"]), r["uri"], r["sha256"], r.get("decoder") or DECODER_PIL,
+                  int(r.get("orientation") or 1)) for r in group]
         chunks = [(k, tasks[k : k + CHUNK]) for k in range(0, len(tasks), CHUNK)]
         chunks_left[job.npy] = len(chunks)
         for start, chunk in chunks:

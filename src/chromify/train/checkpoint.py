@@ -8,14 +8,10 @@ torch bytes after it. A run holds `<out_dir>/.train.lock` (flock) from start to 
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import io
 import json
-import os
 import random
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -27,7 +23,7 @@ import torch
 
 from chromify.config import ModelParams, TrainParams
 from chromify.errors import ConfigError, DataError, ModelLoadError, OutputBusyError, first_line
-from chromify.io import atomic_write, atomic_write_json
+from chromify.io import atomic_write, atomic_write_json, exclusive_lock
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "chromify-train-checkpoint-v1"
@@ -119,55 +115,12 @@ def load_checkpoint(out_dir: str | Path) -> dict[str, Any] | None:
 @contextmanager
 def lock_out_dir(out_dir: str | Path) -> Iterator[None]:
     """Hold `<out_dir>/.train.lock` for a run: a second trainer on the folder would replace this one's checkpoint,
-    model and curves (and delete its temp files), so it gets OutputBusyError instead.
-
-    flock, not a marker file: the kernel drops it when the process ends however it ends, so a kill -9 leaves only an
-    unlocked file that the next run takes over. The file is removed at the end, so the folder DVC caches holds none.
-    """
+    model and curves (and delete its temp files), so it gets OutputBusyError instead."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / LOCK
-    fd = _take_lock(path)
-    if fd is None:
+    with exclusive_lock(out_dir / LOCK, lambda pid: OutputBusyError(str(out_dir), pid),
+                        "a second training from writing into it"):
         yield
-        return
-    try:
-        # Written in place, not by atomic_write: a new file would be another inode, which the lock is not on.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # before the unlock: see _take_lock
-        os.close(fd)
-
-
-def _take_lock(path: Path) -> int | None:
-    """An fd holding an exclusive flock on `path`, or None on a file system without locks."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).strip()  # empty while the holder is between its lock and its write
-            os.close(fd)
-            raise OutputBusyError(str(path.parent), int(pid) if pid.isdigit() else None) from None
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            # A mount without locks (NFS without lockd): refusing would stop training there altogether.
-            print(f"chromify: {path.parent} cannot be locked ({exc.strerror}); nothing stops a second training "
-                  "from writing into it", file=sys.stderr, flush=True)
-            return None
-        # A finishing holder unlinks the file, then unlocks: a lock taken on that unlinked file excludes nobody,
-        # so take the one now at the path.
-        try:
-            here, ours = os.stat(path), os.fstat(fd)
-            if (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino):
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
 
 
 def remove_stale_temp_files(out_dir: str | Path) -> None:
