@@ -135,6 +135,24 @@ def test_unreadable_reports_raise_data_error_naming_the_file(tmp_path):
         figures.write_figures(tmp_path)
 
 
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("gallery.html", b"\xff\xfe<table><tr><td>",
+     "not a gallery written by chromify evaluate (not UTF-8: invalid start byte at byte 0)"),
+    ("train_history.json", b"[1, 2]", "expected a JSON object, got list [1, 2]"),
+    ("train_history.json", b'{"steps": [1, 2]}',
+     "not a training history ('steps' must be a list of objects with step and loss)"),
+    ("train_history.json", b'{"epochs": [{"val_l1": 0.1}]}',
+     "not a training history ('epochs' must be a list of objects with step)"),
+    ("metrics.json", b'"candidate"', 'expected a JSON object, got str "candidate"'),
+])
+def test_reports_of_the_wrong_kind_raise_a_one_line_data_error_naming_the_file(tmp_path, name, content, reason):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError) as err:
+        figures.write_figures(tmp_path)
+    assert str(err.value) == f"{tmp_path / name}: {reason}"
+    assert not (tmp_path / "figures").exists()  # nothing drawn
+
+
 def test_contact_sheet_grid_places_each_image_at_its_own_size():
     a = np.full((4, 6, 3), 10, np.uint8)
     b = np.full((5, 3, 3), 200, np.uint8)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from skimage import data
 
 from chromify.inference import Colorizer, bilinear_taps, fuse_conv_bn, merge_full_resolution
@@ -16,8 +17,9 @@ from chromify.lab import lab_to_rgb, rgb_to_lab
 MODEL = {"arch": "unet_s", "base_width": 8, "depth": 3, "norm": "batch", "upsample": "bilinear", "pretrained": False}
 
 
-def export_tiny_model(out: Path, seed: int = 0) -> Path:
-    """An untrained 3-level U-Net exported exactly as the trainer does (its BatchNorm given non-trivial stats)."""
+def export_tiny_model(out: Path, seed: int = 0, diverged: bool = False) -> Path:
+    """An untrained 3-level U-Net exported exactly as the trainer does (its BatchNorm given non-trivial stats);
+    `diverged`: every weight NaN, as a training that blew up exports them."""
     from chromify.models import get_model
     from chromify.train.checkpoint import export_model
 
@@ -27,6 +29,10 @@ def export_tiny_model(out: Path, seed: int = 0) -> Path:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
+    if diverged:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.fill_(float("nan"))
     export_model(out, model, {"format": "chromify-model-v1", "arch": "unet_s", "model": MODEL, "size": 64})
     return out
 
@@ -159,3 +165,20 @@ def test_decode_overrides_reach_the_prediction(tmp_path: Path) -> None:
     torch.testing.assert_close(ab(chroma_gain=2.0), (plain * 2.0).clamp(-128, 128), atol=1e-3, rtol=1e-4)
     assert ab(temperature=0.2).abs().mean() > 1.2 * plain.abs().mean()
     assert (ab(prior_correction=0.8) - plain).abs().mean() > 0.5
+
+
+def test_a_diverged_model_is_refused_with_one_line_not_an_index_error(tmp_path: Path) -> None:
+    """NaN colours must neither crash the merge's table lookups nor come out as pictures."""
+    from chromify.colorize import colorize_paths
+    from chromify.errors import ModelLoadError
+
+    model = export_tiny_model(tmp_path / "diverged", diverged=True)
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(photo)
+    refusal = f"{model}: the model produced non-finite colours"
+    with pytest.raises(ModelLoadError, match=refusal) as err:
+        colorize_paths([str(photo)], tmp_path / "out", model, device="cpu")  # `chromify colorize`
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    with pytest.raises(ModelLoadError, match=refusal):
+        Colorizer(model, device="cpu").colorize_rgb(data.chelsea())  # `chromify serve`, per upload

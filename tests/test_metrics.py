@@ -14,7 +14,7 @@ from metric_references import reference_colourfulness, reference_delta_e2000, re
 from skimage import color, data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from chromify.errors import DataError
+from chromify.errors import DataError, GateError
 from chromify.lab import lab_to_rgb8
 from chromify.metrics import (
     PreparedTruth,
@@ -192,6 +192,21 @@ def test_psnr_known_value_and_cap():
     assert psnr(truth + 0.1, truth) == pytest.approx(20.0)  # MSE 0.01 → 10·log10(1 / 0.01)
     assert psnr(truth, truth) == 100.0
     assert psnr(truth + 1e-7, truth) == 100.0  # 140 dB would be meaningless; the cap holds
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_psnr_of_a_non_finite_prediction_is_nan_and_the_gate_refuses_it(bad):
+    from chromify.gate import GateThresholds, ModelScore, decide
+
+    truth = PHOTOS["astronaut"][:64, :64] / 255.0
+    pred = truth.copy()
+    pred[5, 7, 1] = bad  # one pixel of a diverged model's output
+    assert np.isnan(psnr(pred, truth))  # not 100 dB (min(100, nan)) nor −inf
+    gray = np.repeat(truth.mean(axis=-1, keepdims=True), 3, axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        candidate = summarise([image_metrics(pred, truth)])
+    with pytest.raises(GateError, match="candidate 'diverged': metric 'psnr' is nan, not a finite number"):
+        decide(ModelScore("diverged", candidate), summarise([image_metrics(gray, truth)]), None, GateThresholds())
 
 
 @pytest.mark.parametrize("name", sorted(PHOTOS))

@@ -108,6 +108,50 @@ def test_a_logged_move_that_never_reached_the_table_is_not_rolled_back_to(tmp_pa
     assert reg.champion() == 2 and reg.rollback() == 1
 
 
+def test_a_history_line_torn_by_a_crash_is_skipped_and_trimmed_by_the_next_move(tmp_path, model_dir):
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    reg.register(model_dir, {}, aliases=(CHAMPION,))
+    reg.register(model_dir, {}, aliases=(CHAMPION,))
+    # A promotion of v1 stopped mid-append (disk full, power cut): half a line, no newline, the table still says v2.
+    torn = json.dumps({"alias": CHAMPION, "version": 1, "previous": 2, "action": "promote",
+                       "at": "2026-01-01T00:00:00+00:00"})[:-20]
+    with open(reg.history_path, "a") as f:
+        f.write(torn)
+    assert [m["version"] for m in reg.alias_history()] == [1, 2] and reg.champion() == 2
+    assert reg.register(model_dir, {}, aliases=(CHAMPION,)) == 3
+    assert reg.history_path.read_text().endswith("\n") and torn not in reg.history_path.read_text()
+    assert reg.rollback() == 2 and reg.rollback() == 1
+    assert [(m["previous"], m["version"], m["action"]) for m in reg.alias_history(CHAMPION)] == [
+        (None, 1, "register"), (1, 2, "register"), (2, 3, "register"), (3, 2, "rollback"), (2, 1, "rollback")]
+
+
+def test_a_cut_history_still_rolls_back_through_the_versions_the_table_held(tmp_path, model_dir):
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    reg.register(model_dir, {}, aliases=(CHAMPION,))
+    reg.register(model_dir, {}, aliases=(CHAMPION,))
+    reg.history_path.write_bytes(reg.history_path.read_bytes()[:-20])  # v2's line cut, though the table moved
+    assert reg.register(model_dir, {}, aliases=(CHAMPION,)) == 3
+    # v2's line is gone; v3's own line says the table held v2 before it, so rollback still goes through v2.
+    assert [(m["previous"], m["version"]) for m in reg.alias_history()] == [(None, 1), (2, 3)]
+    assert reg.rollback() == 2 and reg.rollback() == 1
+    assert [(m["previous"], m["version"], m["action"]) for m in reg.alias_history()][2:] == [
+        (3, 2, "rollback"), (2, 1, "rollback")]
+
+
+def test_a_version_folder_without_its_record_is_not_listed_and_its_number_is_skipped(tmp_path, model_dir):
+    import shutil
+
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    reg.register(model_dir, {}, aliases=(CHAMPION,))
+    orphan = reg.version_dir(2)  # weights left behind by a hand edit or a partial delete, no record.json
+    orphan.mkdir()
+    shutil.copyfile(model_dir / "model.safetensors", orphan / "model.safetensors")
+    assert reg.versions() == [1]
+    assert reg.register(model_dir, {}, aliases=(CHAMPION,)) == 3
+    assert reg.versions() == [1, 3] and reg.champion() == 3 and not reg.pending_path.exists()
+    assert sorted(p.name for p in orphan.iterdir()) == ["model.safetensors"]  # left as it was
+
+
 def test_bad_aliases_and_refs_are_clear_errors(tmp_path, model_dir):
     reg = LocalRegistry(tmp_path / "registry", "m")
     with pytest.raises(RegistryError, match="no version or alias 'champion': nothing is registered in .* yet"):

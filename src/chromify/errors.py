@@ -33,7 +33,7 @@ class RegistryError(ChromifyError):
 
 
 class ModelLoadError(ChromifyError):
-    """A model directory, alias or version cannot be loaded."""
+    """A model directory, alias or version cannot be loaded, or its weights give non-finite colours (diverged)."""
 
 
 class OutputBusyError(ChromifyError):

@@ -58,11 +58,28 @@ def figure_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _read_json(path: Path) -> Any:
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A report's JSON object; unreadable, not JSON (UnicodeDecodeError is a ValueError) or not an object (the
+    drawing would fail on `.get`) is a DataError naming the file."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__} {json.dumps(value)[:60]}")
+    return value
+
+
+def read_training_history(path: Path) -> dict[str, Any]:
+    """train_history.json (chromify.train.report) → its dict, with the rows training_curves_figure reads checked: a
+    DataError naming the file, not a KeyError from inside the drawing."""
+    history = _read_json_object(path)
+    for key, needed in (("steps", ("step", "loss")), ("epochs", ("step",))):
+        rows = history.get(key, [])
+        if not (isinstance(rows, list) and all(isinstance(r, dict) and all(k in r for k in needed) for r in rows)):
+            raise DataError(f"{path}: not a training history ('{key}' must be a list of objects with "
+                            f"{' and '.join(needed)})")
+    return history
 
 
 def training_curves_figure(history: dict[str, list[dict[str, float]]]) -> Any:
@@ -184,9 +201,12 @@ def read_gallery(path: Path) -> tuple[list[str], list[list[np.ndarray]]]:
 
     parser = _GalleryParser()
     try:
-        parser.feed(path.read_text())
+        parser.feed(path.read_text(encoding="utf-8"))  # evaluate writes it as UTF-8
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a gallery written by chromify evaluate (not UTF-8: {exc.reason} at byte "
+                        f"{exc.start})") from None
     rows = []
     for uris in parser.rows:
         if not uris:
@@ -245,12 +265,12 @@ def write_figures(reports_dir: str | Path) -> list[Path]:
     figures: dict[str, Any] = {}
     history = reports / "train_history.json"
     if history.exists():
-        figures[TRAINING_CURVES] = lambda: training_curves_figure(_read_json(history))
+        figures[TRAINING_CURVES] = lambda: training_curves_figure(read_training_history(history))
     metrics = reports / "metrics.json"
     if metrics.exists():
         per_image = reports / "eval_per_image.csv"
         figures[METRIC_COMPARISON] = lambda: metric_comparison_figure(
-            _read_json(metrics), read_per_image(per_image) if per_image.exists() else None)
+            _read_json_object(metrics), read_per_image(per_image) if per_image.exists() else None)
     gallery = reports / "gallery.html"
     if gallery.exists():
         headings, rows = read_gallery(gallery)

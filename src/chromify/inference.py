@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from chromify.decode_search import ab_units
-from chromify.errors import ConfigError
+from chromify.errors import ConfigError, ModelLoadError
 from chromify.lab import (
     _LAB_EPS,
     _LAB_F_EPS,
@@ -195,7 +195,10 @@ class Colorizer:
         return rgb_to_lab(small)[..., 0] / 100.0
 
     def predict_small_ab(self, rgbs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One forward pass per render shape: photos of the same shape are batched; → [(2, h, w) ab] in input order."""
+        """One forward pass per render shape: photos of the same shape are batched; → [(2, h, w) ab] in input order.
+
+        A model whose output is not finite (NaN) is a ModelLoadError.
+        """
         inputs = [self.model_input(rgb) for rgb in rgbs]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, lum in enumerate(inputs):
@@ -204,6 +207,11 @@ class Colorizer:
         for idx in groups.values():
             batch = torch.from_numpy(np.stack([inputs[i] for i in idx]))[:, None]
             ab = self.predict_ab(batch).cpu().numpy()
+            # A diverged model's NaN would index the merge's lookup tables (an IndexError deep inside), and a model
+            # that gives NaN must not quietly give pictures either; the low-res map is small, so checking is cheap.
+            if not np.isfinite(ab).all():
+                raise ModelLoadError(f"{self.model_dir}: the model produced non-finite colours (NaN): its weights are "
+                                     "broken (a diverged training?); use another version or retrain")
             for j, i in enumerate(idx):
                 result[i] = ab[j]
         return result  # type: ignore[return-value]

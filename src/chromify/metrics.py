@@ -59,13 +59,17 @@ def _check_pair(pred: np.ndarray, truth: np.ndarray) -> None:
 
 
 def psnr(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB for data range 1, capped at 100 dB for identical images."""
+    """Peak signal-to-noise ratio in dB for data range 1, capped at 100 dB for identical images; NaN when a pixel is
+    not finite."""
     pred, truth = _unit_float(pred), _unit_float(truth)
     _check_pair(pred, truth)
     return _psnr_db(float(np.mean((pred - truth) ** 2)))
 
 
 def _psnr_db(mse: float) -> float:
+    # NaN, not the cap (min(100, nan) is 100): a NaN rendering must fail the gate's finite check, not score perfect.
+    if not np.isfinite(mse):
+        return float("nan")
     return PSNR_CAP_DB if mse == 0.0 else min(PSNR_CAP_DB, float(-10.0 * np.log10(mse)))
 
 

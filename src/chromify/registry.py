@@ -14,6 +14,10 @@ champion went v1 → v2 → v3, a rollback gives v2 and a second one v1 (never b
 A model (weights and decode: its model id) already held by a version is never registered again (AlreadyRegistered),
 so re-running registration (`dvc repro` after a rollback) cannot undo a promotion or rollback. Damaged metadata
 (aliases.json, alias_history.jsonl, record.json) and aliases naming no version are RegistryErrors that name the file.
+Two crash leftovers are not damage: a history line cut short before its newline (its move never reached the alias
+table) is skipped and trimmed by the next move (rollback still passes through a version whose line was lost: each
+line records the version its alias moved from), and a `v<digits>` folder without record.json is not a version, but
+new versions are numbered past it.
 """
 
 from __future__ import annotations
@@ -84,6 +88,17 @@ def _now() -> str:
 def model_id_from_hashes(weights_sha256: str, config_sha256: str) -> str:
     """The model id from its files' sha256: weights and config (the decode) together decide what a model does."""
     return hashlib.sha256(f"{weights_sha256}:{config_sha256}".encode()).hexdigest()[:16]
+
+
+def _settle(stack: list[int], held: int) -> None:
+    """Make `held`, a version the alias table is known to have held, the top of a rollback stack: logged moves that
+    never reached the table (what follows it) are dropped, and a move whose line was lost is put back."""
+    if stack and stack[-1] == held:
+        return
+    if held in stack:
+        del stack[len(stack) - stack[::-1].index(held):]
+    else:
+        stack.append(held)
 
 
 class LocalRegistry:
@@ -205,8 +220,11 @@ class LocalRegistry:
     def alias_history(self, alias: str | None = None) -> list[dict[str, Any]]:
         """Every alias move, oldest first: {alias, version, previous, action, at}; one alias's if given."""
         path = self.history_path
+        text = path.read_text() if path.exists() else ""
         moves = []
-        for n, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+        # Text after the last newline is an append a crash cut short: its move never reached the alias table (the
+        # line is written first), and the next move trims it (`_trim_torn_append`).
+        for n, line in enumerate(text[: text.rfind("\n") + 1].splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -244,7 +262,7 @@ class LocalRegistry:
                 self.pending_path.unlink()
                 return unfinished
             self._check_locked(record, aliases)
-            version = max(self.versions(), default=0) + 1
+            version = self._next_version_locked()
             # mkdir (not mkdtemp, which makes it 0700) so the version folder gets the umask's mode: another uid,
             # such as a serving container, can read it. The name is unique: staging happens only under the lock.
             staging = self.dir / f".staging-{os.getpid()}"
@@ -295,6 +313,11 @@ class LocalRegistry:
                                   None if current is None else self.model_id(current))
         return version
 
+    def _next_version_locked(self) -> int:
+        """One past every `v<digits>` entry, complete or not: a folder left without its record.json (a hand edit, a
+        partial delete) is not a version, but its name is taken and the new version's rename would fail on it."""
+        return max((int(p.name[1:]) for p in self.dir.glob("v[0-9]*") if p.name[1:].isdigit()), default=0) + 1
+
     def _check_locked(self, record: dict[str, Any], aliases: tuple[str, ...]) -> None:
         self.aliases()  # a damaged alias table fails before a version is written, not after
         model_id = record.get("model_id")
@@ -310,6 +333,7 @@ class LocalRegistry:
         if not changes:
             return
         table = self.aliases()
+        self._trim_torn_append()
         # The history line goes first: a crash between the two leaves a line for a move the table never made,
         # which `_stack` reconciles with the table, instead of a move with no record of it.
         with open(self.history_path, "a") as f:
@@ -320,21 +344,36 @@ class LocalRegistry:
             os.fsync(f.fileno())
         atomic_write_json(self.dir / "aliases.json", {**table, **changes})
 
+    def _trim_torn_append(self) -> None:
+        """Cut the history back to its last newline: a torn append (disk full, power cut) would otherwise have the
+        next move written onto its fragment, one damaged line from then on."""
+        try:
+            f = open(self.history_path, "rb+")
+        except FileNotFoundError:
+            return
+        with f:
+            f.seek(max(f.seek(0, os.SEEK_END) - 1, 0))
+            if f.read(1) in (b"", b"\n"):
+                return
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+
     def _stack(self, alias: str) -> list[int]:
         """The versions `alias` can be rolled back through, current last."""
         stack: list[int] = []
         for move in self.alias_history(alias):
+            if type(move.get("previous")) is int:  # what the table held when this move was made
+                _settle(stack, move["previous"])
             if move.get("action") == "rollback":
                 if stack:
                     stack.pop()
             elif not stack or stack[-1] != move["version"]:
                 stack.append(move["version"])
         current = self.aliases().get(alias)
-        if current is not None and (not stack or stack[-1] != current):
-            if current in stack:  # a logged move that never reached the table: drop what follows
-                del stack[len(stack) - stack[::-1].index(current):]
-            else:
-                stack.append(current)
+        if current is not None:
+            _settle(stack, current)
         return stack
 
     def set_alias(self, alias: str, ref: str | int) -> int:
