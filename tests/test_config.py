@@ -59,6 +59,13 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
         # NaN fails every comparison: no time limit at all on a cloud GPU, or another photo set accepted
         ({"train": {"max_minutes": "nan"}}, "train.max_minutes nan: must be >= 0"),
         ({"ingest": {"min_chroma": "nan"}}, "ingest.min_chroma nan: must be >= 0"),
+        # a blank `key:` is YAML's null, and str(None) passed as the text "None" (a Vertex project named None)
+        ({"register": {"vertex_project": None}}, "params key 'register.vertex_project' has no value: give a str "
+                                                 '("" for none)'),
+        ({"train": {"lr": None}}, "params key 'train.lr' has no value: give a float"),
+        # a negative resolution passed the divisibility check and crashed in the resize with a torch traceback
+        ({"train": {"resolution": -64, "crop": -1}}, "train.crop -1: must be >= 0 (0: the stored size); "
+                                                     "train.resolution -64: must be >= 0 (0: the crop size)"),
     ],
 )
 def test_bad_params_are_one_line_errors(raw, message):

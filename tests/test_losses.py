@@ -132,6 +132,15 @@ def test_patch_discriminator_scores_70px_patches() -> None:
     assert losses.PatchDiscriminator(width=8)(torch.rand(2, 1, 64, 64), torch.rand(2, 2, 64, 64)).shape == (2, 1, 6, 6)
 
 
+def test_min_gan_side_is_the_patchgans_smallest_input() -> None:
+    # training checks its side against MIN_GAN_SIDE before the first step: it must be the real boundary
+    side = losses.MIN_GAN_SIDE
+    disc = losses.PatchDiscriminator(width=8)
+    assert disc(torch.rand(2, 1, side, side), torch.rand(2, 2, side, side)).shape == (2, 1, 1, 1)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        disc(torch.rand(2, 1, side - 8, side - 8), torch.rand(2, 2, side - 8, side - 8))
+
+
 def test_the_discriminator_sees_l_on_the_same_centred_scale_as_ab() -> None:
     # L comes in as L/100 in [0, 1] and ab as ab/128 in (-1, 1): uncentred, black and white would sit on one side
     # of zero only, and the first layer's init would see a brightness offset it never sees in ab.

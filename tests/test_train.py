@@ -210,6 +210,28 @@ def test_dvclive_history_is_cut_back_to_the_checkpoint_on_resume(tmp_path) -> No
     assert tsv.read_text() == "step\tloss\n2\t0.5\n4\t0.4\n"
 
 
+def test_a_resume_at_an_epochs_last_step_logs_its_validation_once(shard_dir, tmp_path) -> None:
+    # The checkpoint at an epoch's last step is written before that epoch's validation; the resumed run validates
+    # the step again, and the curve used to get the point twice.
+    class Killed(Exception):
+        pass
+
+    def killed_after_validating(event: str, data: dict) -> None:
+        if event == "epoch" and data["step"] == 3:
+            raise Killed
+
+    p = replace(BASE, max_steps=6, checkpoint_every=3, val_every_steps=1, log_every=0)  # 12 photos: 3 steps an epoch
+    reports = tmp_path / "run" / "reports"
+    with pytest.raises(Killed):
+        train(shard_dir, tmp_path / "model", MODEL, p, SEED, callbacks=(TrainReport(reports), killed_after_validating))
+    assert load_checkpoint(tmp_path / "model")["history"] == []  # the checkpoint came before the validation
+    result = train(shard_dir, tmp_path / "model", MODEL, p, SEED, callbacks=(TrainReport(reports),))
+    assert [h["step"] for h in result["history"]] == [3, 6]
+    for name in ("l1", "psnr_ab"):
+        rows = (tmp_path / "run" / "dvclive" / "plots" / "metrics" / "val" / f"{name}.tsv").read_text().splitlines()
+        assert [r.split("\t")[0] for r in rows] == ["step", "3", "6"]
+
+
 def test_png_writer_round_trips_through_pil() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(rgb)))), rgb)
@@ -724,6 +746,64 @@ def test_a_ddp_job_whose_rank_0_cannot_lock_stops_on_every_rank_with_one_line(sh
     assert str(out / ".train.lock") in err0 and "Is a directory" in err0
     assert err1 == f"chromify: error: {out}: rank 0 cannot lock this folder (its error says why)\n"
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_ddp_job_signalled_mid_run_leaves_its_checkpoint_though_torchrun_kills_the_last_rank(shard_dir,
+                                                                                               tmp_path) -> None:
+    # Rank 1 used to exit as soon as the ranks agreed to stop; torchrun answers the first exit by SIGTERM-ing the
+    # rest, and rank 0, its handlers already restored, died mid-save: every step since the last checkpoint lost.
+    # This test plays torchrun's part; a 1 s sleep before the real save stands in for a large checkpoint's write.
+    import socket
+
+    script = tmp_path / "rank.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from dataclasses import replace
+        import chromify.train.loop as loop
+        from chromify.config import ModelParams, TrainParams
+        write = loop.save_checkpoint
+        loop.save_checkpoint = lambda *a, **k: (time.sleep(1.0), write(*a, **k))
+        def progress(event, data):
+            if event == "step":
+                print("step", data["step"], flush=True)
+        p = TrainParams(**{asdict(replace(BASE, max_steps=100_000, checkpoint_every=0, val_every_steps=100_000,
+                                          log_every=1, batch_size=2))!r})
+        loop.train({str(shard_dir)!r}, sys.argv[1], ModelParams(**{asdict(MODEL)!r}), p, seed={SEED},
+                   callbacks=(progress,))
+    """))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "model"
+    ranks = [subprocess.Popen([sys.executable, str(script), str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
+                                   "LOCAL_RANK": str(rank)})
+             for rank in (0, 1)]
+    try:
+        first = ranks[0].stdout.readline()
+        assert first.startswith("step"), ranks[0].communicate()[1][-2000:]
+        ranks[1].send_signal(signal.SIGTERM)  # a preempted node: one rank signalled, both stop at a step boundary
+        ranks[1].wait(timeout=120)
+        ranks[0].send_signal(signal.SIGTERM)  # torchrun, on seeing a worker exit
+        rest, err0 = ranks[0].communicate(timeout=120)
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert (ranks[1].returncode, ranks[0].returncode) == (143, 143), err0[-2000:]
+    steps = [int(line.split()[1]) for line in (first + rest).splitlines() if line.startswith("step")]
+    assert load_checkpoint(out)["schedule"]["step"] == steps[-1] > 0
+
+
+def test_a_gan_run_below_the_patchgans_smallest_side_is_refused_before_its_first_step(shard_dir, tmp_path) -> None:
+    # It used to train the whole warm-up, then die with a torch ValueError when the discriminator joined, and again
+    # at the same point on every resume.
+    p = replace(BASE, resolution=16, gan_weight=0.1)
+    with pytest.raises(ConfigError, match=r"^train.gan_weight: the PatchGAN needs images of at least 24 px, and this "
+                                          r"run trains at 16 px \(train.resolution, train.crop\)$"):
+        train(shard_dir, tmp_path / "model", MODEL, p, seed=SEED)
+    assert not (tmp_path / "model" / CHECKPOINT).exists()
 
 
 def test_the_resolved_params_are_written_while_the_lock_is_held(shard_dir, tmp_path, monkeypatch) -> None:

@@ -111,7 +111,8 @@ class TrainParams:
         # A negative budget would stop at step 0 and export, evaluate and maybe register an untrained model.
         _check_ranges("train", self, {
             "max_minutes": _ge(0, " (0: no time limit)"), "max_steps": _ge(0, " (0: no step limit)"),
-            "epochs": _ge(1), "batch_size": _ge(1), "lr": _gt(0), "weight_decay": _ge(0), "warmup_steps": _ge(0),
+            "epochs": _ge(1), "batch_size": _ge(1), "crop": _ge(0, " (0: the stored size)"),
+            "resolution": _ge(0, " (0: the crop size)"), "lr": _gt(0), "weight_decay": _ge(0), "warmup_steps": _ge(0),
             "grad_clip": _ge(0, " (0: off)"), "ema_decay": _within(0, 1), "decode_search_min_photos": _ge(1),
             "decode_min_psnr_gain_db": _FINITE, "regression_weight": _ge(0), "rebalance": _within(0, 1, closed=True),
             "colourfulness_weight": _ge(0), "perceptual_weight": _ge(0), "gan_weight": _ge(0),
@@ -255,6 +256,9 @@ def _build(cls: type, section: str, raw: Any) -> Any:
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
     # YAML reads 1e-3 as a string and 2 as an int where a float is meant; accept what a person would.
+    if value is None:  # `key:` left blank; str(None) would pass as the text "None"
+        hint = ' ("" for none)' if kind is str else ""
+        raise ConfigError(f"params key '{key}' has no value: give a {kind.__name__}{hint}")
     try:
         if kind is bool:
             if isinstance(value, bool):

@@ -42,7 +42,7 @@ from chromify.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from chromify.train.losses import GeneratorLoss, PatchDiscriminator, discriminator_loss
+from chromify.train.losses import MIN_GAN_SIDE, GeneratorLoss, PatchDiscriminator, discriminator_loss
 
 Callback = Callable[[str, dict[str, Any]], None]
 T = TypeVar("T")
@@ -285,6 +285,9 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         for what, size in checked:
             if size % model.multiple:
                 raise ConfigError(f"{what} {size} must divide by {model.multiple} for {mp.arch} at depth {mp.depth}")
+        if p.gan_weight and (p.resolution or crop) < MIN_GAN_SIDE:  # else it fails once the adversarial phase starts
+            raise ConfigError(f"train.gan_weight: the PatchGAN needs images of at least {MIN_GAN_SIDE} px, and this "
+                              f"run trains at {p.resolution or crop} px (train.resolution, train.crop)")
         opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(p.ema_decay),
@@ -372,8 +375,9 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         previous_handlers = {s: signal.signal(s, lambda signum, _: stop.update(signal=signum))
                              for s in (signal.SIGTERM, signal.SIGINT)} if on_main_thread else {}
         budget_s = p.max_minutes * 60 if p.max_minutes else math.inf
-        emit("start", {"resumed_from_step": step, "total_steps": total_steps, "device": env.device,
-                       "world": env.world, "batch_size": batch_size, "fingerprint": fingerprint})
+        emit("start", {"resumed_from_step": step, "validated_through_step": history[-1]["step"] if history else 0,
+                       "total_steps": total_steps, "device": env.device, "world": env.world, "batch_size": batch_size,
+                       "fingerprint": fingerprint})
         interrupted, stopping, gan_on = 0, False, False
         terms: dict[str, torch.Tensor] | None = None
         seen, t_rate = 0, time.monotonic()
@@ -463,7 +467,15 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
         if interrupted:
-            save()
+            # The first rank to exit makes torchrun SIGTERM the others: rank 0 would die mid-save with the default
+            # handler back, losing every step since the last checkpoint. So no rank leaves before it is written.
+            held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in previous_handlers}
+            try:
+                save()
+                distributed.barrier(env)
+            finally:
+                for sig, handler in held.items():
+                    signal.signal(sig, handler)
             if env.is_main:
                 note(f"stopped by {signal.Signals(interrupted).name} at step {step}; the checkpoint in {out_dir} "
                      "resumes the run")

@@ -144,6 +144,9 @@ def perceptual_loss(vgg: VGGFeatures, lum: torch.Tensor, pred: torch.Tensor, tar
     return sum(F.l1_loss(f.float(), r.float()) for f, r in zip(fake, real, strict=True)) / len(real)
 
 
+MIN_GAN_SIDE = 24  # px: below it the fourth block's map is 1×1, which InstanceNorm refuses
+
+
 class PatchDiscriminator(nn.Module):
     """pix2pix's 70×70 PatchGAN on (L, ab) (B, 3, H, W) → real/fake logits (B, 1, H/8 − 2, W/8 − 2).
 

@@ -160,7 +160,7 @@ class DVCLiveLogger:
                 return
             resumed = int(data["resumed_from_step"])
             if resumed:
-                self.drop_rows_after(resumed)
+                self.drop_rows_after(resumed, int(data.get("validated_through_step", resumed)))
             self.live = Live(str(self.dir), resume=bool(resumed), save_dvc_exp=False, dvcyaml=False)
         if self.live is None:
             return
@@ -185,14 +185,18 @@ class DVCLiveLogger:
             # no validation) still leaves it, empty, rather than failing `dvc repro` after training.
             (self.dir / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
 
-    def drop_rows_after(self, step: int) -> None:
-        """Cut every metric history (TSV with a `step` column) back to the rows at or before `step`."""
-        for tsv in (self.dir / "plots" / "metrics").rglob("*.tsv"):
+    def drop_rows_after(self, step: int, validated: int | None = None) -> None:
+        """Cut every metric history (TSV with a `step` column) back to the rows at or before `step`, and the
+        validation curves to the checkpoint's last validation (`validated`): a checkpoint written at an epoch's
+        last step precedes that epoch's validation, which the resumed run then makes, and would log, again."""
+        metrics = self.dir / "plots" / "metrics"
+        for tsv in metrics.rglob("*.tsv"):
+            last = validated if validated is not None and tsv.relative_to(metrics).parts[0] == "val" else step
             lines = tsv.read_text().splitlines()
             if not lines:
                 continue
             col = lines[0].split("\t").index("step") if "step" in lines[0].split("\t") else None
             if col is None:
                 continue
-            kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= step]
+            kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= last]
             atomic_write_bytes(tsv, ("\n".join(kept) + "\n").encode())
