@@ -399,6 +399,35 @@ def test_past_the_connection_limit_the_answer_is_the_plain_503_the_schema_descri
     assert f"past {limit} open connections" in schema["info"]["description"]
 
 
+def test_a_model_that_gives_nan_is_a_one_line_500_on_both_photo_routes(model_dir: Path, tmp_path: Path) -> None:
+    # A diverged training's weights used to end in an IndexError inside the merge: a bare 500 and a traceback.
+    import torch
+    import uvicorn
+
+    from chromify.train.checkpoint import export_model, load_model
+
+    model, config = load_model(model_dir, "cpu")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(float("nan"))
+    export_model(tmp_path / "diverged", model, config)
+    port = free_port()
+    settings = ServeSettings(max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, concurrency=1, port=port)
+    server = uvicorn.Config(create_app(settings, tmp_path / "diverged"), host="127.0.0.1", port=port,
+                            log_level="critical")
+    photo = encode(Image.fromarray(data.astronaut()[::4, ::4]), "PNG")
+    with serving(server), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        answers = [c.post("/colorize", files={"file": ("a.png", photo, "image/png")}),
+                   c.post("/predict", json={"instances": [{"b64": base64.b64encode(photo).decode()}]})]
+        schema = c.get("/openapi.json").json()
+    for answer in answers:
+        assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+        assert answer.json() == {"detail": f"{tmp_path / 'diverged'}: the model produced non-finite colours (NaN): its "
+                                           "weights are broken (a diverged training?); use another version or retrain"}
+    assert {"500"} <= set(schema["paths"]["/colorize"]["post"]["responses"]) & set(
+        schema["paths"]["/predict"]["post"]["responses"])
+
+
 def test_sniffing_and_negotiation_units() -> None:
     assert sniff_image_format(CAMERA_JPEG) == "JPEG"
     assert sniff_image_format(encode(Image.new("RGB", (4, 4)), "WEBP")) == "WEBP"

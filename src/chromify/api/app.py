@@ -10,6 +10,7 @@ Status codes (every error body is {"detail": "<one line>"}, but for uvicorn's ow
     415  the bytes are not a JPEG, PNG, WebP, BMP or TIFF (sniffed from the content, never the name or type)
     422  an image that cannot be used: empty file, more pixels than max_pixels (read from the header, before
          decoding: decompression bombs cost nothing), corrupt or truncated data
+    500  the served model gives non-finite colours (its weights are broken: a diverged training); the body says so
     503  more than concurrency + max_queue requests in flight; retry after the Retry-After seconds. Under `serve`,
          past connection_limit() open connections (idle keep-alive ones count), uvicorn answers before the app: a
          plain-text 503 "Service Unavailable" without Retry-After, on every route
@@ -40,7 +41,7 @@ from chromify.api.docs_page import render_docs_page
 from chromify.api.settings import ServeSettings
 from chromify.colorize import encode_image
 from chromify.decode import open_checked, to_srgb
-from chromify.errors import InputImageError
+from chromify.errors import InputImageError, ModelLoadError
 
 STATIC_DIR = Path(__file__).parent / "static"
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
@@ -118,6 +119,7 @@ def _error_responses(settings: ServeSettings, bad_request: str) -> dict[int | st
         (415, "Not a JPEG, PNG, WebP, BMP or TIFF (judged by the bytes, never the name or Content-Type)."),
         (422, f"An empty, corrupt or truncated image, or one over {settings.max_pixels} pixels (read from the "
               "header, before decoding)."),
+        (500, "The served model gives non-finite colours: its weights are broken (a diverged training)."),
     )} | {503: _busy_response(settings)}
 
 
@@ -258,6 +260,11 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
     @app.exception_handler(InputImageError)
     async def unusable(_: Request, exc: InputImageError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(ModelLoadError)
+    async def broken_model(_: Request, exc: ModelLoadError) -> JSONResponse:
+        # a model that gives NaN (the loaded weights' fault, not the photo's): one line, not a traceback's 500
+        return JSONResponse({"detail": str(exc)}, status_code=500)
 
     def check_upload(size: int, head: bytes, name: str) -> str:
         """The cheap refusals, before a photo waits for the pool: size, emptiness, content type; → PIL format."""
