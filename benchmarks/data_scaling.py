@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from cli_args import run_main
+from frontier import frontier, key, sharp_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,17 +43,6 @@ def write_subset(data: Path, train, dest: Path, fraction: float, seed: int) -> i
     index.update(count=len(keep), shards=[{"file": shard.name, "count": len(keep), "sha256": file_sha256(shard)}])
     atomic_write_json(dest / "train" / "index.json", index)  # last: a half-written subset has no index
     return len(keep)
-
-
-def key(row: dict) -> tuple:
-    from chromify.decode_search import DECODE_KEYS
-
-    return tuple(row[k] for k in DECODE_KEYS)
-
-
-def sharp_mean(rows: list[dict]) -> dict:
-    """The bins head's annealed mean at T 0.38 without prior correction or gain; the regression head at gain 1."""
-    return next(r for r in rows if key(r) in ((0.38, 0.0, 1.0), (None, None, 1.0)))
 
 
 def main() -> None:
@@ -94,8 +84,7 @@ def main() -> None:
         chosen = result.get("decode")  # none when validation has fewer than train.decode_search_min_photos
         on_test = next(r for r in test_rows if key(r) == key(chosen)) if chosen else None
         mean = sharp_mean(test_rows)
-        vivid = [r for r in test_rows if r["delta_cf"] <= 5]
-        bound = max(vivid, key=lambda r: r["psnr_gain_db"]) if vivid else None
+        bound = frontier(test_rows)[0]
         cell = lambda r: f"{r['psnr_gain_db']:+.2f} / {r['delta_cf']:.1f}"  # noqa: E731
         minutes = result["train_seconds"] / 60
         lines.append(f"| {fraction:g} | {photos} | {result['step']} ({minutes:.1f} min) | {cell(mean)} "

@@ -151,7 +151,13 @@ def rgb_to_lab8(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 def lab_sample(path: str, name: str, size: int, decoder: str = DECODER_PIL, orientation: int = 1,
                out: np.ndarray | None = None) -> np.ndarray:
     """One photo → (3, size, size) uint8 Lab in the shard encoding (into `out` if given)."""
-    return rgb_to_lab8(load_square(read_bytes(path), name, size, decoder, orientation), out)
+    return lab_sample_bytes(read_bytes(path), name, size, decoder, orientation, out)
+
+
+def lab_sample_bytes(data: bytes, name: str, size: int, decoder: str = DECODER_PIL, orientation: int = 1,
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """lab_sample of a photo's bytes already in memory."""
+    return rgb_to_lab8(load_square(data, name, size, decoder, orientation), out)
 
 
 def plan_shards(rows: list[dict], size: int, shard_mb: float, partition: Partition) -> dict[str, list[list[dict]]]:
@@ -216,7 +222,7 @@ def _stored_sample(path: str, name: str, sha256: str, size: int, decoder: str, o
         problem = "damaged (its sha256 is not the manifest's)"
     else:
         try:
-            rgb_to_lab8(load_square(data, name, size, decoder, orientation), out)
+            lab_sample_bytes(data, name, size, decoder, orientation, out)
             return
         except InputImageError as exc:
             problem = f"unreadable now ({exc.reason})"

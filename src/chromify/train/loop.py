@@ -463,19 +463,15 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                         best = {"val_psnr_ab": row["val_psnr_ab"], "step": step,
                                 "model": {k: v.detach().to("cpu", copy=True) for k, v in shown.state_dict().items()}}
                     emit("epoch", {**row, "samples": preview(shown, val_set, env.device, resolution=p.resolution)})
+            if interrupted:
+                # Still under this run's handlers, and no rank leaves before the checkpoint is written: the first
+                # rank to exit makes torchrun SIGTERM the others, which would kill rank 0 mid-save.
+                save()
+                distributed.barrier(env)
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
         if interrupted:
-            # The first rank to exit makes torchrun SIGTERM the others: rank 0 would die mid-save with the default
-            # handler back, losing every step since the last checkpoint. So no rank leaves before it is written.
-            held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in previous_handlers}
-            try:
-                save()
-                distributed.barrier(env)
-            finally:
-                for sig, handler in held.items():
-                    signal.signal(sig, handler)
             if env.is_main:
                 note(f"stopped by {signal.Signals(interrupted).name} at step {step}; the checkpoint in {out_dir} "
                      "resumes the run")

@@ -160,7 +160,7 @@ class DVCLiveLogger:
                 return
             resumed = int(data["resumed_from_step"])
             if resumed:
-                self.drop_rows_after(resumed, int(data.get("validated_through_step", resumed)))
+                self.drop_rows_after(resumed, int(data["validated_through_step"]))
             self.live = Live(str(self.dir), resume=bool(resumed), save_dvc_exp=False, dvcyaml=False)
         if self.live is None:
             return
