@@ -152,6 +152,26 @@ def test_a_version_folder_without_its_record_is_not_listed_and_its_number_is_ski
     assert sorted(p.name for p in orphan.iterdir()) == ["model.safetensors"]  # left as it was
 
 
+def test_a_number_is_never_given_twice_even_after_its_folder_was_deleted_by_hand(tmp_path, model_dir):
+    import shutil
+
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    reg.register(model_dir, {}, aliases=(CHAMPION,))
+    reg.register(_export(tmp_path / "second", 1), {}, aliases=(CHAMPION,))
+    shutil.rmtree(reg.version_dir(2))  # the newest version removed by hand
+    reg.set_alias(CHAMPION, 1)
+    third = _export(tmp_path / "third", 2)
+    assert reg.register(third, {}, aliases=(CHAMPION,)) == 3
+    assert reg.versions() == [1, 3]
+    assert [(m["previous"], m["version"]) for m in reg.alias_history()] == [(None, 1), (1, 2), (2, 1), (1, 3)]
+    reg.last_version_path.write_text("three\n")
+    with pytest.raises(RegistryError, match=r"last_version: damaged \(expected the highest version number"):
+        reg.register(_export(tmp_path / "fourth", 3), {})
+    assert reg.versions() == [1, 3]
+    reg.last_version_path.unlink()  # a registry from before the file: numbered past its folders
+    assert reg.register(_export(tmp_path / "fifth", 4), {}) == 4
+
+
 def test_bad_aliases_and_refs_are_clear_errors(tmp_path, model_dir):
     reg = LocalRegistry(tmp_path / "registry", "m")
     with pytest.raises(RegistryError, match="no version or alias 'champion': nothing is registered in .* yet"):
@@ -463,6 +483,7 @@ def test_the_weights_reach_the_disk_before_the_champion_alias_points_at_them(tmp
                      "<reg>/<staging>/.record.json.tmp", "<reg>/<staging>",  # the version, whole
                      "<reg>/.pending.json.tmp", "<reg>",  # what a kill before the aliases move leaves to finish
                      "<reg>",  # its rename into v0001
+                     "<reg>/.last_version.tmp", "<reg>",  # its number, never given again
                      "<reg>/alias_history.jsonl", "<reg>/.aliases.json.tmp", "<reg>"]  # then the alias moves
 
 

@@ -17,7 +17,8 @@ so re-running registration (`dvc repro` after a rollback) cannot undo a promotio
 Two crash leftovers are not damage: a history line cut short before its newline (its move never reached the alias
 table) is skipped and trimmed by the next move (rollback still passes through a version whose line was lost: each
 line records the version its alias moved from), and a `v<digits>` folder without record.json is not a version, but
-new versions are numbered past it.
+new versions are numbered past it. Numbers are never given twice: `last_version` keeps the highest one given, so a
+version folder deleted by hand does not hand its number to the next model.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from chromify.errors import RegistryError
-from chromify.io import atomic_write_json, file_sha256, fsync_path
+from chromify.io import atomic_write_json, atomic_write_text, file_sha256, fsync_path
 
 CHAMPION = "champion"
 MODEL_FILES = ("model.safetensors", "config.json")
@@ -281,6 +282,7 @@ class LocalRegistry:
                     atomic_write_json(self.pending_path, {"version": version, "aliases": list(aliases)})
                 os.rename(staging, self.version_dir(version))
                 fsync_path(self.dir)
+                atomic_write_text(self.last_version_path, f"{version}\n")
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -313,10 +315,23 @@ class LocalRegistry:
                                   None if current is None else self.model_id(current))
         return version
 
+    @property
+    def last_version_path(self) -> Path:
+        return self.dir / "last_version"
+
     def _next_version_locked(self) -> int:
-        """One past every `v<digits>` entry, complete or not: a folder left without its record.json (a hand edit, a
-        partial delete) is not a version, but its name is taken and the new version's rename would fail on it."""
-        return max((int(p.name[1:]) for p in self.dir.glob("v[0-9]*") if p.name[1:].isdigit()), default=0) + 1
+        """One past every `v<digits>` entry, complete or not (a folder left without its record.json by a hand edit or
+        a partial delete is not a version, but its name is taken), and past every number ever given: a number names
+        one model for good, in the alias history and in whatever outside wrote it down, even after its folder went."""
+        taken = max((int(p.name[1:]) for p in self.dir.glob("v[0-9]*") if p.name[1:].isdigit()), default=0)
+        try:
+            text = self.last_version_path.read_text()
+        except FileNotFoundError:  # a registry from before this file: its folders are all there is to go by
+            return taken + 1
+        if not text.strip().isdigit():
+            raise RegistryError(f"{self.last_version_path}: damaged (expected the highest version number ever "
+                                f"registered, got {text.strip()[:40]!r})")
+        return max(taken, int(text)) + 1
 
     def _check_locked(self, record: dict[str, Any], aliases: tuple[str, ...]) -> None:
         self.aliases()  # a damaged alias table fails before a version is written, not after
