@@ -87,6 +87,15 @@ def test_merge_keeps_the_original_lightness() -> None:
     assert np.abs(lum_in - lum_out)[in_gamut].mean() < 0.5
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_merge_refuses_non_finite_colours_by_name(bad: float) -> None:
+    gray = np.full((40, 30, 3), 128, np.uint8)
+    ab = np.zeros((2, 8, 8), np.float32)
+    ab[1, 3, 4] = bad
+    with pytest.raises(ValueError, match="ab_small holds non-finite values"):
+        merge_full_resolution(gray, ab)
+
+
 def test_fused_model_gives_the_same_output(colorizer: Colorizer) -> None:
     from chromify.train.checkpoint import load_model
 

@@ -114,6 +114,8 @@ def merge_full_resolution(rgb: np.ndarray, ab_small: np.ndarray, out: np.ndarray
     """
     height, width = rgb.shape[:2]
     _, h, w = ab_small.shape
+    if not np.isfinite(ab_small).all():  # the Lab table lookup would index with them (IndexError, or wrong colours)
+        raise ValueError("ab_small holds non-finite values: no colours to merge")
     if out is None:
         out = np.empty((height, width, 3), dtype=np.uint8)
     # Horizontal pass once for all low-res rows, (2, h, W): small, since h is the render height. The Lab → f
