@@ -241,6 +241,29 @@ def test_thresholds_judge_the_short_side_and_a_raised_pixel_limit_reads_what_was
     assert _rejects(reports)[str(root / "tall.png")] == "too_many_pixels"
 
 
+def test_a_file_too_big_to_be_a_photo_under_the_pixel_limit_is_refused_unread(tmp_path, photos):
+    """Ingest holds a whole file in memory before its header says what it is: a multi-GB file must not be read."""
+    root = tmp_path / "folder"
+    root.mkdir()
+    Image.fromarray(photos["astronaut"]).resize((200, 150)).save(root / "small.png")
+    with open(root / "scan.tif", "wb") as fh:  # sparse: 65 MiB of zeros on no disk
+        fh.truncate(65 << 20)
+    raw, reports = tmp_path / "raw", tmp_path / "reports"
+    p = IngestParams(source=str(root), out_dir=str(raw), max_pixels=200_000)  # at most 64 MiB read
+
+    first = run_ingest(p, reports)
+    assert _rejects(reports) == {str(root / "scan.tif"): "too_large"}
+    with open(reports / "ingest_rejects.csv", encoding="utf-8", newline="") as f:
+        detail = {r["path"]: r["detail"] for r in csv.DictReader(f)}
+    assert detail[str(root / "scan.tif")] == ("68,157,440 bytes > 67,108,864, more than a photo of at most "
+                                              "200,000 pixels takes: not read")
+    assert first["bad_files"] == 1 and first["accepted"] == 1
+    assert run_ingest(p, reports)["decoded_this_run"] == 0  # the refusal is remembered, not read again
+
+    raised = run_ingest(replace(p, max_pixels=40_000_000), reports)  # 640 MB now fit: read, and found to be zeros
+    assert raised["decoded_this_run"] == 1 and _rejects(reports) == {str(root / "scan.tif"): "not_image"}
+
+
 def test_split_is_a_function_of_the_hash_with_the_asked_fractions():
     shas = [hashlib.sha256(str(k).encode()).hexdigest() for k in range(4000)]
     splits = [split_for(s, 0.1, 0.2) for s in shas]

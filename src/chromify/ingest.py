@@ -53,6 +53,10 @@ _INT_COLUMNS = ("width", "height", "size_bytes", "orientation")
 # Reasons that depend on the file alone; the others are re-judged from the facts when thresholds change.
 FILE_REASONS = ("empty", "not_image", "undecodable")
 THUMB_SIDE = 256  # px: chroma is measured on a thumbnail, which is as good as the full image and much faster
+# A file is read whole before its header is looked at, so one too big to be a photo of at most max_pixels is
+# refused from its listed size: 16 bytes a pixel is uncompressed 32-bit float RGBA, more than any photo format.
+BYTES_PER_PIXEL_CAP = 16
+MIN_BYTE_CAP = 64 << 20  # room for metadata and embedded previews around small photos
 
 # Photographs shipped inside installed packages: the offline sample for the demo and the tests.
 SAMPLE_FILES = (
@@ -228,7 +232,7 @@ class Facts:
     orientation: int = 1
     decoder: str = ""
     chroma: float = math.nan
-    error: str = ""  # "", or a reason: empty | not_image | undecodable | too_many_pixels | unreadable
+    error: str = ""  # "", or a reason: empty | not_image | undecodable | too_many_pixels | too_large | unreadable
     detail: str = ""
     path: str = ""  # content-store path, relative to out_dir, for files that decoded
 
@@ -287,10 +291,12 @@ def judge(f: Facts, p: IngestParams) -> tuple[str | None, str]:
     return None, ""
 
 
-def _needs_decode(f: Facts, p: IngestParams) -> bool:
+def _needs_decode(f: Facts, p: IngestParams, size: int) -> bool:
     """A cached file must be read again when a threshold change could now accept what was never stored."""
     if f.error in FILE_REASONS:
         return False
+    if f.error == "too_large":  # refused unread from its size; read now if a raised max_pixels lets it in
+        return size <= byte_cap(p.max_pixels)
     if f.error == "too_many_pixels":  # refused from the header; accepted now only if the limit rose above it
         return 0 < f.width * f.height <= p.max_pixels or (f.width == 0 and p.max_pixels > pil_hard_limit())
     if not f.path:  # decoded, but its bytes were not kept (e.g. unreadable before, or an older manifest)
@@ -316,8 +322,16 @@ def _stored_ok(path: Path, size: int) -> bool:
         return False
 
 
+def byte_cap(max_pixels: int) -> int:
+    """The largest file ingest reads: a bigger one cannot be a photo of at most `max_pixels` pixels."""
+    return max(BYTES_PER_PIXEL_CAP * max_pixels, MIN_BYTE_CAP)
+
+
 def _inspect_task(args: tuple[SourceFile, str, int]) -> tuple[SourceFile, Facts]:
     f, out_dir, max_pixels = args
+    if f.size > byte_cap(max_pixels):  # a worker holds the whole file: a multi-GB one would get it killed
+        return f, Facts(error="too_large", detail=f"{f.size:,} bytes > {byte_cap(max_pixels):,}, more than a photo "
+                                                  f"of at most {max_pixels:,} pixels takes: not read")
     try:
         data = read_source_bytes(f)
     except (OSError, ChromifyError) as exc:
@@ -356,7 +370,7 @@ def _inspected(todo: list[SourceFile], out_dir: Path, max_pixels: int, workers: 
 
 def _facts_from_row(row: dict[str, Any]) -> Facts:
     reason = row.get("reason")
-    cached_error = reason if reason in (*FILE_REASONS, "too_many_pixels", "unreadable") else ""
+    cached_error = reason if reason in (*FILE_REASONS, "too_many_pixels", "too_large", "unreadable") else ""
     chroma = row.get("chroma")
     return Facts(row["sha256"] or "", int(row.get("width") or 0), int(row.get("height") or 0),
                  row.get("format") or "", int(row.get("orientation") or 1), row.get("decoder") or DECODER_PIL,
@@ -431,7 +445,7 @@ def ingest(p: IngestParams, reports_dir: str | Path = "reports", workers: int | 
     for f in listing.files:
         row = cache.get((f.uri, f.size, f.stamp))
         facts = _facts_from_row(row) if row is not None else None
-        if facts is None or facts.error == "unreadable" or _needs_decode(facts, p) or \
+        if facts is None or facts.error == "unreadable" or _needs_decode(facts, p, f.size) or \
                 (facts.path and not _stored_ok(out / facts.path, f.size)):
             todo.append(f)
         else:
