@@ -24,6 +24,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # JPEG includes MPO (multi-picture) files
 FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 EXIF_ORIENTATION = 0x0112
+# Long side over short side beyond which a file is not taken for a photo when colorizing: a 39,000,000 × 1 px
+# PNG of 38 KB passed the pixel limit and made the merge's per-column planes cost 8.6 GB. A 360° panorama is ~8:1.
+MAX_ASPECT = 100
 DECODER_PIL, DECODER_JPEG = "pil", "jpeg-turbo"
 # libjpeg-turbo, then the embedded (non-sRGB) ICC profile applied to the small square instead of the full photo
 DECODER_JPEG_ICC = "jpeg-turbo-icc"
@@ -56,7 +59,7 @@ def pil_hard_limit() -> int:
     return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 1 << 62
 
 
-def open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
+def open_checked(data: bytes, name: str, max_pixels: int, max_aspect: float | None = None) -> Image.Image:
     """Open lazily and check the header: nothing is decoded yet, so a bomb costs nothing."""
     if not data:
         raise InputImageError(name, "empty file (0 bytes)")
@@ -83,6 +86,9 @@ def open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise InputImageError(name, f"unreadable image header (size {w}x{h})")
     if w * h > max_pixels:
         raise InputImageError(name, f"too many pixels ({w}x{h} > {max_pixels:,}): refused before decoding")
+    if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
+        raise InputImageError(name, f"{w}x{h} is more than {max_aspect:g} times as long as it is wide, not a photo's "
+                                    "shape: refused before decoding")
     return img
 
 
@@ -134,15 +140,19 @@ def to_srgb(img: Image.Image, name: str, draft_size: int | None = None) -> Image
         elif img.mode == "F":
             arr = np.asarray(img, dtype=np.float32)
             img = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-        if img.mode in ("P", "PA"):
-            img = img.convert("RGBA")
-        if img.mode in ("RGBA", "LA", "RGBa", "La"):
-            # Transparent areas become white, as a viewer would show them on paper.
+        if img.mode in ("P", "PA") or (img.mode in ("L", "RGB") and "transparency" in img.info):  # PNG tRNS
+            img = img.convert("LA" if img.mode == "L" else "RGBA")
+        if img.mode in ("LA", "La"):
+            # Transparent areas become white, as a viewer would show them on paper; still gray, for its profile.
+            background = Image.new("L", img.size, 255)
+            background.paste(img.convert("LA").getchannel("L"), mask=img.convert("LA").getchannel("A"))
+            img = background
+        elif img.mode in ("RGBA", "RGBa"):
             rgba = img.convert("RGBA")
             background = Image.new("RGB", img.size, (255, 255, 255))
             background.paste(rgba, mask=rgba.getchannel("A"))
             img = background
-        if icc and img.mode in ("RGB", "CMYK"):
+        if icc and img.mode in ("RGB", "CMYK", "L"):  # a gray photo's Gray Gamma or Dot Gain profile too
             img = _apply_profile(img, icc)
         if img.mode != "RGB":
             img = img.convert("RGB")
@@ -156,9 +166,10 @@ def to_srgb(img: Image.Image, name: str, draft_size: int | None = None) -> Image
         raise InputImageError(name, f"cannot decode ({reason})") from None
 
 
-def decode_rgb(data: bytes, name: str, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+def decode_rgb(data: bytes, name: str, max_pixels: int, draft_size: int | None = None,
+               max_aspect: float | None = None) -> Image.Image:
     """Bytes → normalised 8-bit sRGB PIL image, or an InputImageError naming the file and the reason."""
-    return to_srgb(open_checked(data, name, max_pixels), name, draft_size)
+    return to_srgb(open_checked(data, name, max_pixels, max_aspect), name, draft_size)
 
 
 def read_bytes(path: str | Path) -> bytes:
