@@ -168,6 +168,8 @@ BAD_UPLOADS = {
     "bomb": (png_header_only(50_000, 50_000), 422, "too many pixels"),
     "just over max pixels": (encode(Image.new("L", (1001, 1000)), "PNG"), 422, "too many pixels"),
     "not an image": (b"%PDF-1.7\n" + bytes(100), 415, "not an image"),
+    "text that starts like a BMP": (b"BMW is a car maker, not a bitmap.\n" * 3, 415, "not an image"),
+    "a strip, not a photo": (encode(Image.new("L", (1001, 1)), "PNG"), 422, "not a photo's shape"),
     "empty": (b"", 422, "empty file"),
     "truncated": (CAMERA_JPEG[: len(CAMERA_JPEG) // 3], 422, "truncated"),
 }
@@ -192,6 +194,18 @@ def test_body_over_the_limit_names_the_per_photo_limit(client: httpx.Client, chu
                     headers={"content-type": "multipart/form-data; boundary=x"})
     assert r.status_code == 413 and "larger than" in r.json()["detail"]
     assert f"{MAX_BYTES} bytes" in r.json()["detail"] and "base64" in r.json()["detail"]
+
+
+def test_predict_photos_share_one_body_and_the_413_says_so(client: httpx.Client) -> None:
+    """Each photo is under the per-photo limit; together they are over the body's: the message must not blame
+    the photos' size alone."""
+    noise = np.random.default_rng(0).integers(0, 256, (300, 270, 3), np.uint8)  # incompressible: ~240 KB as PNG
+    photo = encode(Image.fromarray(noise), "PNG")
+    assert MAX_BYTES * 3 // 4 < len(photo) < MAX_BYTES
+    instance = {"b64": base64.b64encode(photo).decode()}
+    assert client.post("/predict", json={"instances": [instance]}).status_code == 200
+    r = client.post("/predict", json={"instances": [instance, instance]})
+    assert r.status_code == 413 and "the photos of one /predict request share it" in r.json()["detail"]
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [

@@ -136,6 +136,48 @@ def test_choosing_jpeg_gives_a_jpeg_named_so(server: str, browser, tmp_path: Pat
     assert browser.find_element(By.ID, "download").get_attribute("download") == "pier-colorized.jpg"
 
 
+def test_a_second_photo_chosen_while_the_first_answer_decodes_is_the_one_shown(server: str, browser,
+                                                                                 tmp_path: Path) -> None:
+    """The second photo empties the result, so the first answer's decode fails: its handler used to go on and
+    show the viewer empty with "Done …: 0 × 0 px" while the second photo was still on the server."""
+    import base64
+    import io
+
+    def png(size: tuple[int, int]) -> str:
+        buf = io.BytesIO()
+        Image.fromarray(data.camera()).resize(size).save(buf, "PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    browser.get(server + "/")
+    wait_for(browser, "return document.getElementById('limits').textContent.includes('megapixels')")
+    # Photo b is dropped the moment photo a's answer is set on the page, before it has decoded.
+    browser.execute_script("""
+        const drop = (name, b64) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const dt = new DataTransfer();
+          dt.items.add(new File([bytes], name, {type: "image/png"}));
+          window.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, cancelable: true}));
+        };
+        const result = document.getElementById("result"), status = document.getElementById("status");
+        window.statusLog = [];
+        new MutationObserver(() => window.statusLog.push(status.textContent))
+          .observe(status, {childList: true, characterData: true, subtree: true});
+        new MutationObserver(() => {
+          if (result.src.startsWith("blob:") && !window.secondDropped) {
+            window.secondDropped = true;
+            drop("b.png", arguments[1]);
+          }
+        }).observe(result, {attributes: true, attributeFilter: ["src"]});
+        drop("a.png", arguments[0]);
+    """, png((400, 300)), png((300, 200)))
+    wait_for(browser, "return window.statusLog.some((s) => s.startsWith('Done'))")
+    log = browser.execute_script("return window.statusLog")
+    assert [s.split(" in ")[0] for s in log] == ["Colorizing a.png …", "Colorizing b.png …", "Done"], log
+    assert log[-1].endswith(": 300 × 200 px. Drag the slider to compare.")
+    assert browser.execute_script("const r = document.getElementById('result'); return [r.naturalWidth, "
+                                  "r.naturalHeight, document.getElementById('viewer').hidden]") == [300, 200, False]
+
+
 def test_the_api_reference_shows_every_route_with_no_network(server: str, browser) -> None:
     """/docs was Swagger UI, fetched from a CDN: blank on the offline machines. Every request it makes now is to
     this server, and the routes are there to read without a script."""

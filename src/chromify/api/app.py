@@ -24,6 +24,7 @@ import binascii
 import json
 import os
 import re
+import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +41,7 @@ from pydantic import BaseModel
 from chromify.api.docs_page import render_docs_page
 from chromify.api.settings import ServeSettings
 from chromify.colorize import encode_image
-from chromify.decode import open_checked, to_srgb
+from chromify.decode import MAX_ASPECT, open_checked, to_srgb
 from chromify.errors import InputImageError, ModelLoadError
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -57,6 +58,10 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; 
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+# The sizes of the BMP info headers PIL reads (OS/2 1.x, Windows 3.x to v5), little-endian after the file header.
+BMP_HEADER_SIZES = tuple(struct.pack("<I", n) for n in (12, 40, 52, 56, 64, 108, 124))
+
+
 def sniff_image_format(data: bytes) -> str | None:
     """PIL format name from the file's magic bytes, or None when it is not a format we accept."""
     if data.startswith(b"\xff\xd8\xff"):
@@ -67,7 +72,7 @@ def sniff_image_format(data: bytes) -> str | None:
         return "WEBP"
     if data.startswith((b"II*\x00", b"MM\x00*")):
         return "TIFF"
-    if data.startswith(b"BM"):
+    if data.startswith(b"BM") and data[14:18] in BMP_HEADER_SIZES:  # two letters alone: "BMW…" in a text file
         return "BMP"
     return None
 
@@ -243,7 +248,8 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
     body_limit = settings.max_upload_bytes * 4 // 3 + 64 * 1024
     app.add_middleware(BodyLimit, max_bytes=body_limit, detail=(
         f"request body larger than {body_limit} bytes: a photo may be at most {settings.max_upload_bytes} bytes "
-        f"({_mib(settings.max_upload_bytes)}), and the body limit only adds room for multipart or base64 encoding"))
+        f"({_mib(settings.max_upload_bytes)}), and the body limit only adds room for multipart or base64 encoding; "
+        "the photos of one /predict request share it: send large ones in separate requests"))
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -285,7 +291,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
         """
         if not isinstance(data, bytes):
             data = data.read()
-        img = open_checked(data, name, settings.max_pixels)
+        img = open_checked(data, name, settings.max_pixels, MAX_ASPECT)
         if {"MPO": "JPEG"}.get(img.format, img.format) != kind:  # MPO: a JPEG with extra frames
             raise InputImageError(name, f"content looks like {kind} but decodes as {img.format}")
         rgb = np.asarray(to_srgb(img, name))
@@ -317,7 +323,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
     async def colorize(request: Request, file: PhotoField, format: FormatField = None) -> Response:
         fmt = choose_format(format, request.headers.get("accept"))
         name = file.filename or "upload"
-        head = await file.read(16)
+        head = await file.read(32)  # enough for every sniffed signature
         await file.seek(0)
         kind = check_upload(file.size if file.size is not None else len(head), head, name)
         t0 = time.perf_counter()

@@ -76,6 +76,7 @@ async function colorize(file) {
   download.href = url;
   download.download = stem + "-colorized." + (blob.type === "image/jpeg" ? "jpg" : "png");
   await result.decode().catch(() => {});
+  if (mine !== current) return;  // another photo was chosen meanwhile: its own answer will be shown
   showGrayBefore();
   viewer.hidden = false;
   say("Done in " + ((performance.now() - t0) / 1000).toFixed(1) + " s: " + result.naturalWidth + " × " +
