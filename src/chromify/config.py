@@ -147,7 +147,7 @@ class RegisterParams:
     # target vertex only: see chromify.vertex_registry and docs/source/registry.md
     vertex_project: str = ""
     vertex_location: str = "us-central1"
-    artifact_root: str = ""  # gs://bucket/prefix; a version's files go to <root>/<model name>/<model id>/
+    artifact_root: str = ""  # gs://bucket/prefix; a version's files go to <root>/<model name>/<model id>-<record hash>/
     serving_image: str = ""  # the chromify-serve image, pinned by commit tag or digest
     labels: dict[str, str] = field(default_factory=dict)  # sanitised to Vertex's label rules
 

@@ -99,6 +99,8 @@ def unet_s(base_width: int = 16, depth: int = 4, norm: str = "batch", upsample: 
     return UNet(base_width, depth, norm, upsample, out_channels=out_channels)
 
 
+# Kept for models registered under it: with `model.base_width` given, as training always gives it, it is unet_s;
+# set base_width 32 for the bigger U-Net.
 @register_model("unet_b")
 def unet_b(base_width: int = 32, depth: int = 4, norm: str = "batch", upsample: str = "bilinear",
            out_channels: int = 2, **_) -> UNet:
