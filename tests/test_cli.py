@@ -75,6 +75,22 @@ def test_an_invalid_serve_setting_is_one_line(tmp_path):
                                                  "should be less than or equal to 65535\n")
 
 
+def test_a_model_path_that_is_not_a_folder_says_so_not_that_no_alias_is_registered(tmp_path):
+    """`--model /nonexistent/dir` answered "no version or alias '/nonexistent/dir': nothing is registered"."""
+    import os
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    env = {**os.environ, "HOME": str(tmp_path)}
+    colorize = ["colorize", ".", "-o", "out", "--model"]
+    for args, ref, reason in (
+            (["serve", "--model"], str(tmp_path / "gone" / "dir"), "no such model folder"),
+            (colorize, "./gone", "no such model folder"),
+            (colorize, "~/gone", "no such model folder"),
+            (colorize, "./model.safetensors", "not a folder; name the model's folder")):
+        proc = chromify(*args, ref, cwd=tmp_path, env=env)
+        assert (proc.returncode, proc.stderr) == (2, f"chromify: error: {ref}: {reason}\n"), args
+
+
 def test_a_file_system_refusal_is_one_line_naming_the_file(tmp_path):
     """A folder where an output file belongs (as a read-only file, a full disk): the user's to fix, so one line
     naming the file, and the good data already there untouched."""

@@ -75,8 +75,9 @@ def test_globs_files_jpg_side_by_side_and_render_size(photos: Path, model_dir: P
     result = run_cli(str(photos / "album" / "**" / "*.jpg"), str(photos / "camera.jpg"), "-o", str(out),
                      "--model", str(model_dir), "--format", "jpg", "--side-by-side", "--render-size", "32")
     assert result.exit_code == 0, result.output
-    assert {p.name: Image.open(p).size for p in out.iterdir()} == {"rotated.jpg": (600, 451),
-                                                                    "camera.jpg": (1024, 512)}
+    # the glob keeps the folders below its wildcard-free start (album): 1935/ is kept, album/ is not
+    assert {str(p.relative_to(out)): Image.open(p).size for p in out.rglob("*.jpg")} == {
+        "1935/rotated.jpg": (600, 451), "camera.jpg": (1024, 512)}
     pair = np.asarray(Image.open(out / "camera.jpg"))
     # the left half is the original (up to JPEG), the right half the colorized photo with the same lightness
     assert np.abs(pair[:, :512].astype(int).mean(axis=2) - data.camera()).mean() < 3
@@ -217,6 +218,116 @@ def test_unusable_output_paths_fail_in_one_line_before_any_photo(tmp_path: Path,
         with pytest.raises(ConfigError, match=message):
             run_cli(str(photo), *args, "--model", str(model_dir))
     assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_the_contact_sheet_never_replaces_a_photo_the_run_writes(tmp_path: Path, model_dir: Path) -> None:
+    """--html out/a.png, where a.jpg's colour goes: the photo was written, then replaced by the page, exit 0."""
+    Image.fromarray(data.camera()[:64, :64]).save(tmp_path / "a.jpg")
+    out = tmp_path / "out"
+    for sheet, message in ((out / "a.png", f"{out / 'a.png'}: is where the colorized {tmp_path / 'a.jpg'} goes"),
+                           (out / "b.jpg", "the contact sheet is a web page, not an image; name an .html file")):
+        with pytest.raises(ConfigError, match=message):
+            run_cli(str(tmp_path / "a.jpg"), "-o", str(out), "--model", str(model_dir), "--html", str(sheet))
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_photo_too_long_for_jpeg_is_skipped_before_the_model_with_the_reason(tmp_path: Path,
+                                                                               model_dir: Path) -> None:
+    """Pillow's JPEG encoder fails past 65,500 px saying only "broken data stream", which reached the user as
+    "([Errno None] None: '…')" after the model had run; the photo, or a side-by-side twice its width, is refused."""
+    import io
+
+    from chromify.colorize import JPEG_MAX_SIDE, check_encodable
+    from chromify.errors import InputImageError
+
+    Image.new("RGB", (JPEG_MAX_SIDE, 1)).save(io.BytesIO(), format="JPEG")  # the limit is Pillow's own
+    with pytest.raises(OSError, match="broken data stream"):
+        Image.new("RGB", (JPEG_MAX_SIDE + 1, 1)).save(io.BytesIO(), format="JPEG")
+    check_encodable(JPEG_MAX_SIDE, JPEG_MAX_SIDE, "jpg", "x")
+    check_encodable(10**6, 10**6, "png", "x")
+    with pytest.raises(InputImageError, match="^x: 65501 px high is beyond JPEG's 65,500 px; use PNG$"):
+        check_encodable(10, JPEG_MAX_SIDE + 1, "jpeg", "x")
+
+    Image.new("L", (65_501, 656), 90).save(tmp_path / "pano.png")  # a photo's shape (under 100:1), 44 KB
+    Image.new("L", (32_751, 328), 90).save(tmp_path / "half.png")  # side by side: 65,502 px
+    Image.fromarray(data.camera()[:64, :64]).save(tmp_path / "small.png")
+    out = tmp_path / "out"
+    plain = colorize_paths([str(tmp_path / "pano.png"), str(tmp_path / "small.png")], out, model_dir, fmt="jpg")
+    pair = colorize_paths([str(tmp_path / "half.png")], out, model_dir, fmt="jpg", side_by_side_output=True)
+    assert plain.failed + pair.failed == [
+        (str(tmp_path / "pano.png"), "65501 px wide is beyond JPEG's 65,500 px; use --format png"),
+        (str(tmp_path / "half.png"), "65502 px wide is beyond JPEG's 65,500 px; use --format png or leave out "
+                                     "--side-by-side")]
+    assert plain.written == [out / "small.jpg"] and not pair.written
+    assert [p.name for p in out.iterdir()] == ["small.jpg"]  # no temp file left either
+
+
+def test_a_recursive_glob_keeps_the_folders_below_its_start(tmp_path: Path, model_dir: Path) -> None:
+    """'scans/**/*.jpg' flattened scans/1950/IMG_1.jpg and scans/1960/IMG_1.jpg into IMG_1.png and IMG_1-jpg.png."""
+    for year in ("1950", "1960"):
+        (tmp_path / "scans" / year).mkdir(parents=True)
+        Image.fromarray(data.camera()[: int(year[2:]), :40]).save(tmp_path / "scans" / year / "IMG_1.jpg")
+    (tmp_path / "elsewhere.jpg").write_bytes((tmp_path / "scans" / "1950" / "IMG_1.jpg").read_bytes())
+    out = tmp_path / "out"
+    outcome = colorize_paths([str(tmp_path / "scans" / "**" / "*.jpg")], out, model_dir)
+    assert outcome.failed == [] and sorted(outcome.written) == [out / "1950/IMG_1.png", out / "1960/IMG_1.png"]
+    assert Image.open(out / "1960/IMG_1.png").size == (40, 60)
+    # a pattern climbing out of its start keeps only the name: its output stays inside the output folder
+    climbing = expand_inputs([str(tmp_path / "scans" / "*" / ".." / ".." / "elsewhere.jpg")])
+    assert [rel for _, rel in climbing] == [Path("elsewhere.jpg")]
+
+
+def test_a_photo_named_twice_is_colorized_once_where_first_named(tmp_path: Path, model_dir: Path,
+                                                                 monkeypatch) -> None:
+    """A folder, its subfolder, the file, and the file again by its absolute path: one output, not three."""
+    (tmp_path / "ov" / "sub").mkdir(parents=True)
+    Image.fromarray(data.camera()[:48, :48]).save(tmp_path / "ov" / "sub" / "x.jpg")
+    monkeypatch.chdir(tmp_path)
+    outcome = colorize_paths(["ov", "ov/sub", "ov/sub/x.jpg", str(tmp_path / "ov" / "sub" / "x.jpg")], "out",
+                             model_dir)
+    assert outcome.failed == [] and outcome.written == [Path("out/sub/x.png")]
+    assert [str(p.relative_to("out")) for p in Path("out").rglob("*") if p.is_file()] == ["sub/x.png"]
+
+
+def test_sigterm_ends_a_run_like_ctrl_c_leaving_no_temp_file(tmp_path: Path, model_dir: Path) -> None:
+    """docker stop, Kubernetes and timeout send SIGTERM, which killed the run mid-write: its .name.XXXX.tmp
+    stayed in the output folder, and no later run removes it."""
+    import glob
+    import signal
+    import time
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    y, x = np.mgrid[0:1500, 0:2000]
+    noisy = ((x * 0.05 + y * 0.03) % 200 + np.random.default_rng(0).integers(0, 50, (1500, 2000))).astype(np.uint8)
+    Image.fromarray(noisy, "L").save(photos / "p0.png", compress_level=0)
+    for i in range(1, 4):  # several writes: several chances to catch one
+        (photos / f"p{i}.png").write_bytes((photos / "p0.png").read_bytes())
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "chromify.cli", "colorize", str(photos), "-o", str(out),
+                             "--model", str(model_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not glob.glob(str(out / ".*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it wrote anything: no temp file to catch"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.endswith("chromify: terminated\n"), err[-500:]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_strip_no_photo_is_shaped_like_is_skipped_from_its_header(tmp_path: Path, model_dir: Path) -> None:
+    # 500,000 x 1 px is 2 KB as a PNG; its merge planes were many times the photo's size (a 39 Mpx strip: 8.6 GB).
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.new("L", (500_000, 1), 128).save(root / "strip.png")
+    Image.fromarray(data.camera()).resize((160, 120)).save(root / "photo.png")
+    out = tmp_path / "out"
+    result = run_cli(str(root), "-o", str(out), "--model", str(model_dir))
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out.iterdir()] == ["photo.png"]
+    assert (f"skipped {root / 'strip.png'}: 500000x1 is more than 100 times as long as it is wide, not a photo's "
+            "shape: refused before decoding") in result.stderr.splitlines()
 
 
 def test_unknown_format_fails_before_loading_anything(tmp_path: Path) -> None:

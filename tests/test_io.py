@@ -67,3 +67,18 @@ def test_a_write_that_fails_without_naming_a_file_names_the_target(tmp_path):
         atomic_write(target, full)
     assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(target))
     assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_write_error_without_errno_keeps_its_message(tmp_path):
+    """Pillow's encoder raises OSError("broken data stream when writing image file") with no errno: rewrapped as
+    OSError(None, None, path) it read "[Errno None] None: '…'", the reason lost."""
+    from chromify.io import atomic_write
+
+    def encoder_fails(f):
+        f.write(b"half")
+        raise OSError("broken data stream when writing image file")
+
+    with pytest.raises(OSError) as failed:
+        atomic_write(tmp_path / "pano.jpg", encoder_fails)
+    assert str(failed.value) == "broken data stream when writing image file"
+    assert list(tmp_path.iterdir()) == []

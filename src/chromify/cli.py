@@ -8,8 +8,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -177,10 +181,45 @@ def _registry(params: Path):
 
 
 def resolve_model(ref: str, params: Path) -> Path:
-    """A model directory, or a registry alias / version."""
+    """A model directory, or a registry alias / version; a path-like ref (a separator, a leading . or ~) is a
+    folder only, so a mistyped one says so rather than that no such alias is registered."""
     if Path(ref).is_dir():
         return Path(ref)
+    if os.sep in ref or (os.altsep and os.altsep in ref) or ref.startswith((".", "~")):
+        from chromify.errors import ConfigError
+
+        folder = Path(ref).expanduser()
+        if folder.is_dir():
+            return folder
+        raise ConfigError(f"{ref}: not a folder; name the model's folder" if folder.exists()
+                          else f"{ref}: no such model folder")
     return _registry(params).model_dir(ref)
+
+
+class _Terminated(BaseException):
+    """Raised by SIGTERM in the main thread: unwinds like Ctrl-C, through every cleanup."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (a timeout, docker stop, Kubernetes) ends the block as Ctrl-C does, exit 143: by default it kills
+    the process before atomic_write removes its temp file, which no later run would remove."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except _Terminated:
+        print("chromify: terminated", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -210,10 +249,11 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
     from chromify.colorize import colorize_paths, output_format
 
     output_format(fmt)  # an unknown format fails before the model loads
-    outcome = colorize_paths(inputs, out, resolve_model(model, params), render_size=render_size, fmt=fmt,
-                             side_by_side_output=side_by_side, html_path=html, batch_size=batch_size,
-                             progress=True, temperature=temperature,
-                             prior_correction=prior_correction, chroma_gain=chroma_gain)
+    with _sigterm_unwinds():
+        outcome = colorize_paths(inputs, out, resolve_model(model, params), render_size=render_size, fmt=fmt,
+                                 side_by_side_output=side_by_side, html_path=html, batch_size=batch_size,
+                                 progress=True, temperature=temperature,
+                                 prior_correction=prior_correction, chroma_gain=chroma_gain)
     for path, reason in outcome.failed:
         typer.echo(f"skipped {path}: {reason}", err=True)
     done = len(outcome.written)

@@ -16,8 +16,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from chromify.decode import IMAGE_SUFFIXES, decode_rgb, read_bytes
-from chromify.errors import ConfigError, InputImageError
+from chromify.decode import IMAGE_SUFFIXES, MAX_ASPECT, decode_rgb, read_bytes
+from chromify.errors import ConfigError, InputImageError, first_line
 from chromify.io import atomic_write, atomic_write_text
 from chromify.progress import Progress
 
@@ -26,6 +26,8 @@ MAX_PIXELS = 120_000_000
 # --format value → (PIL format, file suffix)
 FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "jpeg": ("JPEG", ".jpg")}
 JPEG_QUALITY = 92
+# libjpeg's JPEG_MAX_DIMENSION: Pillow encodes a 65,500 px side and fails on 65,501 with only "broken data stream".
+JPEG_MAX_SIDE = 65_500
 THUMB_SIDE = 640  # px, long side of the contact sheet's images: a sheet of a few dozen photos stays a few MB
 # Photos on one contact sheet (~130 KB each): 200 make ~26 MB that a browser still opens; a 5,000-photo folder
 # would make 650 MB that none does. The rest are in the output folder.
@@ -42,6 +44,15 @@ def output_format(name: str) -> tuple[str, str]:
         return FORMATS[name.lower()]
     except KeyError:
         raise ConfigError(f"output format {name!r} is not one of: png, jpg") from None
+
+
+def check_encodable(width: int, height: int, fmt: str, name: str, hint: str = "use PNG") -> None:
+    """Refuse (InputImageError) an image of width × height px that `fmt` cannot hold, before any work is spent on it."""
+    if output_format(fmt)[0] != "JPEG":
+        return
+    for side, what in ((width, "wide"), (height, "high")):
+        if side > JPEG_MAX_SIDE:
+            raise InputImageError(name, f"{side} px {what} is beyond JPEG's {JPEG_MAX_SIDE:,} px; {hint}")
 
 
 def save_image(rgb: np.ndarray | Image.Image, f: IO[bytes], fmt: str, fast: bool = False) -> None:
@@ -92,10 +103,35 @@ def encode_image(rgb: np.ndarray, fmt: str, fast: bool = False) -> bytes:
     return buf.getvalue()
 
 
-def expand_inputs(inputs: Iterable[str], exclude: Path | None = None) -> list[tuple[Path, Path]]:
-    """(file, path relative to its input root) for every image named by files, folders or globs.
+def _glob_root(pattern: str) -> str:
+    """The leading wildcard-free folders of a glob ('scans' of 'scans/**/*.jpg'): what its matches are relative to."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts) - 1)
+    return str(Path(*parts[:fixed])) if fixed else "."
 
-    Files under `exclude` (the output folder) are left out, so a re-run never colorizes its own outputs.
+
+def _relative_to_root(match: str, root: str) -> Path:
+    """A glob match's path under its root; only its name where the pattern climbs out ('x/*/../../y.jpg')."""
+    rel = Path(os.path.normpath(os.path.relpath(match, root)))
+    return Path(Path(match).name) if rel.parts[0] == ".." else rel
+
+
+def first_mentions(pairs: Iterable[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """(file, rel) pairs with a file named again (a folder and its subfolder, relative and absolute) left out."""
+    seen: set[Path] = set()
+    kept = []
+    for src, rel in pairs:
+        if src.resolve() not in seen:
+            seen.add(src.resolve())
+            kept.append((src, rel))
+    return kept
+
+
+def expand_inputs(inputs: Iterable[str], exclude: Path | None = None) -> list[tuple[Path, Path]]:
+    """(file, path relative to its input root) for every image named by files, folders or globs, each file once.
+
+    A glob's root is its wildcard-free start, so 'scans/**/*.jpg' keeps the folders under scans. Files under
+    `exclude` (the output folder) are left out, so a re-run never colorizes its own outputs.
     """
     excluded = exclude.resolve() if exclude is not None else None
 
@@ -114,13 +150,14 @@ def expand_inputs(inputs: Iterable[str], exclude: Path | None = None) -> list[tu
         elif p.exists():
             found.append((p, Path(p.name)))
         else:
+            root = _glob_root(item)
             for m in sorted(glob.glob(item, recursive=True)):
                 mp = Path(m)
                 if mp.is_dir():
-                    found += [(f, mp.name / rel) for f, rel in folder(mp)]
+                    found += [(f, _relative_to_root(m, root) / rel) for f, rel in folder(mp)]
                 elif mp.is_file() and keep(mp):
-                    found.append((mp, Path(mp.name)))
-    return list(dict.fromkeys(found))
+                    found.append((mp, _relative_to_root(m, root)))
+    return first_mentions(found)
 
 
 def side_by_side(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +228,7 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
     if html_path is not None and Path(html_path).is_dir():
         raise ConfigError(f"{html_path}: the contact sheet path is a folder; name an .html file")
     found = {i: expand_inputs([i], exclude=out_dir) for i in inputs}
-    files = list(dict.fromkeys(f for fs in found.values() for f in fs))
+    files = first_mentions(f for fs in found.values() for f in fs)  # the first mention gives the output's path
     outcome = ColorizeOutcome()
     for i, fs in found.items():
         if not Path(i).exists() and not glob.glob(i, recursive=True):
@@ -200,10 +237,29 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
             inside = Path(i).is_dir() and out_dir.resolve().is_relative_to(Path(i).resolve())
             outcome.failed.append((i, "no image files found" + (" outside the output folder" if inside else "")))
     inputs_seen = {src.resolve() for src, _ in files}
-    if html_path is not None and (Path(html_path).resolve() in inputs_seen or (
-            Path(html_path).exists() and not written_by_chromify(Path(html_path)))):
-        raise ConfigError(f"{html_path}: exists and was not written by chromify; the contact sheet never replaces "
-                          "another file: name a new .html file")
+    plan: list[tuple[Path, Path, Path]] = []  # (file, rel, target)
+    targets: set[Path] = set()
+    for src, rel in files:
+        target = (out_dir / rel).with_suffix(suffix)
+        # a.jpg and a.png in one folder, or IMG_0001.jpg in several input folders: keep them all
+        base, n = f"{rel.stem}-{rel.suffix.lstrip('.')}", 1
+        while target in targets:
+            target = target.with_name(f"{base}{suffix}" if n == 1 else f"{base}-{n}{suffix}")
+            n += 1
+        targets.add(target)
+        plan.append((src, rel, target))
+    if html_path is not None:
+        sheet_path = Path(html_path).resolve()
+        # Checked before any photo is written: the page, written last, would replace a photo this run wrote.
+        clash = next((src for src, _, target in plan if target.resolve() == sheet_path), None)
+        if clash is not None:
+            raise ConfigError(f"{html_path}: is where the colorized {clash} goes; name another .html file for the "
+                              "contact sheet")
+        if sheet_path in inputs_seen or (sheet_path.exists() and not written_by_chromify(sheet_path)):
+            raise ConfigError(f"{html_path}: exists and was not written by chromify; the contact sheet never "
+                              "replaces another file: name a new .html file")
+        if sheet_path.suffix.lower() in IMAGE_SUFFIXES:
+            raise ConfigError(f"{html_path}: the contact sheet is a web page, not an image; name an .html file")
     col = Colorizer(model_dir, device=device, render_size=render_size, temperature=temperature,
                     prior_correction=prior_correction, chroma_gain=chroma_gain)
     if files:
@@ -212,18 +268,10 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
             writable_folder(Path(html_path).parent, "contact sheet's folder")
     batch_size = batch_size or (8 if col.device.startswith("cuda") else 1)
     sheet: list[tuple[str, str, str]] = []
-    targets: set[Path] = set()
-    bar = Progress(len(files), "colorize", enabled=progress)
-    for chunk in _chunks(files, batch_size):
+    bar = Progress(len(plan), "colorize", enabled=progress)
+    for chunk in _chunks(plan, batch_size):
         decoded: list[tuple[Path, Path, Path, np.ndarray]] = []
-        for src, rel in chunk:
-            target = (out_dir / rel).with_suffix(suffix)
-            # a.jpg and a.png in one folder, or IMG_0001.jpg in several input folders: keep them all
-            base, n = f"{rel.stem}-{rel.suffix.lstrip('.')}", 1
-            while target in targets:
-                target = target.with_name(f"{base}{suffix}" if n == 1 else f"{base}-{n}{suffix}")
-                n += 1
-            targets.add(target)
+        for src, rel, target in chunk:
             if target.resolve() in inputs_seen:
                 outcome.failed.append((str(src), f"its output {target} would replace an input photo; "
                                                   "choose another output folder"))
@@ -233,7 +281,13 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
                                                   "left as it is"))
                 continue
             try:
-                decoded.append((src, target, rel, np.asarray(decode_rgb(read_bytes(src), str(src), MAX_PIXELS))))
+                rgb = np.asarray(decode_rgb(read_bytes(src), str(src), MAX_PIXELS, max_aspect=MAX_ASPECT))
+                # before the model runs: Pillow's JPEG encoder fails on a long side only after all that work
+                h, w = rgb.shape[:2]
+                alone_fits = max(w, h) <= JPEG_MAX_SIDE
+                check_encodable(w * (2 if side_by_side_output else 1), h, fmt, str(src), "use --format png" + (
+                    " or leave out --side-by-side" if side_by_side_output and alone_fits else ""))
+                decoded.append((src, target, rel, rgb))
             except InputImageError as exc:
                 outcome.failed.append((str(src), exc.reason))
         abs_small = col.predict_small_ab([rgb for *_, rgb in decoded]) if decoded else []
@@ -246,7 +300,7 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
             try:
                 atomic_write(target, lambda f, im=result: save_image(im, f, fmt))
             except OSError as exc:
-                outcome.failed.append((str(src), f"cannot write {target} ({exc.strerror or exc})"))
+                outcome.failed.append((str(src), f"cannot write {target} ({exc.strerror or first_line(exc)})"))
                 continue
             outcome.written.append(target)
             if html_path is not None and len(sheet) < SHEET_MAX:
@@ -260,6 +314,6 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
                 f"; the first {len(sheet)} shown here, all in {out_dir}" if done > len(sheet) else "")
             atomic_write_text(html_path, contact_sheet_html(sheet, title))
         except OSError as exc:
-            raise ConfigError(f"{html_path}: cannot write the contact sheet ({exc.strerror or exc}); "
+            raise ConfigError(f"{html_path}: cannot write the contact sheet ({exc.strerror or first_line(exc)}); "
                               f"the {len(outcome.written)} photo(s) are in {out_dir}") from None
     return outcome

@@ -44,8 +44,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], durable: 
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:  # a full disk fails in write or fsync, which name
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # no file: name the one it was
+        # A full disk fails in write or fsync, which name no file: name the one it was. An error with no errno
+        # (Pillow's encoder: "broken data stream") has only its message, which a rewrap would lose.
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     if durable:
         fsync_path(path.parent)  # the rename itself survives a power cut only once its folder is on disk
