@@ -442,6 +442,26 @@ def test_a_model_that_gives_nan_is_a_one_line_500_on_both_photo_routes(model_dir
         schema["paths"]["/predict"]["post"]["responses"])
 
 
+def test_a_photo_too_long_for_jpeg_asked_as_jpeg_is_a_422_before_decoding(model_dir: Path) -> None:
+    # Pillow's JPEG encoder fails past 65,500 px with "broken data stream": it was a bare 500 after the whole work.
+    import uvicorn
+
+    port = free_port()
+    settings = ServeSettings(max_upload_bytes=MAX_BYTES, max_pixels=50_000_000, concurrency=1, port=port)
+    server = uvicorn.Config(create_app(settings, model_dir), host="127.0.0.1", port=port, log_level="critical")
+    long = encode(Image.new("L", (65_501, 656), 120), "PNG")  # 43 Mpx, a few KB, within 100:1
+    with serving(server), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        t0 = time.perf_counter()
+        answers = [c.post("/colorize", files={"file": ("pano.png", long)}, data={"format": "jpeg"}),
+                   c.post("/predict", json={"instances": [{"b64": base64.b64encode(long).decode()}],
+                                            "parameters": {"format": "jpeg"}})]
+        seconds = time.perf_counter() - t0
+    for answer in answers:
+        assert (answer.status_code, answer.headers["content-type"]) == (422, "application/json")
+        assert answer.json()["detail"].endswith("65501 px wide is beyond JPEG's 65,500 px; ask for png")
+    assert seconds < 5  # refused from the header: 43 Mpx were never decoded
+
+
 def test_sniffing_and_negotiation_units() -> None:
     assert sniff_image_format(CAMERA_JPEG) == "JPEG"
     assert sniff_image_format(encode(Image.new("RGB", (4, 4)), "WEBP")) == "WEBP"

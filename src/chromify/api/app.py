@@ -40,7 +40,7 @@ from pydantic import BaseModel
 
 from chromify.api.docs_page import render_docs_page
 from chromify.api.settings import ServeSettings
-from chromify.colorize import encode_image
+from chromify.colorize import check_encodable, encode_image
 from chromify.decode import MAX_ASPECT, open_checked, to_srgb
 from chromify.errors import InputImageError, ModelLoadError
 
@@ -294,6 +294,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
         img = open_checked(data, name, settings.max_pixels, MAX_ASPECT)
         if {"MPO": "JPEG"}.get(img.format, img.format) != kind:  # MPO: a JPEG with extra frames
             raise InputImageError(name, f"content looks like {kind} but decodes as {img.format}")
+        check_encodable(*img.size, fmt, name, "ask for png")  # a side too long for JPEG, before any decoding
         rgb = np.asarray(to_srgb(img, name))
         del img
         out = colorizer.colorize_rgb(rgb)
