@@ -87,3 +87,13 @@ def test_the_widest_photo_shape_still_colorizes_and_ingest_judges_shape_itself()
     assert decode_rgb(_png(Image.new("L", (MAX_ASPECT, 1), 100)), "p.png", 10**6, max_aspect=MAX_ASPECT).size == (
         MAX_ASPECT, 1)
     assert open_checked(_png(Image.new("L", (10 * MAX_ASPECT, 2), 100)), "p.png", 10**6).size == (1000, 2)
+
+
+def test_a_format_we_do_not_read_is_named_not_called_no_image():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, "GIF")
+    with pytest.raises(InputImageError, match=r"^scan.jpg: not an image we read \(GIF; JPEG, PNG, WebP, BMP and TIFF "
+                                              r"are\)$"):
+        open_checked(buf.getvalue(), "scan.jpg", 10**6)
+    with pytest.raises(InputImageError, match=r"^notes.png: not an image \(unrecognised format\)$"):
+        open_checked(b"just some text", "notes.png", 10**6)

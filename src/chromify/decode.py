@@ -22,6 +22,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Only the decoders photos need: PIL would otherwise also try EPS (Ghostscript), PSD, ICO and others
 # on a file that merely carries an image suffix.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # JPEG includes MPO (multi-picture) files
+# Image formats users do have, named when refused so that "not an image" does not puzzle them.
+OTHER_FORMATS = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+                 (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"), (b"%!PS", "PostScript"), (b"%PDF", "PDF"))
 FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 EXIF_ORIENTATION = 0x0112
 # Long side over short side beyond which a file is not taken for a photo when colorizing: a 39,000,000 × 1 px
@@ -79,7 +82,9 @@ def open_checked(data: bytes, name: str, max_pixels: int, max_aspect: float | No
         raise  # the machine's trouble, not the file's (as in to_srgb)
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes means "not an image we can read"
         if isinstance(exc, Image.UnidentifiedImageError):
-            raise InputImageError(name, "not an image (unrecognised format)") from None
+            kind = next((k for magic, k in OTHER_FORMATS if data.startswith(magic)), None)
+            raise InputImageError(name, f"not an image we read ({kind}; JPEG, PNG, WebP, BMP and TIFF are)" if kind
+                                  else "not an image (unrecognised format)") from None
         raise InputImageError(name, f"unreadable image header ({exc or type(exc).__name__})") from None
     w, h = img.size
     if w <= 0 or h <= 0:
