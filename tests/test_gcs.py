@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from chromify import gcs
 from chromify.config import IngestParams
-from chromify.errors import ConfigError
+from chromify.errors import ChromifyError, ConfigError
 from chromify.ingest import ingest, read_manifest
 
 
@@ -27,12 +33,12 @@ def gcs_server():
     server.start()
     # The wrapper never reads the server's stderr: once the pipe fills (~380 requests) the server blocks.
     threading.Thread(target=lambda: [None for _ in server._process.stderr], daemon=True).start()
-    gcs.client.cache_clear()
+    gcs.fresh()
     try:
         yield server
     finally:
         server.stop()
-        gcs.client.cache_clear()
+        gcs.fresh()
 
 
 @pytest.fixture(scope="module")
@@ -116,20 +122,23 @@ def storage_at(monkeypatch):
 
     def point(url: str) -> None:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
-        gcs.client.cache_clear()
+        gcs.fresh()
 
     yield point
-    gcs.client.cache_clear()  # before monkeypatch restores the emulator's address
+    gcs.fresh()  # before monkeypatch restores the emulator's address
 
 
 @contextmanager
-def gcs_answering(status: int):
-    """A stand-in for GCS on 127.0.0.1 answering every request with `status` and GCS's JSON error body."""
+def gcs_answering(status: int, paths: list[str] | None = None):
+    """A stand-in for GCS on 127.0.0.1 answering every request with `status` and GCS's JSON error body; the path
+    of each request is appended to `paths`."""
     body = json.dumps({"error": {"code": status, "message": "Anonymous caller does not have storage.objects.list "
                                  "access to the Google Cloud Storage bucket."}}).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if paths is not None:
+                paths.append(self.path.split("?")[0])
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -177,16 +186,25 @@ def test_http_errors_while_listing_are_one_line(storage_at, status, message):
     assert "\n" not in str(err.value)
 
 
-def test_reading_an_object_gives_up_at_the_same_deadline(storage_at):
-    # Listed, then unreachable: each object waited out the library's 120 s before ingest called it unreadable.
-    from google.api_core.exceptions import RetryError
-
-    with gcs_answering(503) as url:
+def test_reading_an_object_gives_up_at_the_same_deadline_once_a_run(storage_at, monkeypatch):
+    # Listed, then unreachable: each object waited out the library's 120 s before ingest called it unreadable, and
+    # then each of the others waited out its own deadline too (10,000 objects: hours before the run ended).
+    monkeypatch.setattr(gcs, "RETRY_DEADLINE_S", 2.0)  # a retry or two, 0-1 s apart
+    paths: list[str] = []
+    with gcs_answering(503, paths) as url:
         storage_at(url)
         start = time.monotonic()
-        with pytest.raises(RetryError):
+        with pytest.raises(ChromifyError, match=r"^gs://photos/colour/a.jpg: HTTP 503: .* \(gave up after 2 s of "
+                                                r"retries; later reads in this run are not retried\)$"):
             gcs.read_gcs_bytes("gs://photos/colour/a.jpg", "1")
-    assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 5
+        with pytest.raises(ChromifyError, match=r"^gs://photos/colour/b.jpg: HTTP 503: "):
+            gcs.read_gcs_bytes("gs://photos/colour/b.jpg", "1")
+        gcs.fresh()  # the next run tries afresh
+        with pytest.raises(ChromifyError, match="gave up after 2 s"):
+            gcs.read_gcs_bytes("gs://photos/colour/c.jpg", "1")
+    tries = {name: sum(p.endswith(f"/o/colour%2F{name}") for p in paths) for name in ("a.jpg", "b.jpg", "c.jpg")}
+    assert tries["a.jpg"] >= 2 and tries["b.jpg"] == 1 and tries["c.jpg"] >= 2, paths
 
 
 def test_cli_says_so_in_one_line_and_exits_2(tmp_path, monkeypatch):
@@ -207,20 +225,82 @@ def test_a_named_but_unusable_key_file_is_said_not_read_anonymously(tmp_path, mo
 
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
-    gcs.client.cache_clear()
+    gcs.fresh()
     try:
         with pytest.raises(ConfigError, match=rf"GOOGLE_APPLICATION_CREDENTIALS={tmp_path}/missing-key.json: "
                                               r"unusable \(File .*missing-key.json was not found"):
             gcs.client()
     finally:
-        gcs.client.cache_clear()
+        gcs.fresh()
+
+
+def test_gzip_encoded_objects_are_read_once_and_a_gzip_bomb_is_refused_bounded(tmp_path, gcs_server):
+    """`gsutil cp -Z` stores objects gzip-encoded: listed at the compressed size, served expanded. They were read
+    again on every run (the stored copy's size never matched the listing's), and the size cap was judged on the
+    compressed size, so 200 MiB of zeros listed at 0.2 MiB was read whole."""
+    import gzip
+
+    bkt = gcs.client().create_bucket("chromify-gzip")
+    photos = {}
+    for i, colour in enumerate(((200, 40, 30), (20, 90, 200))):
+        rgb = np.zeros((96, 128, 3), np.uint8)
+        rgb[...] = colour
+        rgb[:, :, 1] = np.arange(128, dtype=np.uint8)[None] + 40 * i  # some texture: not a flat square
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, "BMP")
+        photos[f"{i}.bmp"] = buf.getvalue()
+    for name, data in {**photos, "bomb.bmp": bytes(70 << 20)}.items():
+        blob = bkt.blob(f"p/{name}")
+        blob.content_encoding = "gzip"
+        blob.upload_from_string(gzip.compress(data), content_type="image/bmp")
+    p = IngestParams(source="gs://chromify-gzip/p", out_dir=str(tmp_path / "raw"), max_pixels=100_000)  # 64 MiB cap
+
+    first = ingest(p, tmp_path / "reports", workers=1)
+    rows = {r["uri"]: r for r in read_manifest(tmp_path / "raw")}
+    assert sorted(rows) == ["gs://chromify-gzip/p/0.bmp", "gs://chromify-gzip/p/1.bmp"]
+    for name, data in photos.items():  # stored expanded, as the photo it is
+        assert (tmp_path / "raw" / rows[f"gs://chromify-gzip/p/{name}"]["path"]).read_bytes() == data
+    with open(tmp_path / "reports" / "ingest_rejects.csv", encoding="utf-8", newline="") as f:
+        rejects = [(r["path"], r["reason"], r["detail"]) for r in csv.DictReader(f)]
+    assert rejects == [("gs://chromify-gzip/p/bomb.bmp", "too_large", "gzip-encoded, expands past 67,108,864 bytes, "
+                        "more than a photo of at most 100,000 pixels takes: not kept")]
+    assert first["decoded_this_run"] == 3
+    assert ingest(p, tmp_path / "reports", workers=1)["decoded_this_run"] == 0
+
+
+def test_a_listing_with_no_images_writes_nothing(tmp_path, bucket):
+    # A mistyped prefix emptied the manifest and the facts cache: the next, right run read every photo again.
+    p = IngestParams(source="gs://chromify-photos/incoming", out_dir=str(tmp_path / "raw"))
+    ingest(p, tmp_path / "reports", workers=1)
+    kept = {f: (tmp_path / "raw" / f).read_bytes() for f in ("manifest.parquet", "rejects.parquet")}
+    with pytest.raises(ConfigError, match=r"^ingest.source gs://chromify-photos/incomng: no image files \(by "
+                                          r"suffix: .jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff\); nothing was "
+                                          r"written$"):
+        ingest(replace(p, source="gs://chromify-photos/incomng"), tmp_path / "reports", workers=1)
+    assert {f: (tmp_path / "raw" / f).read_bytes() for f in kept} == kept
+    assert ingest(p, tmp_path / "reports", workers=1)["decoded_this_run"] == 0
+
+
+def test_application_default_credentials_without_a_project_still_make_a_client(tmp_path):
+    """`gcloud auth application-default login` writes no project; with no gcloud default project (a container with
+    the file mounted) the client's project inference raised OSError: a 58-line traceback for every bucket."""
+    config = tmp_path / "gcloud"
+    config.mkdir()
+    (config / "application_default_credentials.json").write_text(json.dumps(
+        {"type": "authorized_user", "client_id": "id.apps.googleusercontent.com", "client_secret": "not-a-secret",
+         "refresh_token": "not-a-token"}))
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT")}
+    env.update(CLOUDSDK_CONFIG=str(config), NO_GCE_CHECK="True")
+    proc = subprocess.run([sys.executable, "-c", "from chromify import gcs; c = gcs.client(); "
+                           "print(type(c._credentials).__module__, c.project)"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "google.oauth2.credentials None\n", "")
 
 
 def test_an_object_is_read_at_the_generation_that_was_listed(gcs_server):
     """Overwritten between the listing and the read: the listed generation is refused rather than the new bytes
     read under the old stamp (which would leave a manifest row whose hash no re-run ever corrects)."""
-    from google.api_core.exceptions import NotFound
-
     blob = gcs.client().create_bucket("chromify-generations").blob("photo.jpg")
     blob.upload_from_string(b"first")
     blob.reload()
@@ -228,6 +308,7 @@ def test_an_object_is_read_at_the_generation_that_was_listed(gcs_server):
     assert gcs.read_gcs_bytes("gs://chromify-generations/photo.jpg", listed) == b"first"
     blob.upload_from_string(b"second")
     blob.reload()
-    with pytest.raises(NotFound):
+    with pytest.raises(ChromifyError, match=r"^gs://chromify-generations/photo.jpg: changed or deleted since the "
+                                            r"listing; read again on the next run$"):
         gcs.read_gcs_bytes("gs://chromify-generations/photo.jpg", listed)
     assert gcs.read_gcs_bytes("gs://chromify-generations/photo.jpg", str(blob.generation)) == b"second"

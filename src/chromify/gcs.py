@@ -7,7 +7,7 @@ import re
 from functools import lru_cache
 
 from chromify.decode import IMAGE_SUFFIXES
-from chromify.errors import ConfigError
+from chromify.errors import ChromifyError, ConfigError
 
 BUCKET_NAME_RULE = ("3-63 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit; "
                     "up to 222 with dots, 63 between dots")
@@ -44,7 +44,9 @@ def client():
     from google.cloud import storage
 
     try:
-        return storage.Client()
+        # Listing and reading need no project; inferring one fails (OSError) for the ADC file that
+        # `gcloud auth application-default login` writes when gcloud has no default project.
+        return storage.Client(project=None)
     except DefaultCredentialsError as exc:
         key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
         if key:  # named, but unusable: reading anonymously would hide the mistake behind an "access denied"
@@ -74,7 +76,8 @@ def list_gcs_images(uri: str) -> list:
                                         retry=DEFAULT_RETRY.with_timeout(RETRY_DEADLINE_S)):
             if blob.name.endswith("/") or not blob.name.lower().endswith(IMAGE_SUFFIXES):
                 continue
-            files.append(SourceFile(f"gs://{bucket}/{blob.name}", int(blob.size or 0), str(blob.generation)))
+            files.append(SourceFile(f"gs://{bucket}/{blob.name}", int(blob.size or 0), str(blob.generation),
+                                    gzip=blob.content_encoding == "gzip"))
     except (GoogleAPIError, GoogleAuthError, RequestException) as exc:
         raise _listing_error(uri, bucket, exc) from exc
     return sorted(files, key=lambda f: f.uri)
@@ -104,19 +107,69 @@ def _cause(exc: Exception) -> str:
     """The innermost reason, on one line: requests wraps urllib3's in a long 'Max retries exceeded with url' text."""
     from google.api_core.exceptions import GoogleAPICallError
 
+    response = getattr(exc, "response", None)  # a download's InvalidResponse: its first arg says only "failed"
     if isinstance(exc, GoogleAPICallError):
         text = f"HTTP {exc.code}: {exc.message}" if exc.code else exc.message
+    elif getattr(response, "status_code", None):
+        text = f"HTTP {response.status_code}: {response.reason}"
     else:
         first = exc.args[0] if exc.args else exc
         text = str(getattr(first, "reason", None) or first)
     return " ".join(text.split()) or type(exc).__name__
 
 
-def read_gcs_bytes(uri: str, generation: str | None = None) -> bytes:
-    """The object's bytes; with `generation`, exactly the version that was listed (an overwrite raises NotFound)."""
+# Set once a read in this process gave up after RETRY_DEADLINE_S: the bucket is gone for now (network down), and
+# the reads after it fail at once instead of each waiting out its own deadline (10,000 objects: hours).
+_gave_up = False
+
+
+def fresh() -> None:
+    """Forget this process's client and any outage seen: at the start of each ingest run and in each forked worker
+    (HTTP connections must not cross a fork)."""
+    global _gave_up
+    client.cache_clear()
+    _gave_up = False
+
+
+class TooLarge(ChromifyError):
+    """A gzip-encoded object expands past the reader's limit (it was listed at its compressed size)."""
+
+
+def read_gcs_bytes(uri: str, generation: str | None = None, gzip: bool = False, limit: int | None = None) -> bytes:
+    """The object's bytes; with `generation`, exactly the version that was listed (an overwrite is an error).
+
+    A gzip-encoded object (`gsutil cp -Z`) is fetched as stored and expanded here, at most `limit` bytes of it.
+    Errors are ChromifyErrors of one line.
+    """
+    global _gave_up
+    import zlib
+
+    from google.api_core import exceptions
+    from google.auth.exceptions import GoogleAuthError
+    from google.cloud.storage.retry import DEFAULT_RETRY
+    from requests.exceptions import RequestException
+
     bucket, name = split_uri(uri)
     gen = int(generation) if generation and generation.isdigit() else None
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    return client().bucket(bucket).blob(name, generation=gen).download_as_bytes(
-        timeout=REQUEST_TIMEOUT_S, retry=DEFAULT_RETRY.with_timeout(RETRY_DEADLINE_S))
+    retry = DEFAULT_RETRY.with_timeout(RETRY_DEADLINE_S) if not _gave_up else None
+    try:
+        data = client().bucket(bucket).blob(name, generation=gen).download_as_bytes(
+            timeout=REQUEST_TIMEOUT_S, retry=retry, raw_download=gzip)
+    except exceptions.NotFound:
+        raise ChromifyError(f"{uri}: changed or deleted since the listing; read again on the next run") from None
+    except exceptions.RetryError as exc:
+        _gave_up = True
+        raise ChromifyError(f"{uri}: {_cause(exc.cause or exc)} (gave up after {RETRY_DEADLINE_S:g} s of retries; "
+                            "later reads in this run are not retried)") from None
+    except (exceptions.GoogleAPIError, GoogleAuthError, RequestException) as exc:
+        raise ChromifyError(f"{uri}: {_cause(exc)}") from None
+    if not gzip:
+        return data
+    expand = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    try:
+        out = expand.decompress(data, (limit or 1 << 62) + 1)
+    except zlib.error as exc:
+        raise ChromifyError(f"{uri}: stored gzip-encoded, but does not expand ({exc})") from None
+    if limit is not None and len(out) > limit:
+        raise TooLarge(f"{uri}: expands past {limit:,} bytes")
+    return out

@@ -37,6 +37,7 @@ from chromify.decode import (
     to_srgb,
 )
 from chromify.errors import ChromifyError, ConfigError, InputImageError, first_line
+from chromify.gcs import TooLarge
 from chromify.io import atomic_write
 from chromify.lab import AB_OFFSET
 from chromify.progress import Progress
@@ -81,6 +82,7 @@ class SourceFile:
     size: int
     stamp: str  # changes whenever the content may have: mtime_ns locally, generation on GCS
     local_path: str | None = None
+    gzip: bool = False  # a GCS object stored gzip-encoded: `size` is the compressed size, not the photo's
 
 
 @dataclass
@@ -203,12 +205,13 @@ def _images_in(root: Path) -> list[Path]:
     return [p for p in _walk_files(root)[0] if _is_image_name(p)]
 
 
-def read_source_bytes(f: SourceFile) -> bytes:
+def read_source_bytes(f: SourceFile, limit: int | None = None) -> bytes:
+    """The file's bytes; `limit` bounds what a gzip-encoded object may expand to (gcs.TooLarge past it)."""
     if f.local_path is not None:
         return Path(f.local_path).read_bytes()
     from chromify.gcs import read_gcs_bytes
 
-    return read_gcs_bytes(f.uri, f.stamp)
+    return read_gcs_bytes(f.uri, f.stamp, gzip=f.gzip, limit=limit)
 
 
 def split_for(sha256: str, val_fraction: float, test_fraction: float) -> str:
@@ -291,12 +294,12 @@ def judge(f: Facts, p: IngestParams) -> tuple[str | None, str]:
     return None, ""
 
 
-def _needs_decode(f: Facts, p: IngestParams, size: int) -> bool:
+def _needs_decode(f: Facts, p: IngestParams, size: int | None) -> bool:
     """A cached file must be read again when a threshold change could now accept what was never stored."""
     if f.error in FILE_REASONS:
         return False
-    if f.error == "too_large":  # refused unread from its size; read now if a raised max_pixels lets it in
-        return size <= byte_cap(p.max_pixels)
+    if f.error == "too_large":  # refused unread from its size; read now if a raised max_pixels lets it in (a
+        return size is not None and size <= byte_cap(p.max_pixels)  # gzip bomb's expanded size is never known)
     if f.error == "too_many_pixels":  # refused from the header; accepted now only if the limit rose above it
         return 0 < f.width * f.height <= p.max_pixels or (f.width == 0 and p.max_pixels > pil_hard_limit())
     if not f.path:  # decoded, but its bytes were not kept (e.g. unreadable before, or an older manifest)
@@ -315,9 +318,11 @@ def _store(data: bytes, out_dir: Path, sha: str, fmt: str) -> str:
     return rel.as_posix()
 
 
-def _stored_ok(path: Path, size: int) -> bool:
+def _stored_ok(path: Path, size: int | None) -> bool:
+    """The stored copy is there, at the source's size where that is known (not for gzip-encoded objects: preprocess
+    checks every copy's sha256 anyway)."""
     try:
-        return path.stat().st_size == size
+        return size is None or path.stat().st_size == size
     except OSError:
         return False
 
@@ -333,7 +338,10 @@ def _inspect_task(args: tuple[SourceFile, str, int]) -> tuple[SourceFile, Facts]
         return f, Facts(error="too_large", detail=f"{f.size:,} bytes > {byte_cap(max_pixels):,}, more than a photo "
                                                   f"of at most {max_pixels:,} pixels takes: not read")
     try:
-        data = read_source_bytes(f)
+        data = read_source_bytes(f, byte_cap(max_pixels))
+    except TooLarge:
+        return f, Facts(error="too_large", detail=f"gzip-encoded, expands past {byte_cap(max_pixels):,} bytes, more "
+                                                  f"than a photo of at most {max_pixels:,} pixels takes: not kept")
     except (OSError, ChromifyError) as exc:
         return f, Facts(error="unreadable", detail=f"cannot read ({exc})")
     except Exception as exc:  # noqa: BLE001 - e.g. a GCS transport error: report the file, keep ingesting
@@ -351,7 +359,7 @@ def _inspect_task(args: tuple[SourceFile, str, int]) -> tuple[SourceFile, Facts]
 def _worker_init() -> None:
     from chromify import gcs
 
-    gcs.client.cache_clear()  # a forked worker must not share the parent's HTTP connections
+    gcs.fresh()
 
 
 @contextmanager
@@ -437,7 +445,14 @@ def ingest(p: IngestParams, reports_dir: str | Path = "reports", workers: int | 
 
     out, reports = Path(p.out_dir), Path(reports_dir)
     manifest_path, rejects_path = out / "manifest.parquet", out / "rejects.parquet"
+    if p.source.startswith("gs://"):
+        from chromify import gcs
+
+        gcs.fresh()  # a bucket that was unreachable in an earlier run of this process is tried afresh
     listing = _list(p.source)
+    if not listing.files:  # a mistyped prefix, say: the earlier run's manifest and facts are kept, not emptied
+        raise ConfigError(f"ingest.source {p.source}: no image files (by suffix: "
+                          f"{', '.join(IMAGE_SUFFIXES)}); nothing was written")
     cache = {**_read_rows(rejects_path), **_read_rows(manifest_path)}
 
     known: list[tuple[SourceFile, Facts]] = []
@@ -445,8 +460,8 @@ def ingest(p: IngestParams, reports_dir: str | Path = "reports", workers: int | 
     for f in listing.files:
         row = cache.get((f.uri, f.size, f.stamp))
         facts = _facts_from_row(row) if row is not None else None
-        if facts is None or facts.error == "unreadable" or _needs_decode(facts, p, f.size) or \
-                (facts.path and not _stored_ok(out / facts.path, f.size)):
+        if facts is None or facts.error == "unreadable" or _needs_decode(facts, p, None if f.gzip else f.size) or \
+                (facts.path and not _stored_ok(out / facts.path, None if f.gzip else f.size)):
             todo.append(f)
         else:
             known.append((f, facts))
