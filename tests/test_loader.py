@@ -134,6 +134,26 @@ def test_a_shard_that_disagrees_with_the_index_is_refused(tmp_path, small_shards
         ShardSet(tmp_path / "val")
 
 
+@pytest.mark.parametrize(("damage", "words"), [
+    (lambda text: "", "unreadable shard index (Expecting value: line 1 column 1 (char 0)); re-run preprocess"),
+    (lambda text: text[: len(text) // 2], "unreadable shard index ("),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "shape"}),
+     "damaged shard index (needs shape [3, S, S] and shards [{file, count}, ...]); re-run preprocess"),
+    (lambda text: json.dumps({**json.loads(text), "shards": [{"count": 1}]}), "damaged shard index ("),
+    (lambda text: "[]", "unknown shard format 'list'"),
+])
+def test_a_damaged_index_is_one_line_naming_it(tmp_path, small_shards, damage, words):
+    # An empty or cut index was a JSONDecodeError traceback, one without "shape" a KeyError.
+    import shutil
+
+    shutil.copytree(small_shards / "val", tmp_path / "val")
+    index = tmp_path / "val" / "index.json"
+    index.write_text(damage(index.read_text()))
+    with pytest.raises(DataError) as err:
+        ShardSet(tmp_path / "val")
+    assert str(err.value).startswith(f"{index}: {words}") and "\n" not in str(err.value)
+
+
 def test_model_tensors_are_the_stored_lab_in_the_models_units():
     """L/100 and ab/128, the units the losses, the bins and the decode assume: 8-bit ab 128 is gray (0.0)."""
     import torch

@@ -169,6 +169,17 @@ def test_a_dry_run_never_replaces_a_real_run(trained, shard_dir, tmp_path) -> No
     assert not (tmp_path / "models").exists() and not (tmp_path / "reports").exists()
     assert {f.name: f.read_bytes() for f in real.iterdir()} == before
     shutil.rmtree(scratch)
+    # --out an empty folder: the reports and curves go there too, not over the real run's in ./reports, ./dvclive
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "train_history.json").write_text("the real run's")
+    proc = subprocess.run(cli + ["--dry-run", "--out", str(tmp_path / "wiring")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"dry run: reports and curves in {tmp_path / 'wiring'}" in proc.stderr
+    assert (tmp_path / "wiring" / "reports" / "train_history.json").is_file()
+    assert (tmp_path / "reports" / "train_history.json").read_text() == "the real run's"
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["train_history.json"]
+    assert not (tmp_path / "dvclive").exists()
 
 
 def test_a_damaged_checkpoint_is_one_line_not_a_traceback(trained, tmp_path) -> None:
@@ -804,6 +815,65 @@ def test_a_gan_run_below_the_patchgans_smallest_side_is_refused_before_its_first
                                           r"run trains at 16 px \(train.resolution, train.crop\)$"):
         train(shard_dir, tmp_path / "model", MODEL, p, seed=SEED)
     assert not (tmp_path / "model" / CHECKPOINT).exists()
+
+
+def test_a_batch_that_leaves_batchnorm_one_value_a_channel_is_refused_before_its_first_step(shard_dir,
+                                                                                          tmp_path) -> None:
+    # A batch of 1 at a 1x1 bottleneck: torch's ValueError at the first step, in a traceback.
+    p = replace(BASE, batch_size=1, resolution=4)
+    with pytest.raises(ConfigError, match=r"^a batch of 1 at 4 px leaves BatchNorm one value a channel at the 1x1 "
+                                          r"bottleneck: raise train.batch_size \(per process\) or the training "
+                                          r"size, or set model.norm: group$"):
+        train(shard_dir, tmp_path / "model", MODEL, p, seed=SEED)
+    assert not (tmp_path / "model" / CHECKPOINT).exists()
+    # Group norm has no batch statistics: the same run trains.
+    assert train(shard_dir, tmp_path / "group", replace(MODEL, norm="group"), replace(p, max_steps=2),
+                 seed=SEED)["step"] == 2
+
+
+def test_a_signal_during_the_last_epochs_validation_still_stops_the_run(shard_dir, tmp_path, monkeypatch) -> None:
+    # The flag was read only before the next batch, and after the last epoch there is none: the run went on through
+    # the decode search and the export, and exited 0 as if never asked to stop.
+    import signal
+
+    import chromify.train.loop as loop
+
+    def validate_then_ctrl_c(*args, **kwargs):
+        result = validate(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the run's own handler takes it (Ctrl-C, mid-validation)
+        return result
+
+    monkeypatch.setattr(loop, "validate", validate_then_ctrl_c)
+    p = replace(BASE, epochs=1, max_steps=0)
+    with pytest.raises(SystemExit) as stopped:
+        train(shard_dir, tmp_path / "model", MODEL, p, seed=SEED)
+    assert stopped.value.code == 130
+    assert (tmp_path / "model" / CHECKPOINT).exists() and not (tmp_path / "model" / "model.safetensors").exists()
+    monkeypatch.setattr(loop, "validate", validate)
+    resumed = train(shard_dir, tmp_path / "model", MODEL, p, seed=SEED)  # the re-run finishes from the checkpoint
+    assert resumed["epochs"] == 1 and (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_an_export_cut_between_its_two_files_is_refused_at_load(tmp_path) -> None:
+    # New weights beside the previous export's config.json (Ctrl-C between the two writes) loaded as the old
+    # architecture's model, or failed with a state-dict mismatch that said nothing of why.
+    import torch
+    from safetensors.torch import save
+
+    from chromify.errors import ModelLoadError
+    from chromify.models import get_model
+    from chromify.train.checkpoint import export_model
+
+    small = get_model("unet_s", base_width=4, depth=2)
+    export_model(tmp_path, small, {"arch": "unet_s", "model": {"base_width": 4, "depth": 2}, "size": 32})
+    loaded, config = load_model(tmp_path)
+    assert len(config["weights_sha256"]) == 64
+    torch.manual_seed(1)
+    other = get_model("unet_s", base_width=4, depth=2)  # same shapes, other values: only the hash can tell
+    (tmp_path / "model.safetensors").write_bytes(save({k: v.contiguous() for k, v in other.state_dict().items()}))
+    with pytest.raises(ModelLoadError, match=r"model.safetensors is not the one config.json was written with \(an "
+                                             r"export that was cut short\?\); re-run training to export again$"):
+        load_model(tmp_path)
 
 
 def test_the_resolved_params_are_written_while_the_lock_is_held(shard_dir, tmp_path, monkeypatch) -> None:

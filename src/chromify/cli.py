@@ -125,6 +125,9 @@ def train(params: ParamsOpt = DEFAULT_PARAMS, data: Path = Path("data/processed"
             from chromify.errors import ConfigError
 
             raise ConfigError(f"{out}: holds a checkpoint a --dry-run would replace; name an empty --out")
+        elif reports == Path("reports"):  # nor the real run's curves, which a resumed run would then append to
+            reports = out / "reports"
+            typer.echo(f"dry run: reports and curves in {out}", err=True)
     result = run_train(p, data, out or Path(p.train.out_dir), reports, progress=True)
     from chromify.stages import is_rank_zero
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from chromify.decode import DECODER_PIL, load_square, read_bytes
-from chromify.errors import DataError, InputImageError
+from chromify.errors import DataError, InputImageError, first_line
 from chromify.io import atomic_write_json, exclusive_lock, file_sha256
 from chromify.lab import AB_OFFSET, L_SCALE
 from chromify.progress import Progress
@@ -440,9 +440,20 @@ def read_index(split_dir: str | Path) -> dict:
     path = Path(split_dir) / "index.json"
     if not path.exists():
         raise DataError(f"{path}: no shard index; run `chromify preprocess` first")
-    index = json.loads(path.read_text())
-    if index.get("format") != FORMAT:
-        raise DataError(f"{path}: unknown shard format {index.get('format')!r}")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # a JSONDecodeError or UnicodeDecodeError is a ValueError
+        raise DataError(f"{path}: unreadable shard index ({first_line(exc)}); re-run preprocess") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise DataError(f"{path}: unknown shard format {found!r}")
+    shards = index.get("shards")
+    shape = index.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and n > 0 for n in shape)
+            and isinstance(shards, list) and all(isinstance(e, dict) and isinstance(e.get("file"), str)
+                                                 and type(e.get("count")) is int for e in shards)):
+        raise DataError(f"{path}: damaged shard index (needs shape [3, S, S] and shards [{{file, count}}, ...]); "
+                        "re-run preprocess")
     return index
 
 

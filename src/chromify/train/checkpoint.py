@@ -23,7 +23,7 @@ import torch
 
 from chromify.config import ModelParams, TrainParams
 from chromify.errors import ConfigError, DataError, ModelLoadError, OutputBusyError, first_line
-from chromify.io import atomic_write, atomic_write_json, exclusive_lock
+from chromify.io import atomic_write, atomic_write_json, exclusive_lock, file_sha256
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "chromify-train-checkpoint-v1"
@@ -151,14 +151,18 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def export_model(out_dir: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
-    """Write the serving artefact: weights as safetensors and the architecture as JSON."""
+    """Write the serving artefact: weights as safetensors and the architecture as JSON.
+
+    config.json, written second, records the weights' sha256: an export cut between the two files leaves new weights
+    beside the last export's config, which load_model then refuses instead of loading a mismatched pair.
+    """
     from safetensors.torch import save
 
     out_dir = Path(out_dir)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     data = save(tensors)
     atomic_write(out_dir / WEIGHTS, lambda f: f.write(data))
-    atomic_write_json(out_dir / CONFIG, config)
+    atomic_write_json(out_dir / CONFIG, {**config, "weights_sha256": hashlib.sha256(data).hexdigest()})
 
 
 def load_model(model_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -172,6 +176,10 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
         raise ModelLoadError(f"{model_dir}: not a model directory (needs {WEIGHTS} and {CONFIG})")
     try:
         config = json.loads((model_dir / CONFIG).read_text())
+        recorded = config.get("weights_sha256")  # absent in models exported before it was recorded
+        if recorded is not None and file_sha256(model_dir / WEIGHTS) != recorded:
+            raise ModelLoadError(f"{model_dir}: {WEIGHTS} is not the one {CONFIG} was written with (an export "
+                                 "that was cut short?); re-run training to export again")
         # The trained weights replace any ImageNet ones, so do not go looking for those.
         model = get_model(config["arch"], **{**config["model"], "pretrained": False})
         model.load_state_dict(load_file(model_dir / WEIGHTS, device="cpu"))

@@ -285,6 +285,11 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         for what, size in checked:
             if size % model.multiple:
                 raise ConfigError(f"{what} {size} must divide by {model.multiple} for {mp.arch} at depth {mp.depth}")
+        bottleneck = (p.resolution or crop) // model.multiple
+        if mp.norm == "batch" and batch_size * bottleneck ** 2 < 2:  # torch refuses it at the first step, mid-traceback
+            raise ConfigError(f"a batch of {batch_size} at {p.resolution or crop} px leaves BatchNorm one value a "
+                              f"channel at the {bottleneck}x{bottleneck} bottleneck: raise train.batch_size (per "
+                              "process) or the training size, or set model.norm: group")
         if p.gan_weight and (p.resolution or crop) < MIN_GAN_SIDE:  # else it fails once the adversarial phase starts
             raise ConfigError(f"train.gan_weight: the PatchGAN needs images of at least {MIN_GAN_SIDE} px, and this "
                               f"run trains at {p.resolution or crop} px (train.resolution, train.crop)")
@@ -463,6 +468,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                         best = {"val_psnr_ab": row["val_psnr_ab"], "step": step,
                                 "model": {k: v.detach().to("cpu", copy=True) for k, v in shown.state_dict().items()}}
                     emit("epoch", {**row, "samples": preview(shown, val_set, env.device, resolution=p.resolution)})
+            if not interrupted:  # a signal during the last epoch's validation, which no next batch would see
+                interrupted = int(distributed.agree_max(env, [float(stop["signal"])])[0])
             if interrupted:
                 # Still under this run's handlers, and no rank leaves before the checkpoint is written: the first
                 # rank to exit makes torchrun SIGTERM the others, which would kill rank 0 mid-save.
