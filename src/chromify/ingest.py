@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from chromify import gcs
 from chromify.config import IngestParams
 from chromify.decode import (
     DECODER_PIL,
@@ -37,7 +38,6 @@ from chromify.decode import (
     to_srgb,
 )
 from chromify.errors import ChromifyError, ConfigError, InputImageError, first_line
-from chromify.gcs import TooLarge
 from chromify.io import atomic_write
 from chromify.lab import AB_OFFSET
 from chromify.progress import Progress
@@ -175,9 +175,7 @@ def _list(source: str) -> Listing:
     if source == "sample":
         return Listing([_local_file(p) for p in sample_paths()], {}, [])
     if source.startswith("gs://"):
-        from chromify.gcs import list_gcs_images
-
-        return Listing(list_gcs_images(source), {}, [])
+        return Listing(gcs.list_gcs_images(source), {}, [])
     root = Path(source).expanduser()
     if not root.is_dir():
         raise ConfigError(f"ingest.source: {source}: not a folder, 'sample' or gs:// URI")
@@ -209,9 +207,7 @@ def read_source_bytes(f: SourceFile, limit: int | None = None) -> bytes:
     """The file's bytes; `limit` bounds what a gzip-encoded object may expand to (gcs.TooLarge past it)."""
     if f.local_path is not None:
         return Path(f.local_path).read_bytes()
-    from chromify.gcs import read_gcs_bytes
-
-    return read_gcs_bytes(f.uri, f.stamp, gzip=f.gzip, limit=limit)
+    return gcs.read_gcs_bytes(f.uri, f.stamp, gzip=f.gzip, limit=limit)
 
 
 def split_for(sha256: str, val_fraction: float, test_fraction: float) -> str:
@@ -339,7 +335,7 @@ def _inspect_task(args: tuple[SourceFile, str, int]) -> tuple[SourceFile, Facts]
                                                   f"of at most {max_pixels:,} pixels takes: not read")
     try:
         data = read_source_bytes(f, byte_cap(max_pixels))
-    except TooLarge:
+    except gcs.TooLarge:
         return f, Facts(error="too_large", detail=f"gzip-encoded, expands past {byte_cap(max_pixels):,} bytes, more "
                                                   f"than a photo of at most {max_pixels:,} pixels takes: not kept")
     except (OSError, ChromifyError) as exc:
@@ -357,8 +353,6 @@ def _inspect_task(args: tuple[SourceFile, str, int]) -> tuple[SourceFile, Facts]
 
 
 def _worker_init() -> None:
-    from chromify import gcs
-
     gcs.fresh()
 
 
@@ -446,8 +440,6 @@ def ingest(p: IngestParams, reports_dir: str | Path = "reports", workers: int | 
     out, reports = Path(p.out_dir), Path(reports_dir)
     manifest_path, rejects_path = out / "manifest.parquet", out / "rejects.parquet"
     if p.source.startswith("gs://"):
-        from chromify import gcs
-
         gcs.fresh()  # a bucket that was unreachable in an earlier run of this process is tried afresh
     listing = _list(p.source)
     if not listing.files:  # a mistyped prefix, say: the earlier run's manifest and facts are kept, not emptied
