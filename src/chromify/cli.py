@@ -506,6 +506,17 @@ def _one_line(exc: BaseException) -> str | None:
     return None
 
 
+def _exit(code: int) -> None:
+    """sys.exit, but a rank of a torchrun job that stops early leaves at once, its output flushed: at interpreter
+    exit a gloo or TCPStore thread of the (already destroyed) process group could still be joinable, and C++ then
+    aborts ("terminate called without an active exception", exit -6) after the rank had said why it stopped."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point: ChromifyError → one line on stderr and exit 2; CHROMIFY_DEBUG=1 shows the traceback."""
     try:
@@ -517,10 +528,14 @@ def main() -> None:
         if os.environ.get("CHROMIFY_DEBUG"):
             traceback.print_exc()
         print(f"chromify: error: {line}", file=sys.stderr)
-        sys.exit(2)
+        _exit(2)
     except KeyboardInterrupt:
         print("chromify: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit(130)
+    except SystemExit as exc:  # typer's own exit, or training's 130 / 143 after a signal
+        if exc.code is not None and not isinstance(exc.code, int):
+            raise  # a message for Python to print
+        _exit(exc.code or 0)
 
 
 if __name__ == "__main__":
