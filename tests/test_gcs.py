@@ -268,6 +268,30 @@ def test_gzip_encoded_objects_are_read_once_and_a_gzip_bomb_is_refused_bounded(t
     assert ingest(p, tmp_path / "reports", workers=1)["decoded_this_run"] == 0
 
 
+def test_a_kaggle_layout_in_a_bucket_is_read_as_in_a_folder(tmp_path, gcs_server):
+    # The grayscale copies were downloaded, decoded and rejected one by one (twice the transfer), unpaired files
+    # went unreported, and a copy with a little colour noise above min_chroma would have become training data.
+    from skimage import data
+
+    bkt = gcs.client().create_bucket("chromify-kaggle")
+    for k, name in enumerate(("a", "b", "c")):
+        buf = io.BytesIO()
+        Image.fromarray(np.roll(data.coffee(), 40 * k, axis=1)).save(buf, "JPEG")
+        bkt.blob(f"set/train_color/{name}.jpg").upload_from_string(buf.getvalue())
+    for name in ("a", "b", "d"):
+        buf = io.BytesIO()
+        Image.fromarray(data.coffee()).convert("L").save(buf, "JPEG")
+        bkt.blob(f"set/train_black/{name}.jpg").upload_from_string(buf.getvalue())
+    p = IngestParams(source="gs://chromify-kaggle/set", out_dir=str(tmp_path / "raw"))
+    counts = ingest(p, tmp_path / "reports", workers=1)
+    assert (counts["accepted"], counts["rejected"], counts["decoded_this_run"]) == (3, 0, 3)
+    assert (counts["kaggle_pairs"], counts["kaggle_unpaired"]) == (1, 2)
+    with open(tmp_path / "reports" / "ingest_pairing.csv", encoding="utf-8", newline="") as f:
+        assert [(r["path"], r["problem"]) for r in csv.DictReader(f)] == [
+            ("gs://chromify-kaggle/set/train_color/c.jpg", "colour image without a grayscale copy"),
+            ("gs://chromify-kaggle/set/train_black/d.jpg", "grayscale copy without a colour image")]
+
+
 def test_a_listing_with_no_images_writes_nothing(tmp_path, bucket):
     # A mistyped prefix emptied the manifest and the facts cache: the next, right run read every photo again.
     p = IngestParams(source="gs://chromify-photos/incoming", out_dir=str(tmp_path / "raw"))

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -141,28 +141,37 @@ def _strip(name: str, words: tuple[str, ...]) -> str:
     return name
 
 
-def find_kaggle_pairs(root: Path) -> list[tuple[Path, Path]]:
-    """(colour dir, grayscale dir) sibling pairs, e.g. train_color/ + train_black/ or color/ + gray/."""
+def kaggle_layout(names: list[str]) -> tuple[set[str], list[tuple[str, str]], int]:
+    """For the image files of a source, as '/'-separated paths relative to it (a folder's or a bucket prefix's):
+    (the grayscale copies, which are not training data; [(path, problem)] for copies that do not pair up; the number
+    of colour/grayscale folder pairs, siblings such as train_color/ + train_black/ or color/ + gray/)."""
+    folders = {d for n in names for d in PurePosixPath(n).parents if d.name}
     pairs = []
-    for d in sorted(p for p in root.rglob("*") if p.is_dir()):
+    for d in sorted(folders):
         name = d.name.lower()
         if not any(w in name for w in _COLOUR_WORDS):
             continue
-        for sib in sorted(d.parent.iterdir()):
+        for sib in sorted(f for f in folders if f.parent == d.parent):
             sname = sib.name.lower()
-            if sib.is_dir() and any(w in sname for w in _GRAY_WORDS) and \
-                    _strip(sname, _GRAY_WORDS) == _strip(name, _COLOUR_WORDS):
+            if any(w in sname for w in _GRAY_WORDS) and _strip(sname, _GRAY_WORDS) == _strip(name, _COLOUR_WORDS):
                 pairs.append((d, sib))
                 break
-    return pairs
+    gray_copies: set[str] = set()
+    pairing: list[tuple[str, str]] = []
+    for colour_dir, gray_dir in pairs:
+        def under(folder: PurePosixPath) -> dict[str, str]:
+            return {PurePosixPath(n).relative_to(folder).with_suffix("").as_posix().lower(): n
+                    for n in names if PurePosixPath(n).is_relative_to(folder)}
+
+        colour, gray = under(colour_dir), under(gray_dir)
+        gray_copies |= set(gray.values())
+        pairing += [(colour[k], "colour image without a grayscale copy") for k in sorted(colour.keys() - gray)]
+        pairing += [(gray[k], "grayscale copy without a colour image") for k in sorted(gray.keys() - colour)]
+    return gray_copies, pairing, len(pairs)
 
 
 def _is_image_name(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _stem_key(p: Path, root: Path) -> str:
-    return p.relative_to(root).with_suffix("").as_posix().lower()
 
 
 def list_source(source: str) -> tuple[list[SourceFile], dict[str, int]]:
@@ -175,7 +184,10 @@ def _list(source: str) -> Listing:
     if source == "sample":
         return Listing([_local_file(p) for p in sample_paths()], {}, [])
     if source.startswith("gs://"):
-        return Listing(gcs.list_gcs_images(source), {}, [])
+        files = gcs.list_gcs_images(source)
+        bucket, prefix = gcs.split_uri(source)
+        root = f"gs://{bucket}/" + (prefix.rstrip("/") + "/" if prefix.strip("/") else "")
+        return _without_gray_copies(files, [f.uri[len(root):] for f in files], root, {})
     root = Path(source).expanduser()
     if not root.is_dir():
         raise ConfigError(f"ingest.source: {source}: not a folder, 'sample' or gs:// URI")
@@ -184,23 +196,18 @@ def _list(source: str) -> Listing:
         print(f"chromify: ingest: cannot list {folder}: its photos are left out", file=sys.stderr)
     images = [p for p in everything if _is_image_name(p)]
     notes = {"skipped_not_image_suffix": len(everything) - len(images), "unlisted_folders": len(unlisted)}
-    pairing: list[tuple[str, str]] = []
-    pairs = find_kaggle_pairs(root)
+    return _without_gray_copies([_local_file(p) for p in images], [p.relative_to(root).as_posix() for p in images],
+                                f"{root}/", notes)
+
+
+def _without_gray_copies(files: list[SourceFile], names: list[str], root: str, notes: dict[str, int]) -> Listing:
+    """A Kaggle colorization layout's grayscale copies are derived from the colour photos: not training data, only
+    checked for pairing (`names`: each file's path relative to the source, '/'-separated)."""
+    gray, pairing, pairs = kaggle_layout(names)
     if pairs:
-        # The grayscale copies are derived from the colour ones: not training data, only checked for pairing.
-        gray_dirs = [g for _, g in pairs]
-        images = [p for p in images if not any(p.is_relative_to(g) for g in gray_dirs)]
-        for colour_dir, gray_dir in pairs:
-            colour = {_stem_key(p, colour_dir): p for p in images if p.is_relative_to(colour_dir)}
-            gray = {_stem_key(p, gray_dir): p for p in _images_in(gray_dir)}
-            pairing += [(str(colour[k]), "colour image without a grayscale copy") for k in sorted(colour.keys() - gray)]
-            pairing += [(str(gray[k]), "grayscale copy without a colour image") for k in sorted(gray.keys() - colour)]
-        notes.update(kaggle_pairs=len(pairs), kaggle_unpaired=len(pairing))
-    return Listing([_local_file(p) for p in images], notes, pairing)
-
-
-def _images_in(root: Path) -> list[Path]:
-    return [p for p in _walk_files(root)[0] if _is_image_name(p)]
+        notes = {**notes, "kaggle_pairs": pairs, "kaggle_unpaired": len(pairing)}
+    return Listing([f for f, n in zip(files, names, strict=True) if n not in gray], notes,
+                   [(root + n, problem) for n, problem in pairing])
 
 
 def read_source_bytes(f: SourceFile, limit: int | None = None) -> bytes:
