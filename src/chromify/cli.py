@@ -186,14 +186,12 @@ def _registry(params: Path):
 def resolve_model(ref: str, params: Path) -> Path:
     """A model directory, or a registry alias / version; a path-like ref (a separator, a leading . or ~) is a
     folder only, so a mistyped one says so rather than that no such alias is registered."""
-    if Path(ref).is_dir():
-        return Path(ref)
+    folder = Path(os.path.expanduser(ref))  # os.path's leaves an unknown ~user as it is; Path's raises
+    if folder.is_dir():
+        return folder
     if os.sep in ref or (os.altsep and os.altsep in ref) or ref.startswith((".", "~")):
         from chromify.errors import ConfigError
 
-        folder = Path(ref).expanduser()
-        if folder.is_dir():
-            return folder
         raise ConfigError(f"{ref}: not a folder; name the model's folder" if folder.exists()
                           else f"{ref}: no such model folder")
     return _registry(params).model_dir(ref)

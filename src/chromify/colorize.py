@@ -121,8 +121,9 @@ def first_mentions(pairs: Iterable[tuple[Path, Path]]) -> list[tuple[Path, Path]
     seen: set[Path] = set()
     kept = []
     for src, rel in pairs:
-        if src.resolve() not in seen:
-            seen.add(src.resolve())
+        real = src.resolve()
+        if real not in seen:
+            seen.add(real)
             kept.append((src, rel))
     return kept
 

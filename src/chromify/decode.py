@@ -149,8 +149,9 @@ def to_srgb(img: Image.Image, name: str, draft_size: int | None = None) -> Image
             img = img.convert("LA" if img.mode == "L" else "RGBA")
         if img.mode in ("LA", "La"):
             # Transparent areas become white, as a viewer would show them on paper; still gray, for its profile.
+            la = img.convert("LA")
             background = Image.new("L", img.size, 255)
-            background.paste(img.convert("LA").getchannel("L"), mask=img.convert("LA").getchannel("A"))
+            background.paste(la.getchannel("L"), mask=la.getchannel("A"))
             img = background
         elif img.mode in ("RGBA", "RGBa"):
             rgba = img.convert("RGBA")

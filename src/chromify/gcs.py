@@ -56,6 +56,12 @@ def client():
         return storage.Client.create_anonymous_client()
 
 
+def folder_prefix(prefix: str) -> str:
+    """A prefix names a folder: gs://b/photos must not also list photos_holdout/. Object URIs are built from full
+    object names, so they (and the manifest rows keyed on them) are the same with or without the slash."""
+    return prefix + "/" if prefix and not prefix.endswith("/") else prefix
+
+
 def list_gcs_images(uri: str) -> list:
     """Every image object under a gs:// prefix, as SourceFile rows (stamp = object generation)."""
     from google.api_core.exceptions import GoogleAPIError
@@ -66,10 +72,7 @@ def list_gcs_images(uri: str) -> list:
     from chromify.ingest import SourceFile
 
     bucket, prefix = split_uri(uri)
-    if prefix and not prefix.endswith("/"):
-        # A prefix names a folder: gs://b/photos must not also list photos_holdout/. Object URIs are built from full
-        # object names, so they (and the manifest rows keyed on them) are the same with or without the slash.
-        prefix += "/"
+    prefix = folder_prefix(prefix)
     files = []
     try:
         for blob in client().list_blobs(bucket, prefix=prefix, timeout=REQUEST_TIMEOUT_S,

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,24 +144,35 @@ def _strip(name: str, words: tuple[str, ...]) -> str:
 def kaggle_layout(names: list[str]) -> tuple[set[str], list[tuple[str, str]], int]:
     """For the image files of a source, as '/'-separated paths relative to it (a folder's or a bucket prefix's):
     (the grayscale copies, which are not training data; [(path, problem)] for copies that do not pair up; the number
-    of colour/grayscale folder pairs, siblings such as train_color/ + train_black/ or color/ + gray/)."""
-    folders = {d for n in names for d in PurePosixPath(n).parents if d.name}
+    of colour/grayscale folder pairs, siblings such as train_color/ + train_black/ or color/ + gray/).
+
+    On the strings themselves: it runs on every ingest, and the Kaggle set lists 236k names.
+    """
+    folders: set[str] = set()
+    for n in names:
+        d = n.rpartition("/")[0]
+        while d and d not in folders:  # a folder seen has had its parents added already
+            folders.add(d)
+            d = d.rpartition("/")[0]
+    siblings: dict[str, list[str]] = {}
+    for d in sorted(folders):
+        siblings.setdefault(d.rpartition("/")[0], []).append(d)
     pairs = []
     for d in sorted(folders):
-        name = d.name.lower()
+        parent, _, name = d.rpartition("/")
+        name = name.lower()
         if not any(w in name for w in _COLOUR_WORDS):
             continue
-        for sib in sorted(f for f in folders if f.parent == d.parent):
-            sname = sib.name.lower()
+        for sib in siblings[parent]:
+            sname = sib.rpartition("/")[2].lower()
             if any(w in sname for w in _GRAY_WORDS) and _strip(sname, _GRAY_WORDS) == _strip(name, _COLOUR_WORDS):
                 pairs.append((d, sib))
                 break
     gray_copies: set[str] = set()
     pairing: list[tuple[str, str]] = []
     for colour_dir, gray_dir in pairs:
-        def under(folder: PurePosixPath) -> dict[str, str]:
-            return {PurePosixPath(n).relative_to(folder).with_suffix("").as_posix().lower(): n
-                    for n in names if PurePosixPath(n).is_relative_to(folder)}
+        def under(folder: str) -> dict[str, str]:  # stem key (path below `folder`, no suffix, lower case) → name
+            return {os.path.splitext(n[len(folder) + 1:])[0].lower(): n for n in names if n.startswith(folder + "/")}
 
         colour, gray = under(colour_dir), under(gray_dir)
         gray_copies |= set(gray.values())
@@ -186,7 +197,7 @@ def _list(source: str) -> Listing:
     if source.startswith("gs://"):
         files = gcs.list_gcs_images(source)
         bucket, prefix = gcs.split_uri(source)
-        root = f"gs://{bucket}/" + (prefix.rstrip("/") + "/" if prefix.strip("/") else "")
+        root = f"gs://{bucket}/{gcs.folder_prefix(prefix)}"  # every listed object's URI starts with it
         return _without_gray_copies(files, [f.uri[len(root):] for f in files], root, {})
     root = Path(source).expanduser()
     if not root.is_dir():
