@@ -344,30 +344,35 @@ def submit(target: str | None, project: str | None, region: str, pipeline_root: 
             credentials = AnonymousCredentials()
         else:
             credentials = default_credentials()
-    spec_path = Path(tempfile.mkdtemp(prefix="chromify-pipeline-")) / "chromify_pipeline.yaml"
-    compile_pipeline(spec_path, params, target)
-    summary = summarize_spec(*load_spec(spec_path))
-    if target == "vertex":
-        job = build_vertex_job(spec_path, params, project, region, pipeline_root, service_account, credentials)
-        request = {"target": "vertex", "request": vertex_request(job, project, region),
-                   "experiment": experiment, "spec": summary}
+    # The compiled file is needed until the request is sent, no longer: every submit, dry runs too, used to
+    # leave its folder behind in the temp dir
+    with tempfile.TemporaryDirectory(prefix="chromify-pipeline-") as folder:
+        spec_path = Path(folder) / "chromify_pipeline.yaml"
+        compile_pipeline(spec_path, params, target)
+        summary = summarize_spec(*load_spec(spec_path))
+        if target == "vertex":
+            job = build_vertex_job(spec_path, params, project, region, pipeline_root, service_account, credentials)
+            request = {"target": "vertex", "request": vertex_request(job, project, region),
+                       "experiment": experiment, "spec": summary}
+            if dry_run:
+                return {"dry_run": True, **request, "problems": problems}
+            with _one_line_errors("Vertex AI"):
+                job.submit(service_account=service_account, experiment=experiment)
+            return {"target": "vertex", "job": job.resource_name, "experiment": experiment,
+                    "console": f"https://console.cloud.google.com/vertex-ai/locations/{region}/pipelines/runs/"
+                               f"{job.job_id}?project={project}"}
+        run_kwargs = build_kfp_run(spec_path, params, experiment, pipeline_root, service_account)
+        request = {"target": "kfp", "host": host, "request": run_kwargs, "spec": summary}
         if dry_run:
+            # the compiled file goes with the temp folder: `chromify pipeline compile` writes one to keep
+            request["request"] = {k: v for k, v in run_kwargs.items() if k != "pipeline_file"}
             return {"dry_run": True, **request, "problems": problems}
-        with _one_line_errors("Vertex AI"):
-            job.submit(service_account=service_account, experiment=experiment)
-        return {"target": "vertex", "job": job.resource_name, "experiment": experiment,
-                "console": f"https://console.cloud.google.com/vertex-ai/locations/{region}/pipelines/runs/"
-                           f"{job.job_id}?project={project}"}
-    run_kwargs = build_kfp_run(spec_path, params, experiment, pipeline_root, service_account)
-    request = {"target": "kfp", "host": host, "request": run_kwargs, "spec": summary}
-    if dry_run:
-        return {"dry_run": True, **request, "problems": problems}
-    import warnings
+        import warnings
 
-    import kfp
+        import kfp
 
-    with _one_line_errors(f"--host {host}"), warnings.catch_warnings():
-        # kfp.Client warns on every use that it needs a 2.x backend, which cloud.md already requires
-        warnings.filterwarnings("ignore", "This client only works with Kubeflow Pipeline", FutureWarning)
-        run = kfp.Client(host=host).create_run_from_pipeline_package(**run_kwargs)
-    return {"target": "kfp", "host": host, "run_id": run.run_id}
+        with _one_line_errors(f"--host {host}"), warnings.catch_warnings():
+            # kfp.Client warns on every use that it needs a 2.x backend, which cloud.md already requires
+            warnings.filterwarnings("ignore", "This client only works with Kubeflow Pipeline", FutureWarning)
+            run = kfp.Client(host=host).create_run_from_pipeline_package(**run_kwargs)
+        return {"target": "kfp", "host": host, "run_id": run.run_id}

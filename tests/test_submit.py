@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -195,6 +196,19 @@ def test_kfp_dry_run_summarises_the_compiled_dag(params_path):
     assert out["spec"]["loops"] == {"preprocess-partitions": {"raw": "[0, 1, 2, 3]"}}
 
 
+@pytest.mark.parametrize("target", ["vertex", "kfp"])
+def test_a_dry_run_leaves_nothing_in_the_temp_dir(params_path, tmp_path, monkeypatch, target):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = submit(target=target, project="proj-1", region="us-central1", pipeline_root="gs://bkt/root",
+                 service_account=None, experiment=None, host="https://kfp.example.com", dry_run=True,
+                 params_path=params_path)
+    assert out["spec"]["tasks"]["train"]  # the compiled DAG was read before its file went
+    assert "pipeline_file" not in out["request"]  # no path to a file that is gone
+    assert list(scratch.iterdir()) == []
+
+
 def test_submit_refuses_what_it_cannot_send(params_path):
     common = {"project": None, "region": "us-central1", "pipeline_root": None, "service_account": None,
               "experiment": None, "dry_run": True, "params_path": params_path}
@@ -309,9 +323,13 @@ def test_submit_sends_the_built_vertex_job_as_the_service_account_into_the_exper
 
 def test_submit_sends_the_kfp_run_to_the_host(params_path, monkeypatch, kfp_api):
     host, received = kfp_api
+    scratch = params_path.parent / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = submit(target="kfp", project=None, region="us-central1", pipeline_root=None, service_account=SA,
                  experiment="chromify", host=host, dry_run=False, params_path=ready_params(params_path, monkeypatch))
     assert out == {"target": "kfp", "host": host, "run_id": "run-1"}
+    assert list(scratch.iterdir()) == []  # the compiled file lived until the run was sent
     assert [(method, path) for method, path, _ in received] == [
         ("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/experiments"),
         ("POST", "/apis/v2beta1/experiments"), ("POST", "/apis/v2beta1/runs")]
