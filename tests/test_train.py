@@ -478,7 +478,8 @@ def test_a_checkpoint_written_with_other_params_is_not_resumed(shard_dir, tmp_pa
           callbacks=(lambda e, d: steps.append(d["resumed_from_step"]) if e == "start" else None,))
     assert steps == [0]
     err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "other params" in err[0] and "starting fresh" in err[0]
+    # It names what changed, so a setting changed by mistake can be set back to resume the run.
+    assert len(err) == 1 and "another run's (train.max_steps 2 -> 3); starting fresh" in err[0]
     # Same params (a bookkeeping change aside): it resumes where the last run ended.
     train(shard_dir, tmp_path, MODEL, replace(p, max_steps=3, checkpoint_every=1), SEED,
           callbacks=(lambda e, d: steps.append(d["resumed_from_step"]) if e == "start" else None,))
@@ -496,7 +497,7 @@ def test_new_training_data_starts_afresh_instead_of_resuming_the_old_run(shard_d
     steps = []
     train(data, tmp_path / "run", MODEL, p, SEED,
           callbacks=(lambda e, d: steps.append(d["resumed_from_step"]) if e == "start" else None,))
-    assert steps == [0] and "starting fresh" in capfd.readouterr().err
+    assert steps == [0] and "another run's (the training data); starting fresh" in capfd.readouterr().err
 
 
 def test_every_param_that_decides_the_weights_is_in_the_fingerprint() -> None:
@@ -504,7 +505,7 @@ def test_every_param_that_decides_the_weights_is_in_the_fingerprint() -> None:
     the bookkeeping ones, listed here on purpose, keep the checkpoint."""
     import dataclasses
 
-    from chromify.train.checkpoint import params_fingerprint
+    from chromify.train.checkpoint import fingerprint_inputs, params_fingerprint, what_changed
 
     bookkeeping = {"out_dir", "checkpoint_every", "log_every", "val_every_steps", "num_threads", "decode_search",
                    "decode_min_psnr_gain_db", "decode_search_min_photos"}
@@ -527,11 +528,18 @@ def test_every_param_that_decides_the_weights_is_in_the_fingerprint() -> None:
         raise AssertionError(f"no other valid value for {name}")
 
     base = params_fingerprint(MODEL, BASE, SEED, 1, "index-a")
+    inputs = fingerprint_inputs(MODEL, BASE, SEED, 1, "index-a")
     for f in dataclasses.fields(BASE):
         moved = params_fingerprint(MODEL, other(BASE, f.name), SEED, 1, "index-a")
         assert (moved == base) == (f.name in bookkeeping), f.name
+        changed = what_changed(inputs, fingerprint_inputs(MODEL, other(BASE, f.name), SEED, 1, "index-a"))
+        assert [c.split()[0] for c in changed] == ([] if f.name in bookkeeping else [f"train.{f.name}"])
     for f in dataclasses.fields(MODEL):
         assert params_fingerprint(other(MODEL, f.name), BASE, SEED, 1, "index-a") != base, f.name
+        changed = what_changed(inputs, fingerprint_inputs(other(MODEL, f.name), BASE, SEED, 1, "index-a"))
+        assert [c.split()[0] for c in changed] == [f"model.{f.name}"]
+    assert what_changed(inputs, fingerprint_inputs(MODEL, BASE, SEED + 1, 2, "index-b")) == [
+        f"base.seed {SEED} -> {SEED + 1}", "the number of processes 1 -> 2", "the training data"]
     assert len({base, params_fingerprint(MODEL, BASE, SEED + 1, 1, "index-a"),
                 params_fingerprint(MODEL, BASE, SEED, 2, "index-a"),
                 params_fingerprint(MODEL, BASE, SEED, 1, "index-b")}) == 4

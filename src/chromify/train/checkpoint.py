@@ -58,13 +58,36 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def params_fingerprint(mp: ModelParams, p: TrainParams, seed: int, world: int, data_index: str = "") -> str:
-    """sha256 of everything that decides the weights: model + train params (less bookkeeping), seed, world size
-    (the loader's position means something only for the same partition), the training data's index and the code."""
+def fingerprint_inputs(mp: ModelParams, p: TrainParams, seed: int, world: int, data_index: str = "") -> dict[str, Any]:
+    """Everything that decides the weights: model + train params (less bookkeeping), seed, world size (the
+    loader's position means something only for the same partition), the training data's index and the code.
+    Kept in the checkpoint, so a run that cannot resume it can say what changed."""
     train = {k: v for k, v in asdict(p).items() if k not in BOOKKEEPING}
-    blob = json.dumps({"model": asdict(mp), "train": train, "seed": seed, "world": world, "data": data_index,
-                       "code": code_fingerprint()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return {"model": asdict(mp), "train": train, "seed": seed, "world": world, "data": data_index,
+            "code": code_fingerprint()}
+
+
+def fingerprint_of(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def params_fingerprint(mp: ModelParams, p: TrainParams, seed: int, world: int, data_index: str = "") -> str:
+    return fingerprint_of(fingerprint_inputs(mp, p, seed, world, data_index))
+
+
+def what_changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The settings that differ between two `fingerprint_inputs`, as a user would name them."""
+    changed = []
+    for section in ("model", "train"):
+        old, new = before.get(section, {}), now.get(section, {})
+        changed += [f"{section}.{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+                    for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    labels = {"seed": "base.seed", "world": "the number of processes", "data": "the training data",
+              "code": "the training code"}
+    for key, label in labels.items():
+        if before.get(key) != now.get(key):
+            changed.append(f"{label} {before[key]!r} -> {now[key]!r}" if key in ("seed", "world") else label)
+    return changed
 
 
 def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> None:

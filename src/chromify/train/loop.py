@@ -34,13 +34,15 @@ from chromify.train import distributed
 from chromify.train.checkpoint import (
     CHECKPOINT,
     export_model,
+    fingerprint_inputs,
+    fingerprint_of,
     load_checkpoint,
     lock_out_dir,
-    params_fingerprint,
     remove_stale_temp_files,
     restore_rng_state,
     rng_state,
     save_checkpoint,
+    what_changed,
 )
 from chromify.train.losses import MIN_GAN_SIDE, GeneratorLoss, PatchDiscriminator, discriminator_loss
 
@@ -314,7 +316,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
 
         # Resume only from a checkpoint written with the same params: anything else would silently mix two runs.
         index_sha = hashlib.sha256((Path(data_dir) / "train" / "index.json").read_bytes()).hexdigest()
-        fingerprint = params_fingerprint(mp, p, seed, env.world, index_sha)
+        inputs = fingerprint_inputs(mp, p, seed, env.world, index_sha)
+        fingerprint = fingerprint_of(inputs)
         step, epoch, batch_in_epoch, elapsed_before, history = 0, 0, 0, 0.0, []
         step_rows: list[dict[str, float]] = []  # the logged steps, kept so a resumed run's curves start at step 1
         loss_sum, loss_steps = 0.0, 0  # the training loss since the last validation, for its mean
@@ -324,9 +327,10 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             note(f"{out_dir / CHECKPOINT} is of another format (written before checkpoints carried a checksum?); "
                  "starting fresh")
         if state is not None and state.get("fingerprint") != fingerprint:
-            if env.is_main:
-                note(f"{out_dir / CHECKPOINT} was written with other params (or data, code or world size); "
-                     "starting fresh")
+            if env.is_main:  # named, so that a setting changed by mistake can be changed back to resume
+                changed = what_changed(state["fingerprint_inputs"], inputs) if "fingerprint_inputs" in state else []
+                said = ", ".join(changed) if changed else "other params, data, code or world size"
+                note(f"{out_dir / CHECKPOINT} is another run's ({said}); starting fresh")
             state = None
         if state is not None:
             model.load_state_dict(state["model"])
@@ -362,7 +366,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         def save() -> None:
             if env.is_main:
                 save_checkpoint(out_dir, {
-                    "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "fingerprint": fingerprint, "fingerprint_inputs": inputs,
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scaler": None,  # bf16 autocast needs no loss scaling; the key is kept for fp16 variants
                     "ema": ema.state_dict() if ema is not None else None,
                     "discriminator": disc.state_dict() if disc is not None else None,
