@@ -10,6 +10,7 @@ import pytest
 import torch
 from metric_references import reference_image_metrics
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from skimage import data as skdata
 
 from chromify import evaluate as ev
@@ -136,6 +137,24 @@ def test_the_gallery_leads_with_the_worst_and_the_best_image(lab_truth, tmp_path
     assert text.index("image 3: worst") < text.index("image 1: best")
     assert re.search(r"<th>gray \(ab = 0\)</th><th>candidate</th><th>truth</th>", text)
     assert text.count("data:image/png;base64,") == 4 * 3
+
+
+def test_a_model_that_gives_nan_is_refused_not_scored_as_black_photos(data_dir, tmp_path, no_weights):
+    """NaN ab cast to pixels is black: scored so, a diverged model passed a lenient gate and became champion."""
+    from chromify.errors import ModelLoadError
+
+    model = tiny_model(tmp_path / "diverged", 1)
+    weights = load_file(model / "model.safetensors")
+    save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
+              model / "model.safetensors")
+    config = json.loads((model / "config.json").read_text())
+    config["weights_sha256"] = file_sha256(model / "model.safetensors")  # intact files, broken weights
+    (model / "config.json").write_text(json.dumps(config))
+    lenient = GateParams(min_psnr_gain_db=-100.0, max_delta_cf=1000.0)
+    with pytest.raises(ModelLoadError, match="the model produced non-finite colours") as err:
+        ev.evaluate(data_dir, model, None, lenient, tmp_path / "reports", batch_size=2, gallery_size=2)
+    assert str(model) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "reports" / "gate.json").exists()
 
 
 def test_evaluate_reports_three_models_and_skips_fid_lpips_without_weights(data_dir, tmp_path, no_weights):

@@ -178,11 +178,19 @@ class Colorizer:
 
     @torch.inference_mode()
     def predict_ab(self, lum: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) L/100 → (B, 2, H, W) ab in [-128, 128], H and W divisible by 2^depth."""
+        """(B, 1, H, W) L/100 → (B, 2, H, W) ab in [-128, 128], H and W divisible by 2^depth.
+
+        A model whose output is not finite (NaN) is a ModelLoadError: its NaN would index the merge's lookup tables
+        (an IndexError deep inside), and evaluate would score it as black photos that can pass a lenient gate.
+        """
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda")
         with autocast:
             out = self.model(lum.to(self.device).contiguous(memory_format=torch.channels_last))
-        return ab_units(out, self.chroma_gain)
+        ab = ab_units(out, self.chroma_gain)
+        if not bool(torch.isfinite(ab).all()):  # the low-res map is small, so checking is cheap
+            raise ModelLoadError(f"{self.model_dir}: the model produced non-finite colours (NaN): its weights are "
+                                 "broken (a diverged training?); use another version or retrain")
+        return ab
 
     def render_shape(self, width: int, height: int) -> tuple[int, int]:
         """Short side to the render size (long side capped), both rounded to the model's multiple; (w, h)."""
@@ -197,10 +205,7 @@ class Colorizer:
         return rgb_to_lab(small)[..., 0] / 100.0
 
     def predict_small_ab(self, rgbs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One forward pass per render shape: photos of the same shape are batched; → [(2, h, w) ab] in input order.
-
-        A model whose output is not finite (NaN) is a ModelLoadError.
-        """
+        """One forward pass per render shape: photos of the same shape are batched; → [(2, h, w) ab] in input order."""
         inputs = [self.model_input(rgb) for rgb in rgbs]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, lum in enumerate(inputs):
@@ -209,11 +214,6 @@ class Colorizer:
         for idx in groups.values():
             batch = torch.from_numpy(np.stack([inputs[i] for i in idx]))[:, None]
             ab = self.predict_ab(batch).cpu().numpy()
-            # A diverged model's NaN would index the merge's lookup tables (an IndexError deep inside), and a model
-            # that gives NaN must not quietly give pictures either; the low-res map is small, so checking is cheap.
-            if not np.isfinite(ab).all():
-                raise ModelLoadError(f"{self.model_dir}: the model produced non-finite colours (NaN): its weights are "
-                                     "broken (a diverged training?); use another version or retrain")
             for j, i in enumerate(idx):
                 result[i] = ab[j]
         return result  # type: ignore[return-value]
