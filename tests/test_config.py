@@ -59,6 +59,14 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
         # NaN fails every comparison: no time limit at all on a cloud GPU, or another photo set accepted
         ({"train": {"max_minutes": "nan"}}, "train.max_minutes nan: must be >= 0"),
         ({"ingest": {"min_chroma": "nan"}}, "ingest.min_chroma nan: must be >= 0"),
+        # the gate compared with NaN ("ΔCF 6.92 > nan") and wrote NaN / Infinity into gate.json; a negative
+        # tolerance demanded that a candidate beat the champion by that much
+        ({"gate": {"max_delta_cf": "nan", "champion_psnr_tolerance_db": -5}},
+         "gate.max_delta_cf nan: must be a finite number >= 0; gate.champion_psnr_tolerance_db -5.0: must be a finite "
+         "number >= 0"),
+        ({"gate": {"min_psnr_gain_db": "-inf", "champion_delta_cf_tolerance": "inf"}},
+         "gate.min_psnr_gain_db -inf: must be a finite number; gate.champion_delta_cf_tolerance inf: must be a "
+         "finite number >= 0"),
         # a blank `key:` is YAML's null, and str(None) passed as the text "None" (a Vertex project named None)
         ({"register": {"vertex_project": None}}, "params key 'register.vertex_project' has no value: give a str "
                                                  '("" for none)'),

@@ -138,6 +138,13 @@ class GateParams:
     champion_psnr_tolerance_db: float = 0.1
     champion_delta_cf_tolerance: float = 1.0
 
+    def __post_init__(self) -> None:
+        # NaN would compare false both ways, and inf is written to gate.json as Infinity, which strict JSON refuses
+        at_least_0 = ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0")
+        _check_ranges("gate", self, {"min_psnr_gain_db": _FINITE, "max_delta_cf": at_least_0,
+                                     "champion_psnr_tolerance_db": at_least_0,
+                                     "champion_delta_cf_tolerance": at_least_0})
+
 
 @dataclass(frozen=True)
 class RegisterParams:
