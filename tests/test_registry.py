@@ -14,6 +14,7 @@ import yaml
 from chromify.config import Params, RegisterParams
 from chromify.errors import GateError, RegistryError
 from chromify.evaluate import model_id_of
+from chromify.io import file_sha256
 from chromify.models import get_model
 from chromify.registry import CHAMPION, LocalRegistry, check_alias
 from chromify.stages import run_register
@@ -412,7 +413,7 @@ def test_a_gate_decided_against_a_former_champion_is_refused(two_runs):
         gate = {"passed": True, "champion_id": gated_against, "reasons": [], "candidate_id": model_id_of(third)}
         with pytest.raises(RegistryError, match=re.escape(
                 f"the gate compared the candidate with {said}, the champion is now v2 ({model_id_of(second)}); "
-                "re-run evaluate")):
+                "re-run evaluate (`chromify evaluate`, or `dvc repro -f -s evaluate` then `dvc repro`)")):
             run_register(params, third, gate, METRICS_2, root / "raw", None)
     assert reg.versions() == [1, 2] and reg.champion() == 2 and not list(reg.dir.glob(".staging-*"))
     # Against the current champion it registers.
@@ -462,6 +463,165 @@ def test_damaged_registry_metadata_is_a_one_line_error_naming_the_file(two_runs)
     record.chmod(0o644)
     record.write_text("{")
     assert "v0002/record.json: damaged version record" in error("models", "list")
+
+
+def _rewrite_record(reg, version, change):
+    """Hand-edit a version's read-only record.json: `change(record)` returns the record to write."""
+    path = reg.version_dir(version) / "record.json"
+    path.chmod(0o644)
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return path
+
+
+def _empty_project(tmp_path):
+    """A project whose params put the registry in reg/; returns that (empty) registry."""
+    (tmp_path / "params.yaml").write_text("register:\n  registry_dir: reg\n")
+    return LocalRegistry(tmp_path / "reg", "chromify-colorizer")
+
+
+def test_rollback_skips_versions_whose_folders_were_deleted_and_refuses_when_none_is_left(tmp_path, model_dir):
+    """Rollback pointed champion at a version deleted by hand, and list/show/colorize then failed on the dangling
+    alias; it now goes back to the previous version that is still there, or refuses and changes nothing."""
+    import shutil
+
+    reg = LocalRegistry(tmp_path / "registry", "m")
+    for _ in range(3):
+        reg.register(model_dir, {}, aliases=(CHAMPION,))
+    shutil.rmtree(reg.version_dir(2))
+    assert reg.rollback() == 1 and reg.champion() == 1
+    assert [(m["previous"], m["version"], m["action"]) for m in reg.alias_history()][-1] == (3, 1, "rollback")
+    with pytest.raises(RegistryError, match="no earlier version to roll back to .*names v1"):
+        reg.rollback()
+    several = LocalRegistry(tmp_path / "registry", "several")
+    for _ in range(3):
+        several.register(model_dir, {}, aliases=(CHAMPION,))
+    shutil.rmtree(several.version_dir(1))
+    shutil.rmtree(several.version_dir(2))
+    with pytest.raises(RegistryError, match=re.escape(
+            "no earlier version to roll back to: v2, v1, which it named before, are no longer registered (no "
+            f"record.json in {several.version_dir(2)}, {several.version_dir(1)})")):
+        several.rollback()
+    assert several.aliases() == {CHAMPION: 3} and len(several.alias_history()) == 3
+
+    # The audit's case, as a user types it: the only earlier version is gone.
+    root = tmp_path / "project"
+    root.mkdir()
+    reg = _empty_project(root)
+    reg.register(model_dir, {}, aliases=(CHAMPION,))
+    reg.register(_export(tmp_path / "second", 1), {}, aliases=(CHAMPION,))
+    shutil.rmtree(reg.version_dir(1))
+    table, history = reg.aliases_path.read_bytes(), reg.history_path.read_bytes()
+    err = chromify(root, "models", "rollback", ok=False)
+    assert err == ("chromify: error: chromify-colorizer: alias 'champion' has no earlier version to roll back to: "
+                   "v1, which it named before, is no longer registered (no reg/chromify-colorizer/v0001/record.json)\n")
+    assert (reg.aliases_path.read_bytes(), reg.history_path.read_bytes()) == (table, history)  # nothing changed
+    assert chromify(root, "models", "list").splitlines()[0].endswith("champion v2")
+
+
+def test_a_version_ref_with_non_ascii_digits_is_no_such_version(tmp_path, model_dir):
+    """`models show ²` was a ValueError traceback: str.isdigit accepts '²', which int() refuses."""
+    reg = _empty_project(tmp_path)
+    for ref in ("²", "v²"):
+        assert chromify(tmp_path, "models", "show", ref, ok=False).startswith(
+            f"chromify: error: chromify-colorizer: no version or alias {ref!r}: nothing is registered")
+    reg.register(model_dir, {})
+    reg.register(_export(tmp_path / "second", 1), {})
+    reg.register(_export(tmp_path / "third", 2), {})
+    for ref in ("²", "v²", "٣", "v٣"):  # '٣' (Arabic-Indic three) int() reads as 3: not a version name either
+        with pytest.raises(RegistryError, match=rf"no version or alias '{ref}' \(have v1, v2, v3\)"):
+            reg.resolve(ref)
+        with pytest.raises(RegistryError, match="no version or alias"):
+            reg.set_alias(CHAMPION, ref)
+    assert chromify(tmp_path, "models", "promote", "v²", ok=False) == (
+        "chromify: error: chromify-colorizer: no version or alias 'v²' (have v1, v2, v3)\n")
+    # A folder or last_version named with such digits is not a version number either.
+    (reg.dir / "v1²").mkdir()
+    (reg.dir / "v1²" / "record.json").write_text("{}")
+    assert reg.versions() == [1, 2, 3]
+    reg.last_version_path.write_text("³\n")
+    with pytest.raises(RegistryError, match=r"last_version: damaged \(expected the highest version number"):
+        reg.register(_export(tmp_path / "fourth", 3), {})
+    assert reg.versions() == [1, 2, 3] and reg.aliases() == {}
+
+
+def test_a_version_record_of_the_wrong_shape_is_a_one_line_error_naming_it(two_runs):
+    """`models list` crashed (AttributeError, "Unknown format code 'f'") on a record.json whose metrics were not
+    what registration writes. Like a truncated record.json, a value of the wrong type is damage; null, like a
+    missing key, is no value and is listed as '-'."""
+    root, params, _, _ = two_runs
+    reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
+    _rewrite_record(reg, 1, lambda r: {**r, "gate": None, "metrics": None})
+    lines = chromify(root, "models", "list").splitlines()
+    assert lines[2].split()[:5] == ["v1", "-", "-", "-", "-"] and lines[3].startswith("v2 ")
+    assert [r["gated_against"] for r in json.loads(chromify(root, "models", "list", "--json"))] == [None, "v1"]
+
+    good = (reg.version_dir(2) / "record.json").read_text()
+    for damage, said in (
+            (lambda r: {**r, "metrics": {**r["metrics"], "candidate": {"psnr": "24.5"}}},
+             "metrics.candidate.psnr is \"24.5\", not a number"),
+            (lambda r: {**r, "metrics": "24.5"}, "metrics is \"24.5\", not an object"),
+            (lambda r: {**r, "gate": {"champion_id": ["x"]}}, "gate.champion_id is [\"x\"], not a string"),
+            (lambda r: {**r, "files": {"config.json": 3}}, "files.config.json is 3, not a string")):
+        path = _rewrite_record(reg, 2, damage)
+        for command in (("models", "list"), ("models", "show", "2")):
+            err = chromify(root, *command, ok=False)
+            assert err == f"chromify: error: {path.relative_to(root)}: damaged version record ({said})\n", err
+        path.write_text(good)
+    # What registration would write in that shape is refused before anything is written.
+    with pytest.raises(RegistryError, match=r"damaged version record \(metrics is \[\], not an object\)"):
+        reg.register(_export(root / "run3", 3), {"metrics": []})
+    assert reg.versions() == [1, 2] and not list(reg.dir.glob(".staging-*"))
+
+
+def test_a_history_line_that_is_not_utf8_is_a_one_line_error_naming_it(tmp_path, model_dir):
+    """A byte that is not UTF-8 in alias_history.jsonl was a UnicodeDecodeError traceback."""
+    reg = _empty_project(tmp_path)
+    reg.register(model_dir, {}, aliases=(CHAMPION,))
+    reg.register(_export(tmp_path / "second", 1), {}, aliases=(CHAMPION,))
+    good = reg.history_path.read_bytes()
+    # A torn last line (no newline) is still a crash leftover, skipped, whatever bytes it holds.
+    reg.history_path.write_bytes(good + b'{"alias": "champion", "version": 1, "\xe2\x80')
+    assert [m["version"] for m in reg.alias_history()] == [1, 2]
+    reg.history_path.write_bytes(good + b"\xff\n")
+    for command in (("models", "history"), ("models", "rollback")):
+        err = chromify(tmp_path, *command, ok=False)
+        assert err.startswith("chromify: error: reg/chromify-colorizer/alias_history.jsonl: line 3 is damaged (")
+        assert err.count("\n") == 1
+    assert reg.champion() == 2 and reg.history_path.read_bytes() == good + b"\xff\n"
+
+
+def test_only_a_command_that_takes_a_folder_suggests_naming_one(tmp_path):
+    """On an empty registry `models show` suggested naming a model's folder, which it then refused the same way."""
+    reg = _empty_project(tmp_path)
+    for command in (("models", "show", "models/candidate"), ("models", "promote", "3")):
+        err = chromify(tmp_path, *command, ok=False)
+        assert err == (f"chromify: error: chromify-colorizer: no version or alias {command[2]!r}: nothing is "
+                       f"registered in reg/chromify-colorizer yet (a model is registered when its evaluation gate "
+                       "passes)\n")
+    with pytest.raises(RegistryError, match=r"gate passes\)$"):
+        reg.resolve(CHAMPION)
+    # colorize (and serve) take a model's folder too, so they still say so.
+    err = chromify(tmp_path, "colorize", "photo.png", "-o", "out", ok=False)
+    assert err == ("chromify: error: chromify-colorizer: no version or alias 'champion': nothing is registered in "
+                   "reg/chromify-colorizer yet (a model is registered when its evaluation gate passes; a trained "
+                   "model's folder, such as models/candidate, can be named instead)\n")
+
+
+def test_a_version_whose_record_lists_no_files_is_not_intact(tmp_path, model_dir):
+    """With `files` gone from record.json, nothing was compared and `models show` said files_intact: true."""
+    reg = _empty_project(tmp_path)
+    reg.register(model_dir, {}, aliases=(CHAMPION,))
+    (reg.version_dir(1) / "model.safetensors").unlink()
+    for change in (lambda r: {k: v for k, v in r.items() if k != "files"}, lambda r: {**r, "files": {}},
+                   lambda r: {**r, "files": None}):
+        _rewrite_record(reg, 1, change)
+        assert reg.verify(1) == ["config.json", "model.safetensors"]
+    shown = json.loads(chromify(tmp_path, "models", "show", "1"))
+    assert shown["files_intact"] is False and shown["files_changed"] == ["config.json", "model.safetensors"]
+    # Only the config's hash recorded: the weights are not vouched for.
+    _rewrite_record(reg, 1, lambda r: {**r, "files": {"config.json": file_sha256(reg.version_dir(1) /
+                                                                                   "config.json")}})
+    assert reg.verify(1) == ["model.safetensors"]
 
 
 def test_the_weights_reach_the_disk_before_the_champion_alias_points_at_them(tmp_path, model_dir, monkeypatch):

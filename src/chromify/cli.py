@@ -341,17 +341,18 @@ def version_rows(reg) -> list[dict]:
     by_model_id = {}
     rows = []
     for v in reg.versions():
-        r = reg.record(v)
-        m, gate = r.get("metrics", {}), r.get("gate", {})
+        r = reg.record(v)  # of the types registration writes (else a RegistryError); a null is no value
+        m, gate = r.get("metrics") or {}, r.get("gate") or {}
+        candidate = m.get("candidate") or {}
         champion_id = gate.get("champion_id")
         rows.append({
             "version": v, "aliases": reg.aliases_of(v),
-            "psnr": m.get("candidate", {}).get("psnr"), "psnr_gain_db": m.get("psnr_gain_db"),
-            "delta_cf": m.get("candidate", {}).get("delta_cf"),
+            "psnr": candidate.get("psnr"), "psnr_gain_db": m.get("psnr_gain_db"),
+            "delta_cf": candidate.get("delta_cf"),
             "gate_passed": gate.get("passed"),
             "gated_against": None if champion_id is None else by_model_id.get(champion_id, champion_id),
-            "registered_at": r.get("registered_at", ""), "git_commit": r.get("git_commit", ""),
-            "model_id": r.get("model_id", ""),
+            "registered_at": r.get("registered_at") or "", "git_commit": r.get("git_commit") or "",
+            "model_id": r.get("model_id") or "",
         })
         by_model_id.setdefault(r.get("model_id"), f"v{v}")
     return rows

@@ -9,11 +9,13 @@ version or the alias table. A version is copied into a hidden staging folder and
 sees it whole or not at all.
 
 Rollback walks back along an alias's history like a stack: `promote`/`register` push, `rollback` pops. After
-champion went v1 → v2 → v3, a rollback gives v2 and a second one v1 (never back to v3: that would be a toggle).
+champion went v1 → v2 → v3, a rollback gives v2 and a second one v1 (never back to v3: that would be a toggle);
+a version whose folder was deleted by hand is passed over, so rollback never points an alias at a missing version.
 
 A model (weights and decode: its model id) already held by a version is never registered again (AlreadyRegistered),
 so re-running registration (`dvc repro` after a rollback) cannot undo a promotion or rollback. Damaged metadata
-(aliases.json, alias_history.jsonl, record.json) and aliases naming no version are RegistryErrors that name the file.
+(aliases.json, alias_history.jsonl, record.json, including a record value of another type than registration writes)
+and aliases naming no version are RegistryErrors that name the file.
 Two crash leftovers are not damage: a history line cut short before its newline (its move never reached the alias
 table) is skipped and trimmed by the next move (rollback still passes through a version whose line was lost: each
 line records the version its alias moved from), and a `v<digits>` folder without record.json is not a version, but
@@ -45,7 +47,9 @@ RECORD = "record.json"
 # Valid as a Vertex AI version alias too ([a-z][a-zA-Z0-9-]{0,126}[a-z0-9], lower case here), so one alias
 # name works on both backends; `v3` and `3` would shadow version references, so they are refused.
 _ALIAS = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_VERSION_REF = re.compile(r"v?\d+")
+# ASCII digits only: str.isdigit and \d also take '²' (which int() refuses) and '٣' (which it reads as 3).
+_VERSION_REF = re.compile(r"v?[0-9]+")
+_DIGITS = re.compile(r"[0-9]+")
 _READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
@@ -69,7 +73,9 @@ def check_gate_is_current(name: str, gate: dict[str, Any], champion: object | No
     if "champion_id" in gate and gate["champion_id"] != champion_id:
         raise RegistryError(f"{name}: the gate compared the candidate with {gate['champion_id'] or 'no champion'}, "
                             f"the champion is now {'none' if champion is None else f'v{champion} ({champion_id})'}; "
-                            "re-run evaluate")
+                            # DVC sees no change in evaluate's inputs (who is champion is none), so `dvc repro`
+                            # alone would skip evaluate and stop here again
+                            "re-run evaluate (`chromify evaluate`, or `dvc repro -f -s evaluate` then `dvc repro`)")
 
 
 def check_alias(alias: str) -> str:
@@ -89,6 +95,35 @@ def _now() -> str:
 def model_id_from_hashes(weights_sha256: str, config_sha256: str) -> str:
     """The model id from its files' sha256: weights and config (the decode) together decide what a model does."""
     return hashlib.sha256(f"{weights_sha256}:{config_sha256}".encode()).hexdigest()[:16]
+
+
+_TYPE_NAME = {dict: "an object", float: "a number", str: "a string"}
+
+
+def _shape_problem(record: Any) -> str | None:
+    """What in a version record is not of the type registration writes and `models list`/`show` read, or None.
+    A null is no value, as a missing key is: a record passed to `register` may hold `"gate": null`."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+
+    def obj(value: Any) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    metrics, gate, files = record.get("metrics"), record.get("gate"), record.get("files")
+    candidate = obj(metrics).get("candidate")
+    checks = [("metrics", metrics, dict), ("metrics.candidate", candidate, dict),
+              ("metrics.candidate.psnr", obj(candidate).get("psnr"), float),
+              ("metrics.candidate.delta_cf", obj(candidate).get("delta_cf"), float),
+              ("metrics.psnr_gain_db", obj(metrics).get("psnr_gain_db"), float),
+              ("gate", gate, dict), ("gate.champion_id", obj(gate).get("champion_id"), str),
+              ("files", files, dict), *((f"files.{name}", sha, str) for name, sha in obj(files).items()),
+              *((key, record.get(key), str) for key in ("model_id", "registered_at", "git_commit"))]
+    for where, value, kind in checks:
+        fits = (isinstance(value, int | float) and not isinstance(value, bool) if kind is float
+                else isinstance(value, kind))
+        if value is not None and not fits:
+            return f"{where} is {json.dumps(value)[:40]}, not {_TYPE_NAME[kind]}"
+    return None
 
 
 def _settle(stack: list[int], held: int) -> None:
@@ -133,7 +168,7 @@ class LocalRegistry:
         if not self.dir.exists():
             return []
         return sorted(int(p.name[1:]) for p in self.dir.glob("v[0-9]*")
-                      if p.name[1:].isdigit() and (p / RECORD).exists())
+                      if _DIGITS.fullmatch(p.name[1:]) and (p / RECORD).exists())
 
     @property
     def aliases_path(self) -> Path:
@@ -173,33 +208,37 @@ class LocalRegistry:
         if not path.exists():
             raise RegistryError(f"{self.name}: no version {version}")
         record = self._read_json(path, "version record")
-        if not isinstance(record, dict):
-            raise RegistryError(f"{path}: damaged version record (not a JSON object)")
+        problem = _shape_problem(record)
+        if problem:
+            raise RegistryError(f"{path}: damaged version record ({problem})")
         return record
 
     def model_id(self, version: int) -> str:
         """A version's model id (as `chromify.evaluate.model_id_of` gives it)."""
         record = self.record(version)
-        files = record.get("files", {})
+        files = record.get("files") or {}
         return record.get("model_id") or model_id_from_hashes(files.get("model.safetensors", ""),
                                                                files.get("config.json", ""))
 
     def version_dir(self, version: int) -> Path:
         return self.dir / f"v{version:04d}"
 
-    def resolve(self, ref: str | int) -> int:
-        """An alias ('champion'), a version number ('3', 'v3') → version number."""
+    def resolve(self, ref: str | int, or_folder: bool = False) -> int:
+        """An alias ('champion'), a version number ('3', 'v3') → version number. `or_folder`: the caller also takes
+        a model's folder, so an empty registry's error says that one can be named instead."""
         text = str(ref)
         aliases = self.aliases()
         if text in aliases:
             return self.target(text)
-        digits = text[1:] if text.startswith("v") else text
-        if digits.isdigit() and int(digits) in self.versions():
-            return int(digits)
+        if _VERSION_REF.fullmatch(text):  # matched as text: int() refuses a number of over 4300 digits
+            version = {str(v): v for v in self.versions()}.get(text.removeprefix("v").lstrip("0"))
+            if version is not None:
+                return version
         if not self.versions():
             raise RegistryError(f"{self.name}: no version or alias {text!r}: nothing is registered in {self.dir} yet "
-                                "(a model is registered when its evaluation gate passes; a trained model's folder, "
-                                "such as models/candidate, can be named instead)")
+                                "(a model is registered when its evaluation gate passes" +
+                                ("; a trained model's folder, such as models/candidate, can be named instead)"
+                                 if or_folder else ")"))
         raise RegistryError(f"{self.name}: no version or alias {text!r} (have "
                             f"{', '.join(f'v{v}' for v in self.versions()) or 'no versions'}"
                             f"{''.join(f', {a}' for a in sorted(aliases))})")
@@ -208,29 +247,31 @@ class LocalRegistry:
         return self.target(CHAMPION)
 
     def model_dir(self, ref: str | int) -> Path:
-        return self.version_dir(self.resolve(ref))
+        """The folder of the version `ref` names, for colorize and serve, which take a model's folder as well."""
+        return self.version_dir(self.resolve(ref, or_folder=True))
 
     def verify(self, ref: str | int) -> list[str]:
-        """Files of a version whose sha256 differs from the one recorded at registration (empty: intact)."""
+        """Files of a version whose sha256 differs from the one recorded at registration (empty: intact); a model
+        file with no sha256 recorded (record.json edited by hand) is listed too, as nothing vouches for it."""
         version = self.resolve(ref)
-        recorded = self.record(version).get("files", {})
+        recorded = self.record(version).get("files") or {}
         folder = self.version_dir(version)
-        return [name for name, sha in sorted(recorded.items())
-                if not (folder / name).exists() or file_sha256(folder / name) != sha]
+        return [name for name in sorted({*MODEL_FILES, *recorded})
+                if name not in recorded or not (folder / name).exists() or file_sha256(folder / name) != recorded[name]]
 
     def alias_history(self, alias: str | None = None) -> list[dict[str, Any]]:
         """Every alias move, oldest first: {alias, version, previous, action, at}; one alias's if given."""
         path = self.history_path
-        text = path.read_text() if path.exists() else ""
+        data = path.read_bytes() if path.exists() else b""
         moves = []
-        # Text after the last newline is an append a crash cut short: its move never reached the alias table (the
+        # Bytes after the last newline are an append a crash cut short: its move never reached the alias table (the
         # line is written first), and the next move trims it (`_trim_torn_append`).
-        for n, line in enumerate(text[: text.rfind("\n") + 1].splitlines(), 1):
-            if not line.strip():
+        for n, raw in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), 1):
+            if not raw.strip():
                 continue
             try:
-                move = json.loads(line)
-            except ValueError as exc:
+                move = json.loads(raw.decode())
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
                 raise RegistryError(f"{path}: line {n} is damaged ({exc})") from None
             if not (isinstance(move, dict) and isinstance(move.get("alias"), str)
                     and type(move.get("version")) is int and isinstance(move.get("at"), str)):
@@ -250,6 +291,9 @@ class LocalRegistry:
         model_dir = Path(model_dir)
         for alias in aliases:
             check_alias(alias)
+        problem = _shape_problem(record)
+        if problem:  # written, it would be a damaged record for good (a version is read-only)
+            raise RegistryError(f"{self.name}: refusing to register a damaged version record ({problem})")
         missing = [f for f in MODEL_FILES if not (model_dir / f).is_file()]
         if missing:
             raise RegistryError(f"{model_dir}: not a model directory (missing {', '.join(missing)})")
@@ -323,12 +367,13 @@ class LocalRegistry:
         """One past every `v<digits>` entry, complete or not (a folder left without its record.json by a hand edit or
         a partial delete is not a version, but its name is taken), and past every number ever given: a number names
         one model for good, in the alias history and in whatever outside wrote it down, even after its folder went."""
-        taken = max((int(p.name[1:]) for p in self.dir.glob("v[0-9]*") if p.name[1:].isdigit()), default=0)
+        taken = max((int(p.name[1:]) for p in self.dir.glob("v[0-9]*") if _DIGITS.fullmatch(p.name[1:])),
+                    default=0)
         try:
             text = self.last_version_path.read_text()
         except FileNotFoundError:  # a registry from before this file: its folders are all there is to go by
             return taken + 1
-        if not text.strip().isdigit():
+        if not _DIGITS.fullmatch(text.strip()):
             raise RegistryError(f"{self.last_version_path}: damaged (expected the highest version number ever "
                                 f"registered, got {text.strip()[:40]!r})")
         return max(taken, int(text)) + 1
@@ -401,12 +446,23 @@ class LocalRegistry:
         return version
 
     def rollback(self, alias: str = CHAMPION) -> int:
-        """Point `alias` at the version it named before its last promotion; repeated, go further back."""
+        """Point `alias` at the version it named before its last promotion; repeated, go further back. Versions
+        deleted since are passed over: an alias naming no version breaks every command that reads it."""
         with self._locked():
             stack = self._stack(alias)
             if len(stack) < 2:
                 where = f"v{stack[-1]}" if stack else "no version"
                 raise RegistryError(f"{self.name}: alias {alias!r} has no earlier version to roll back to "
                                     f"(it names {where} and has not named another before)")
-            self._move_locked({alias: stack[-2]}, "rollback")
-            return stack[-2]
+            registered = set(self.versions())
+            earlier = [v for v in reversed(stack[:-1]) if v != stack[-1]]
+            to = next((v for v in earlier if v in registered), None)
+            if to is None:
+                gone = list(dict.fromkeys(earlier))
+                said = (f"v{gone[0]}, which it named before, is no longer registered (no "
+                        f"{self.version_dir(gone[0]) / RECORD})" if len(gone) == 1 else
+                        f"{', '.join(f'v{v}' for v in gone)}, which it named before, are no longer registered (no "
+                        f"{RECORD} in {', '.join(str(self.version_dir(v)) for v in gone)})")
+                raise RegistryError(f"{self.name}: alias {alias!r} has no earlier version to roll back to: {said}")
+            self._move_locked({alias: to}, "rollback")
+            return to
