@@ -58,6 +58,10 @@ def test_stages_run_out_of_order_or_a_missing_params_file_say_so_in_one_line(tmp
     proc = chromify("register", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("chromify: error: reports/gate.json: unreadable (")
     assert proc.stderr.endswith("run `chromify evaluate` again\n") and proc.stderr.count("\n") == 1
+    (tmp_path / "reports" / "gate.json").write_text("[1]")  # JSON, but not a report: an AttributeError traceback
+    proc = chromify("register", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, "chromify: error: reports/gate.json: unreadable (a JSON list, not "
+                                                 "an object); run `chromify evaluate` again\n")
 
 
 def test_an_invalid_serve_setting_is_one_line(tmp_path):

@@ -659,3 +659,22 @@ def test_the_same_weights_with_another_decode_are_another_model(tmp_path, model_
     assert model_id_of(redecoded) != first
     (redecoded / "config.json").write_bytes((model_dir / "config.json").read_bytes())
     assert model_id_of(redecoded) == first
+
+
+def test_a_champion_with_files_gone_is_named_as_the_champion_not_as_an_untrained_folder(two_runs):
+    """Evaluate said `…/v0002: no trained model here (model.safetensors missing); train one first`: no training
+    mends a damaged champion, and the message did not say the folder was the champion."""
+    from chromify.stages import champion_dir
+
+    root, params, _, _ = two_runs
+    reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
+    assert champion_dir(params) == reg.version_dir(2)
+    weights = reg.version_dir(2) / "model.safetensors"
+    weights.chmod(0o644)
+    weights.unlink()
+    with pytest.raises(RegistryError, match=re.escape(
+            f"{reg.version_dir(2)}: the champion (v2) has model.safetensors missing or changed since it was "
+            "registered; restore them, or promote another version (`chromify models list`)")):
+        champion_dir(params)
+    reg.set_alias(CHAMPION, 1)
+    assert champion_dir(params) == reg.version_dir(1)

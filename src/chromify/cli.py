@@ -58,11 +58,15 @@ def _report(path: Path, made_by: str) -> dict:
     from chromify.errors import DataError
 
     try:
-        return json.loads(path.read_text())
+        report = json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"{path}: not found; run `chromify {made_by}` first") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable ({exc}); run `chromify {made_by}` again") from None
+    if not isinstance(report, dict):  # every report is an object: a list or number was an AttributeError later
+        raise DataError(f"{path}: unreadable (a JSON {type(report).__name__}, not an object); "
+                        f"run `chromify {made_by}` again")
+    return report
 
 
 def _echo_json(obj: object) -> None:

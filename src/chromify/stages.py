@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chromify.config import Params, save_params
-from chromify.errors import ConfigError, GateError
+from chromify.errors import ConfigError, GateError, RegistryError
 from chromify.io import atomic_write_json
 
 
@@ -107,7 +107,14 @@ def champion_dir(params: Params) -> Path | None:
         return fetch_champion(params.register, Path(params.register.registry_dir) / ".vertex-cache")
     reg = LocalRegistry(params.register.registry_dir, params.register.model_name)
     version = reg.champion()
-    return reg.version_dir(version) if version is not None else None
+    if version is None:
+        return None
+    changed = reg.verify(version)  # else "no trained model here; train one first": no training mends the champion
+    if changed:
+        raise RegistryError(f"{reg.version_dir(version)}: the champion (v{version}) has {', '.join(changed)} missing "
+                            "or changed since it was registered; restore them, or promote another version "
+                            "(`chromify models list`)")
+    return reg.version_dir(version)
 
 
 def run_evaluate(params: Params, data_dir: str | Path, candidate_dir: str | Path,
