@@ -205,6 +205,18 @@ def check_region(region: str) -> str:
     return region
 
 
+# Vertex AI Experiments' resource ids; aiplatform refuses others only at submit, inside a RuntimeError
+_EXPERIMENT = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+def check_experiment(experiment: str | None) -> str | None:
+    """A Vertex AI experiment name (None: none), refused before the compile instead of at submit."""
+    if experiment is not None and not _EXPERIMENT.fullmatch(experiment):
+        raise ConfigError(f"--experiment {experiment!r}: a Vertex AI experiment name is 1-128 lower-case letters, "
+                          "digits and '-', starting with a letter or digit")
+    return experiment
+
+
 def cloud_problems(params: Params) -> list[str]:
     """What would make a cloud run fail late or lose its result; submit refuses them, a dry run lists them."""
     from components import images
@@ -221,6 +233,11 @@ def cloud_problems(params: Params) -> list[str]:
     if params.ingest.source != "sample" and not params.ingest.source.startswith("gs://"):
         problems.append(f"ingest.source {params.ingest.source} is a path on this machine, which the cloud's steps "
                         "cannot read: upload the photos and set ingest.source to their gs://bucket/prefix")
+    elif params.ingest.source.startswith("gs://"):  # else the run's first step fails on it, in the cloud
+        try:
+            split_uri(params.ingest.source)
+        except ConfigError as exc:
+            problems.append(f"ingest.source {exc}")
     if params.register.target == "vertex":  # else evaluate's champion lookup fails, after the GPU was paid for
         from chromify.vertex_registry import check_params
 
@@ -291,17 +308,32 @@ def _one_line_errors(where: str) -> Iterator[None]:
         message = exc.args[0] if isinstance(exc, GoogleAuthError) and exc.args else exc
         return " ".join(str(message).split())  # the SDKs' messages span lines
 
+    def said(exc: BaseException) -> ChromifyError | None:
+        if isinstance(exc, DefaultCredentialsError):
+            return ConfigError(f"{where}: no Google credentials ({text(exc)}): {CREDENTIALS_HINT}")
+        if isinstance(exc, RefreshError):
+            return ConfigError(f"{where}: the Google credentials were refused ({text(exc)}): {CREDENTIALS_HINT}")
+        if isinstance(exc, (GoogleAuthError, GoogleAPIError)):  # PermissionDenied, NotFound, quota, unreachable...
+            return ChromifyError(f"{where}: {type(exc).__name__}: {text(exc)}")
+        if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError, ApiException, TimeoutError)):
+            # kfp.Client: the host refuses or is not a Kubeflow Pipelines API; requests: Cloud Storage unreachable
+            return ChromifyError(f"{where}: cannot reach or use the API: {type(exc).__name__}: {text(exc)}")
+        return None
+
     try:
         yield
-    except DefaultCredentialsError as exc:
-        raise ConfigError(f"{where}: no Google credentials ({text(exc)}): {CREDENTIALS_HINT}") from None
-    except RefreshError as exc:
-        raise ConfigError(f"{where}: the Google credentials were refused ({text(exc)}): {CREDENTIALS_HINT}") from None
-    except (GoogleAuthError, GoogleAPIError) as exc:  # PermissionDenied, NotFound, quota, unreachable API...
-        raise ChromifyError(f"{where}: {type(exc).__name__}: {text(exc)}") from None
-    except (requests.RequestException, urllib3.exceptions.HTTPError, ApiException, TimeoutError) as exc:
-        # kfp.Client: the host refuses or is not a Kubeflow Pipelines API; requests: Cloud Storage unreachable
-        raise ChromifyError(f"{where}: cannot reach or use the API: {type(exc).__name__}: {text(exc)}") from None
+    except Exception as exc:
+        error = said(exc)
+        # aiplatform wraps whatever its experiment lookup raised (a 403, a name it refuses) in a RuntimeError
+        cause = exc.__cause__
+        if error is None and isinstance(exc, RuntimeError) and cause is not None:
+            inner = said(cause) or (ChromifyError(f"{where}: {type(cause).__name__}: {text(cause)}")
+                                    if isinstance(cause, ValueError) else None)
+            if inner is not None:
+                error = type(inner)(f"{where}: {text(exc)}: {str(inner).removeprefix(f'{where}: ')}")
+        if error is None:
+            raise
+        raise error from None
 
 
 def default_credentials() -> Credentials:
@@ -334,6 +366,7 @@ def submit(target: str | None, project: str | None, region: str, pipeline_root: 
             raise ConfigError("--target vertex needs --project")
         check_pipeline_root(pipeline_root)
         check_region(region)
+        check_experiment(experiment)
     problems = cloud_problems(params)
     if problems and not dry_run:
         raise ConfigError("not submitted: " + "; ".join(problems))

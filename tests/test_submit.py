@@ -6,6 +6,7 @@ import http.server
 import inspect
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -404,6 +405,47 @@ def test_a_request_vertex_ai_refuses_is_one_line(params_path, monkeypatch, googl
     with pytest.raises(ChromifyError, match=said) as refused:
         vertex_submit(params_path, monkeypatch)
     assert "\n" not in str(refused.value)
+
+
+def test_an_experiment_vertex_ai_refuses_is_one_line(params_path, monkeypatch, google_cloud_api):
+    """aiplatform wraps its experiment lookup's 403 in a RuntimeError: that was a 94-line traceback, exit 1."""
+    from google.auth.credentials import AnonymousCredentials
+
+    api, parent, _ = vertex_api(google_cloud_api, monkeypatch)
+    api.routes[("GET", f"/v1/{parent}/metadataStores/default")] = (403, {"error": {
+        "code": 403, "message": "Permission 'aiplatform.metadataStores.get' denied", "status": "PERMISSION_DENIED"}})
+    monkeypatch.setattr("google.auth.default", lambda *a, **kw: (AnonymousCredentials(), "proj-1"))
+    with pytest.raises(ChromifyError, match=r"^Vertex AI: Experiment chromify could not be found or created\. "
+                                            r"PipelineJob not created: (Forbidden|PermissionDenied): 403 .*"
+                                            r"aiplatform\.metadataStores\.get") as refused:
+        submit(target="vertex", project="proj-1", region="europe-west4", pipeline_root="gs://bkt/chromify/root",
+               service_account=SA, experiment="chromify", host=None, dry_run=False,
+               params_path=ready_params(params_path, monkeypatch))
+    assert "\n" not in str(refused.value)
+    assert not [c for c in api.calls if c[0] == "POST" and c[1].endswith("/pipelineJobs")]  # no job was sent
+
+
+def test_an_experiment_name_vertex_ai_would_refuse_is_caught_before_the_compile(params_path):
+    for name in ("My Exp", "-chromify", "chromify_exp", "x" * 129):
+        with pytest.raises(ConfigError, match=re.escape(f"--experiment {name!r}: a Vertex AI experiment name is")):
+            submit(target="vertex", project="proj-1", region="europe-west4", pipeline_root="gs://bkt/root",
+                   service_account=None, experiment=name, host=None, dry_run=True, params_path=params_path)
+    out = submit(target="vertex", project="proj-1", region="europe-west4", pipeline_root="gs://bkt/root",
+                 service_account=None, experiment="chromify-2026", host=None, dry_run=True, params_path=params_path)
+    assert out["experiment"] == "chromify-2026"
+
+
+def test_a_photo_bucket_the_ingest_step_would_refuse_is_a_problem(params_path, monkeypatch):
+    params_path = ready_params(params_path, monkeypatch)
+    raw = yaml.safe_load(params_path.read_text())
+    raw["ingest"] = {**raw["ingest"], "source": "gs://My_Bucket/photos"}
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    common = {"target": "kfp", "project": None, "region": "us-central1", "pipeline_root": None, "service_account": None,
+              "experiment": None, "host": "https://kfp.example.com", "params_path": params_path}
+    (problem,) = submit(dry_run=True, **common)["problems"]
+    assert problem.startswith("ingest.source gs://My_Bucket/photos: 'My_Bucket' is not a valid bucket name")
+    with pytest.raises(ConfigError, match="not submitted: ingest.source gs://My_Bucket/photos"):
+        submit(dry_run=False, **common)
 
 
 @pytest.fixture
