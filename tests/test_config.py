@@ -41,6 +41,14 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
         # kfp's own check at compile time was a traceback that named no params key
         ({"cloud": {"memory_limit": "32GB"}}, "cloud.memory_limit '32GB': expected a whole number"),
         ({"cloud": {"cpu_limit": "8 cores"}}, "cloud.cpu_limit '8 cores': expected a number of cores"),
+        # compiled and submitted, and refused by Kubernetes only when the train pod was created
+        ({"cloud": {"kfp_gpu_node_selector_key": "chromify pool"}},
+         "cloud.kfp_gpu_node_selector_key 'chromify pool': expected a Kubernetes label key"),
+        ({"cloud": {"kfp_gpu_toleration_key": ""}}, "cloud.kfp_gpu_toleration_key '': expected a Kubernetes label key"),
+        ({"cloud": {"kfp_gpu_toleration_key": "Nvidia.com/gpu"}},
+         "cloud.kfp_gpu_toleration_key 'Nvidia.com/gpu': expected a Kubernetes label key"),
+        ({"cloud": {"kfp_gpu_node_selector_value": "-gpu"}},
+         "cloud.kfp_gpu_node_selector_value '-gpu': expected a Kubernetes label value"),
         # zero or out-of-range values were tracebacks later (batch sizes, size 0) or trained on nothing (fractions)
         ({"train": {"lr": -1, "ema_decay": 1.5}}, "train.lr -1.0: must be > 0; train.ema_decay 1.5: must be in [0, 1)"),
         ({"train": {"decode_min_psnr_gain_db": "nan"}}, "train.decode_min_psnr_gain_db nan: must be a finite number"),

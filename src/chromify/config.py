@@ -196,7 +196,28 @@ class CloudParams:
              f"cloud.memory_limit {self.memory_limit!r}: expected a whole number with an optional unit "
              "K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers of 1024), e.g. 32G"),
         ]
+        # Kubernetes refuses other label keys and values only when the pod is created, after the steps before train
+        for key in ("kfp_gpu_node_selector_key", "kfp_gpu_toleration_key"):
+            value = getattr(self, key)
+            checks.append((_is_label_key(value), f"cloud.{key} {value!r}: expected a Kubernetes label key, "
+                                                 "[prefix/]name (name: 1-63 letters, digits, '-', '_', '.')"))
+        for key in ("kfp_gpu_node_selector_value", "kfp_gpu_toleration_value"):
+            value = getattr(self, key)
+            checks.append((value == "" or _LABEL_NAME.fullmatch(value) is not None,
+                           f"cloud.{key} {value!r}: expected a Kubernetes label value "
+                           "(0-63 letters, digits, '-', '_', '.', starting and ending with a letter or digit)"))
         _check_all(checks)
+
+
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _is_label_key(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return _LABEL_NAME.fullmatch(name) is not None
 
 
 def _check_all(checks: list[tuple[bool, str]]) -> None:
