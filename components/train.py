@@ -6,9 +6,10 @@ from components.images import GPU_IMAGE
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def train(params_json: str, shards: Input[Dataset], model: Output[Model], metrics: Output[Metrics],
-          nproc: int = 1) -> float:
-    """Train the colorizer, in-process or, with nproc > 1, as `torchrun` ranks (one per GPU); returns validation L1
-    (NaN when the folder gave no validation photo)."""
+          nproc: int = 1) -> None:
+    """Train the colorizer, in-process or, with nproc > 1, as `torchrun` ranks (one per GPU). The validation scores
+    go to `metrics` only when there are some: a returned NaN (no validation photo) is not JSON, and the executor
+    output that carries a return value is read by Kubeflow's Go launcher."""
     import json
     from pathlib import Path
 
@@ -48,4 +49,3 @@ def train(params_json: str, shards: Input[Dataset], model: Output[Model], metric
         metrics.log_metric("val_decode_psnr_gain_db", float(decode["psnr_gain_db"]))
         metrics.log_metric("val_decode_delta_cf", float(decode["delta_cf"]))
         model.metadata["decode"] = {k: decode[k] for k in DECODE_KEYS}
-    return float(result.get("val_l1", "nan"))
