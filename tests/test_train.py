@@ -810,8 +810,11 @@ def test_a_ddp_job_signalled_mid_run_leaves_its_checkpoint_though_torchrun_kills
     finally:
         for rank in ranks:
             rank.kill()
-    assert (ranks[1].returncode, ranks[0].returncode) == (143, 143), err0[-2000:]
+    # Rank 0 exits 143 itself, or, when torchrun's SIGTERM comes after its handlers were given back (checkpoint
+    # written and said), dies of it (-15): either way only after the save, which is what this test is about.
+    assert ranks[1].returncode == 143 and ranks[0].returncode in (143, -signal.SIGTERM), err0[-2000:]
     steps = [int(line.split()[1]) for line in (first + rest).splitlines() if line.startswith("step")]
+    assert f"stopped by SIGTERM at step {steps[-1]}; the checkpoint in {out} resumes the run" in err0
     assert load_checkpoint(out)["schedule"]["step"] == steps[-1] > 0
 
 
