@@ -175,6 +175,25 @@ def test_dvc_stages_use_the_folders_params_yaml_names(repo_copy):
     assert sum(len(ShardSet(repo_copy / "data/processed" / s)) for s in ("train", "val", "test")) == 11
 
 
+def test_a_changed_preprocess_param_rebuilds_the_shards_under_dvc(repo_copy):
+    # DVC's run cache (3.x) restores a stage whose params are a whole section by the first result it stored: the
+    # 64 px shards came back for size 32 while dvc.lock said 32, and nothing ever rebuilt them.
+    from chromify.loader import ShardSet
+
+    def shards_at(size: int) -> str:
+        (repo_copy / "params.yaml").write_text(yaml.safe_dump(small_params(preprocess={"size": size, "workers": 1}),
+                                                              sort_keys=False))
+        out = run(["dvc", "repro", "preprocess"], repo_copy)
+        train = ShardSet(repo_copy / "data/processed/train")  # checks each shard against the index
+        assert train.size == size and len(train) == 8, out
+        return out
+
+    shards_at(64)
+    shards_at(32)
+    back = shards_at(64)
+    assert "Running stage 'preprocess'" in back
+
+
 def test_kfp_local_dag_registers_only_when_the_gate_passes(tmp_path, monkeypatch):
     from pipelines.run import run_local
 
