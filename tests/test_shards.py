@@ -106,6 +106,25 @@ def test_partitions_cover_the_same_samples(tmp_path, derived_raw, small_shards):
     assert all(np.array_equal(mine[k], whole[k]) for k in whole)
 
 
+def test_partitions_cut_from_different_manifests_are_not_indexed_together(tmp_path, derived_raw):
+    """An ingest between two partitions' runs: the index held some photos twice and left others out, silently."""
+    import re
+
+    rows = read_manifest(derived_raw)
+    mb = 10 * 3 * 32 * 32 / 2**20
+    shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(0, 2))
+    fewer = rows[:-3]  # the folder lost three photos, and ingest ran again
+    shards.preprocess(fewer, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(1, 2))
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: partition 0/2 was preprocessed from another "
+                                                  "manifest than the latest (ingest ran in between)")):
+        shards.write_index(tmp_path, 32, partitions=2)
+    assert not (tmp_path / "train" / "index.json").exists()
+    shards.preprocess(fewer, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(0, 2))
+    indexes = shards.write_index(tmp_path, 32, partitions=2)
+    assert sum(i["count"] for i in indexes.values()) == len(fewer)
+    assert sorted(samples_by_sha(tmp_path)) == sorted(r["sha256"] for r in fewer)
+
+
 def test_shards_do_not_depend_on_the_manifest_order(derived_raw):
     """Sorted by content hash: a shard is a random sample of its split, and a new file name moves no photo."""
     rows = read_manifest(derived_raw)
@@ -140,6 +159,60 @@ def test_a_new_size_redoes_the_shards(tmp_path, derived_raw):
     assert shards.preprocess(rows, derived_raw, tmp_path, 16, 1, workers=1)["shards_skipped"] == 1
     assert shards.preprocess(rows, derived_raw, tmp_path, 24, 1, workers=1)["shards_written"] == 1
     assert shards.write_index(tmp_path, 24)["val"]["shape"] == [3, 24, 24]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal and /proc are Linux's")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_only_the_main_process_leaves_no_worker_holding_the_folder(tmp_path, derived_raw, sig):
+    """`kill PID` of the CLI alone (not its group) left the two workers blocked for good, holding the folder's lock:
+    every re-run said another preprocess was writing there, naming the dead pid. SIGTERM now unwinds, as Ctrl-C."""
+    params = tmp_path / "params.yaml"
+    params.write_text("preprocess:\n  size: 128\n  shard_mb: 1\n  workers: 2\n")
+    out = tmp_path / "out"
+    cmd = [str(Path(sys.executable).with_name("chromify")), "preprocess", "--params", str(params),
+           "--raw", str(derived_raw), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*/p000of001-*.json")):
+        assert proc.poll() is None, f"preprocess ended before it could be killed: {proc.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    if sig == signal.SIGTERM:
+        assert (proc.returncode, proc.stderr.read().decode().splitlines()[-1]) == (143, "chromify: terminated")
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if _alive(w)]
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["shards_skipped"] > 0  # it resumed
+    for split in shards.SPLITS:
+        shards.verify_shards(out / split)
 
 
 def test_kill_9_mid_run_then_rerun_gives_identical_shards(tmp_path, derived_raw):

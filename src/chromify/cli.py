@@ -86,7 +86,8 @@ def ingest(params: ParamsOpt = DEFAULT_PARAMS, source: Annotated[str | None, typ
     p = _params(params)
     if source:
         p = replace(p, ingest=replace(p.ingest, source=source))
-    counts = run_ingest(p, out, reports, progress=True)
+    with _sigterm_unwinds():
+        counts = run_ingest(p, out, reports, progress=True)
     _echo_json(counts)
 
 
@@ -101,7 +102,9 @@ def preprocess(params: ParamsOpt = DEFAULT_PARAMS,
     from chromify.stages import run_preprocess
 
     p = _params(params)
-    _echo_json(run_preprocess(p, raw or Path(p.ingest.out_dir), out, partition, index, progress=True))
+    with _sigterm_unwinds():  # the worker pool is shut down, and the lock let go, on the way out
+        counts = run_preprocess(p, raw or Path(p.ingest.out_dir), out, partition, index, progress=True)
+    _echo_json(counts)
 
 
 @app.command()

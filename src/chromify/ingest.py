@@ -38,7 +38,7 @@ from chromify.decode import (
     to_srgb,
 )
 from chromify.errors import ChromifyError, ConfigError, InputImageError, first_line
-from chromify.io import atomic_write
+from chromify.io import atomic_write, die_with
 from chromify.lab import AB_OFFSET
 from chromify.progress import Progress
 from chromify.shards import lab8_table, rgb_to_lab8
@@ -370,7 +370,8 @@ def _inspect_task(args: tuple[SourceFile, str, int]) -> tuple[SourceFile, Facts]
     return f, facts
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
+    die_with(parent)
     gcs.fresh()
 
 
@@ -383,7 +384,8 @@ def _inspected(todo: list[SourceFile], out_dir: Path, max_pixels: int, workers: 
         return
     lab8_table()  # built before the fork, shared by the workers
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(os.getpid(),)) as pool:
         pool.submit(int).result()  # forks the workers now, before a progress bar starts its thread
         yield pool.map(_inspect_task, args, chunksize=8)
 

@@ -26,6 +26,18 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+def die_with(parent: int) -> None:
+    """In a pool worker forked by `parent`: be killed when it dies, even of SIGKILL (Linux). Left behind, a worker
+    waits on its task queue for good, holding the fds it inherited, among them the parent's folder lock."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> None:
     """Write through `write(fileobj)` into a temp file beside `path`, fsync, then rename over it.
 

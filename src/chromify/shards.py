@@ -28,7 +28,7 @@ import numpy as np
 
 from chromify.decode import DECODER_PIL, load_square, read_bytes
 from chromify.errors import DataError, InputImageError, first_line
-from chromify.io import atomic_write_json, exclusive_lock, file_sha256
+from chromify.io import atomic_write_json, die_with, exclusive_lock, file_sha256
 from chromify.lab import AB_OFFSET, L_SCALE
 from chromify.progress import Progress
 
@@ -199,9 +199,10 @@ def _shard_ok(job: ShardJob) -> bool:
         return False
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     import torch
 
+    die_with(parent)
     lab8_table()  # a no-op after fork (inherited); spawned workers build their own
     torch.set_num_threads(1)  # the resize of one photo is too small to share: the processes are the parallelism
 
@@ -273,6 +274,13 @@ def _clean(split_dir: Path, partition: Partition, wanted: set[str]) -> bool:
     return removed
 
 
+def photos_digest(rows: list[dict]) -> str:
+    """sha256 of which photo is in which split: partitions cut from different manifests (an ingest between them)
+    would index some photos twice and leave others out."""
+    pairs = sorted((r["sha256"], r["split"]) for r in rows)
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+
 def _done_marker(out_dir: Path, partition: Partition) -> Path:
     return out_dir / f"{partition.tag}.done.json"
 
@@ -330,7 +338,8 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
         if todo and workers > 1:
             lab8_table()  # built once here and shared by the forked workers
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(os.getpid(),))
             pool.submit(int).result()  # forks every worker now, before tqdm starts its monitor thread
         bar = Progress(total, f"preprocess {partition.tag}", initial=total - sum(len(g) for _, g in todo),
                        enabled=progress)
@@ -345,7 +354,8 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
                 pool.shutdown(cancel_futures=True)
             bar.close()
         shards = {split: [j.meta["file"] for j, _ in jobs if j.npy.parent.name == split] for split in SPLITS}
-        atomic_write_json(_done_marker(out_dir, partition), {"size": size, "shards": shards})
+        atomic_write_json(_done_marker(out_dir, partition), {"size": size, "shards": shards,
+                                                             "photos": photos_digest(rows)})
         return counts
 
 
@@ -399,7 +409,15 @@ def write_index(out_dir: str | Path, size: int, partitions: int = 1) -> dict[str
             return {}
         if marker.get("size") != size:
             raise DataError(f"{path}: shards of size {marker.get('size')}, not {size}; re-run preprocess")
-        markers.append(marker)
+        markers.append((path, marker))
+    # The partition finished last (the one whose run writes the index) was cut from the current manifest
+    newest = max(markers, key=lambda m: m[0].stat().st_mtime_ns)[1].get("photos")
+    stale = [f"{i}/{partitions}" for i, (_, m) in enumerate(markers) if m.get("photos") != newest]
+    if stale:
+        raise DataError(f"{out_dir}: partition {', '.join(stale)} was preprocessed from another manifest than the "
+                        f"latest (ingest ran in between): re-run `chromify preprocess --partition` for "
+                        f"{'it' if len(stale) == 1 else 'them'}")
+    markers = [m for _, m in markers]
     indexes = {}
     for split in SPLITS:
         split_dir = out_dir / split
