@@ -228,16 +228,20 @@ def test_submit_refuses_a_run_that_would_lose_its_model_or_pull_placeholder_imag
                service_account=None, experiment=None, host=None, dry_run=False, params_path=params_path)
 
 
-def test_a_local_photo_folder_is_a_problem_the_cloud_run_would_have(params_path, monkeypatch):
+@pytest.mark.parametrize(("source", "said"), [
+    ("/home/me/photos", "ingest.source /home/me/photos is a path on this machine"),
+    # the ingest step would refuse it, in the cloud, as its first task
+    ("gs://My_Bucket/photos", "ingest.source gs://My_Bucket/photos: 'My_Bucket' is not a valid bucket name")])
+def test_a_photo_source_the_cloud_run_could_not_read_is_a_problem(params_path, monkeypatch, source, said):
     params_path = ready_params(params_path, monkeypatch)
     raw = yaml.safe_load(params_path.read_text())
-    raw["ingest"] = {**raw["ingest"], "source": "/home/me/photos"}
+    raw["ingest"] = {**raw["ingest"], "source": source}
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     common = {"target": "kfp", "project": None, "region": "us-central1", "pipeline_root": None, "service_account": None,
               "experiment": None, "host": "https://kfp.example.com", "params_path": params_path}
     (problem,) = submit(dry_run=True, **common)["problems"]
-    assert problem.startswith("ingest.source /home/me/photos is a path on this machine")
-    with pytest.raises(ConfigError, match="not submitted: ingest.source /home/me/photos"):
+    assert problem.startswith(said)
+    with pytest.raises(ConfigError, match=f"not submitted: ingest.source {source}"):
         submit(dry_run=False, **common)
 
 
@@ -433,19 +437,6 @@ def test_an_experiment_name_vertex_ai_would_refuse_is_caught_before_the_compile(
     out = submit(target="vertex", project="proj-1", region="europe-west4", pipeline_root="gs://bkt/root",
                  service_account=None, experiment="chromify-2026", host=None, dry_run=True, params_path=params_path)
     assert out["experiment"] == "chromify-2026"
-
-
-def test_a_photo_bucket_the_ingest_step_would_refuse_is_a_problem(params_path, monkeypatch):
-    params_path = ready_params(params_path, monkeypatch)
-    raw = yaml.safe_load(params_path.read_text())
-    raw["ingest"] = {**raw["ingest"], "source": "gs://My_Bucket/photos"}
-    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    common = {"target": "kfp", "project": None, "region": "us-central1", "pipeline_root": None, "service_account": None,
-              "experiment": None, "host": "https://kfp.example.com", "params_path": params_path}
-    (problem,) = submit(dry_run=True, **common)["problems"]
-    assert problem.startswith("ingest.source gs://My_Bucket/photos: 'My_Bucket' is not a valid bucket name")
-    with pytest.raises(ConfigError, match="not submitted: ingest.source gs://My_Bucket/photos"):
-        submit(dry_run=False, **common)
 
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def what_changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
               "code": "the training code"}
     for key, label in labels.items():
         if before.get(key) != now.get(key):
-            changed.append(f"{label} {before[key]!r} -> {now[key]!r}" if key in ("seed", "world") else label)
+            changed.append(f"{label} {before.get(key)!r} -> {now.get(key)!r}" if key in ("seed", "world") else label)
     return changed
 
 
