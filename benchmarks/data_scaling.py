@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from cli_args import run_main
+from cli_args import comma_list, run_main, unit_fraction
 from frontier import frontier, key, sharp_mean
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,19 +49,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT / "data/processed"), help="a processed directory (train/val/test)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--fractions", default="0.25,0.5,1")
+    ap.add_argument("--fractions", type=comma_list(unit_fraction), default="0.25,0.5,1",
+                    help="shares of the training split, each in (0, 1]")
     ap.add_argument("--minutes", type=float, default=10.0, help="train.max_minutes for every fraction")
     ap.add_argument("--max-steps", type=int, default=0, help="a step budget instead of minutes (smoke runs)")
     ap.add_argument("--workdir", default=None, help="keep the subsets and models here (default: a temp dir)")
     args = ap.parse_args()
 
-    from chromify.config import load_params
+    from chromify.config import load_params_named
     from chromify.decode_search import candidates, describe, score_decodes
     from chromify.loader import ShardSet
     from chromify.train.checkpoint import load_model
     from chromify.train.loop import train
 
-    params = load_params(args.params)
+    params = load_params_named(args.params)  # a mistyped --params is refused, not replaced by the defaults
     work = Path(args.workdir or tempfile.mkdtemp(prefix="chromify-curve-"))
     data = Path(args.data)
     train_set, val, test = ShardSet(data / "train"), ShardSet(data / "val"), ShardSet(data / "test").all()
@@ -71,7 +72,7 @@ def main() -> None:
           f"{f'{args.max_steps} steps' if args.max_steps else f'{args.minutes:g} min'} a fraction; work in {work}",
           flush=True)
     lines = []
-    for fraction in (float(f) for f in args.fractions.split(",")):
+    for fraction in args.fractions:
         tag = f"f{fraction:g}"
         photos = write_subset(data, train_set, work / tag / "data", fraction, params.base.seed)
         tp = replace(params.train, max_minutes=0.0 if args.max_steps else args.minutes, max_steps=args.max_steps,

@@ -70,7 +70,8 @@ def test_photos(count: int, photos: Path) -> tuple[list[np.ndarray], str]:
     rng = np.random.default_rng(0)
     samples = [getattr(skdata, n)() for n in SAMPLE_PHOTOS]
     images = [square(samples[rng.integers(len(samples))], rng) for _ in range(count)]
-    return images, f"{count} random crops of scikit-image's sample photos ({photos} not found)"
+    why = "has no .jpg, .jpeg or .png photos" if photos.is_dir() else "not found"
+    return images, f"{count} random crops of scikit-image's sample photos ({photos} {why})"
 
 
 def renderings(photo: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

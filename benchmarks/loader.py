@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from cli_args import folder, non_negative_int, positive_int, run_main
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
+# A string, so that argparse applies `folder` to it too: a missing ../shared is one line naming it.
+DEFAULT_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos")
 H100_BF16_FLOPS = 989e12  # dense bf16, H100 SXM datasheet
 H100_HBM_BYTES = 3.35e12  # HBM3 bandwidth, H100 SXM datasheet
 EFFICIENCY = (0.3, 0.5)  # share of peak bandwidth eager PyTorch sustains on narrow convs + BN + SiLU (assumed)
@@ -89,6 +90,7 @@ def main() -> None:
 
     from chromify import shards
     from chromify.config import IngestParams
+    from chromify.errors import ConfigError
     from chromify.ingest import ingest, read_manifest
     from chromify.loader import ShardBatches, ShardSet, to_model_tensors
     from chromify.train.loop import augment
@@ -103,6 +105,9 @@ def main() -> None:
         made = time.perf_counter() - t0
         shards.write_index(work / "out", args.size)
         train = ShardSet(work / "out" / "train")
+        if len(train) < args.batch:  # every epoch would be empty (the last, partial batch is dropped): no rate
+            raise ConfigError(f"{len(train)} photos from {args.folder} in the train split, fewer than --batch "
+                              f"{args.batch}: pass a smaller --batch or a bigger folder")
         print(f"\n{len(train)} photos from {args.folder} → {args.size} px shards in {made:.1f} s "
               f"({counts['images'] / made:.0f} images/s on {os.cpu_count()} cores); batch {args.batch}\n")
 
@@ -111,8 +116,9 @@ def main() -> None:
 
         def loader(raw: bool):
             ds = ShardBatches(work / "out" / "train", args.batch, seed=0, raw=raw)
-            dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.workers,
-                                             persistent_workers=True, prefetch_factor=4)
+            # with --workers 0 the DataLoader runs in this process and refuses these two options
+            pool = {"persistent_workers": True, "prefetch_factor": 4} if args.workers else {}
+            dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.workers, **pool)
 
             def make(epoch):
                 ds.set_epoch(epoch)

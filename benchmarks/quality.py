@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import yaml
+from cli_args import comma_list, decode, finite_float, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,13 +90,18 @@ def columns(summary: dict, gray_psnr: float) -> dict:
 
 def parse_sets(items: list[str]) -> dict:
     """`section.key=value` pairs (values read as YAML: 0, true, 0.5, bins) as one set of overrides."""
+    from chromify.errors import ConfigError, first_line
+
     out: dict[str, dict] = {}
     for item in items:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not (sep and dot and section and name):
-            raise SystemExit(f"--set {item!r}: expected section.key=value, e.g. train.resolution=0")
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.resolution=0")
+        try:
+            out.setdefault(section, {})[name] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({first_line(exc)})") from None
     return out
 
 
@@ -104,7 +110,7 @@ def method_params(name: str, photos: str, minutes: float, sets: dict) -> dict:
     from chromify.config import ConfigError, IngestParams, params_from_dict
 
     if name not in METHODS:
-        raise SystemExit(f"unknown method {name!r}: one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method {name!r}: one of {', '.join(METHODS)}")
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     real = IngestParams()  # the split fractions for real folders
     params = with_overrides(base, METHODS[name], {"ingest": {"source": photos, "val_fraction": real.val_fraction,
@@ -113,7 +119,7 @@ def method_params(name: str, photos: str, minutes: float, sets: dict) -> dict:
     try:
         params_from_dict(params)  # a typo fails here, not after the first method's training
     except ConfigError as exc:
-        raise SystemExit(f"{name}: {exc}") from None
+        raise ConfigError(f"{name}: {exc}") from None
     return params
 
 
@@ -191,25 +197,19 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="train.max_minutes for every method")
     ap.add_argument("--methods", default="unet_bins,encdec_bins,unet_l1,encdec_l1,unet_gan")
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir)")
-    ap.add_argument("--decodes", default="0.38:0.5,0.38:0",
+    # --decodes and --floors are checked as they are parsed: a bad one would end the run after a method's training
+    ap.add_argument("--decodes", type=comma_list(decode, empty_ok=True), default="0.38:0.5,0.38:0",
                     help="bins-head methods: also score the trained model with these T:β[:gain] decodes "
                          "(annealed-mean temperature : prior correction : chroma gain)")
-    ap.add_argument("--floors", default="-0.5,0,1",
+    ap.add_argument("--floors", type=comma_list(finite_float, empty_ok=True), default="-0.5,0,1",
                     help="also score the decodes the validation search picks with these PSNR floors (dB)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a params override for every method, after the method's own (repeatable)")
     args = ap.parse_args()
     photos = str(Path(args.photos).resolve())
     if not Path(photos).is_dir():
-        raise SystemExit(f"no photo folder at {photos}: pass --photos DIR")
+        ap.error(f"no photo folder at {photos}: pass --photos DIR")
     sets = parse_sets(args.set)
-    try:  # before any training: a typo here would otherwise end the run after the first method's minutes
-        decodes = [tuple(map(float, d.split(":"))) for d in args.decodes.split(",") if d]
-        floors = [float(f) for f in args.floors.split(",") if f]
-    except ValueError:
-        ap.error(f"--decodes {args.decodes!r} / --floors {args.floors!r}: expected T:β[:gain],… and dB,… numbers")
-    if any(len(d) not in (2, 3) for d in decodes):
-        ap.error(f"--decodes {args.decodes!r}: each is T:β or T:β:gain")
     plans = {name: method_params(name, photos, args.minutes, sets) for name in args.methods.split(",")}
     work = Path(args.workdir or tempfile.mkdtemp(prefix="chromify-quality-"))
 
@@ -218,7 +218,7 @@ def main() -> None:
         row, tried = run_method(name, params, work)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        extra = rescore(row, tried, decodes, floors)
+        extra = rescore(row, tried, args.decodes, args.floors)
         for r in extra:
             print(json.dumps(r), flush=True)
         rows += extra
@@ -241,4 +241,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -46,11 +46,11 @@ def resolve_model(ref: str, params: str, scratch: Path) -> tuple[Path, str]:
         return Path(ref), f"directory {ref}"
     from dataclasses import asdict
 
-    from chromify.config import load_params
+    from chromify.config import load_params_named
     from chromify.errors import ChromifyError, ConfigError
     from chromify.registry import LocalRegistry
 
-    p = load_params(params)
+    p = load_params_named(params)  # a mistyped --params is refused, not replaced by the defaults
     try:
         reg = LocalRegistry(p.register.registry_dir, p.register.model_name)
         version = reg.resolve(ref)
@@ -70,15 +70,19 @@ def resolve_model(ref: str, params: str, scratch: Path) -> tuple[Path, str]:
     return out, f"untrained {p.model.arch} (head {p.model.head}, base_width {p.model.base_width})"
 
 
-def test_photo(side: int) -> bytes:
-    """A real photo (the first of ../shared/data/photos, else skimage's astronaut) in gray, side × side, JPEG."""
+def source_photo() -> tuple[Image.Image, str]:
+    """(a real photo in gray, where it came from): the first of ../shared/data/photos, else skimage's astronaut."""
     candidates = sorted(PHOTOS.glob("*.jpg")) if PHOTOS.is_dir() else []
     if candidates:
-        img = Image.open(candidates[0]).convert("L")
-    else:
-        from skimage import data
+        return Image.open(candidates[0]).convert("L"), str(candidates[0].resolve())
+    from skimage import data
 
-        img = Image.fromarray(data.astronaut()).convert("L")
+    return (Image.fromarray(data.astronaut()).convert("L"),
+            f"scikit-image's astronaut (no .jpg in {PHOTOS.resolve()})")
+
+
+def test_photo(img: Image.Image, side: int) -> bytes:
+    """`img` resized to side × side, as a JPEG."""
     buf = io.BytesIO()
     img.resize((side, side), Image.BICUBIC).save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -215,7 +219,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=None, help="server's --concurrency (default: its own)")
     ap.add_argument("--runs", type=positive_int, default=20, help="sequential requests per latency cell")
     ap.add_argument("--requests", type=non_negative_int, default=1000, help="load run size; 0 skips the load run")
-    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--clients", type=positive_int, default=32)
     ap.add_argument("--no-breakdown", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -223,10 +227,11 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="chromify-bench-"))
     atexit.register(shutil.rmtree, scratch, True)  # however the run ends (the server's log is printed first)
     model, model_note = resolve_model(args.model, args.params, scratch)
-    photos = {side: test_photo(side) for side in (512, 2048)}
+    source, source_note = source_photo()
+    photos = {side: test_photo(source, side) for side in (512, 2048)}
     result: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "cpu": platform.processor() or platform.machine(),
                                 "load_avg_at_start": os.getloadavg()[0], "gpu": False},
-                    "model": model_note, "render_size": args.render_size}
+                    "model": model_note, "render_size": args.render_size, "test_photo": source_note}
     proc, base = start_server(model, args.render_size, args.concurrency, scratch / "server.log")
     try:
         result["server_rss_idle_mb"] = rss_bytes(proc.pid) / 2**20
@@ -251,7 +256,7 @@ def main() -> None:
 
     m = result["machine"]
     print(f"\nmachine: {m['cpus']} CPU cores ({m['cpu']}), no GPU, load average at start {m['load_avg_at_start']:.1f}")
-    print(f"model: {result['model']}, render size {result['render_size']}\n")
+    print(f"model: {result['model']}, render size {result['render_size']}; test photo {result['test_photo']}\n")
     print("| photo | format | p50 ms | p90 ms | min ms | server p50 ms | response bytes |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for cell, r in result["latency"].items():

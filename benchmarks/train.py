@@ -18,7 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from cli_args import positive_int, run_main
+from cli_args import non_negative_int, positive_int, run_main
 from torch.utils.flop_counter import FlopCounterMode
 
 from chromify.models import get_model
@@ -81,16 +81,16 @@ def time_variant(arch: str, size: int, batch: int, steps: int, warmup: int, devi
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="unet_s")
-    ap.add_argument("--base-width", type=int, default=None)
+    ap.add_argument("--base-width", type=positive_int, default=None, help="default: the architecture's own")
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--size", type=positive_int, default=256)
     ap.add_argument("--batch", type=positive_int, default=None, help="default 64 on CUDA, 4 on CPU")
     ap.add_argument("--steps", type=positive_int, default=None, help="timed steps; default 30 on CUDA, 3 on CPU")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps; default 5 on CUDA, 1 on CPU")
+    ap.add_argument("--warmup", type=non_negative_int, default=None, help="untimed steps; default 5 on CUDA, 1 on CPU")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="include the torch.compile variant (default: on CUDA only)")
     ap.add_argument("--peak", choices=sorted(PEAK_BF16), default=None, help="GPU for MFU (default: from its name)")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=non_negative_int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
 
@@ -104,7 +104,7 @@ def main() -> None:
     steps = args.steps or (30 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     do_compile = cuda if args.compile is None else args.compile
-    kwargs = {"depth": args.depth, **({"base_width": args.base_width} if args.base_width else {})}
+    kwargs = {"depth": args.depth, **({"base_width": args.base_width} if args.base_width is not None else {})}
     multiple = get_model(args.arch, **kwargs).multiple
     if args.size % multiple:
         ap.error(f"--size {args.size}: must divide by {multiple} for {args.arch} at depth {args.depth}")
