@@ -413,7 +413,8 @@ def test_a_gate_decided_against_a_former_champion_is_refused(two_runs):
         gate = {"passed": True, "champion_id": gated_against, "reasons": [], "candidate_id": model_id_of(third)}
         with pytest.raises(RegistryError, match=re.escape(
                 f"the gate compared the candidate with {said}, the champion is now v2 ({model_id_of(second)}); "
-                "re-run evaluate (`chromify evaluate`, or `dvc repro -f -s evaluate` then `dvc repro`)")):
+                "re-run evaluate (`chromify evaluate`, or `dvc repro -f -s evaluate` then `dvc repro`; "
+                "in a cloud run, submit the pipeline again)")):
             run_register(params, third, gate, METRICS_2, root / "raw", None)
     assert reg.versions() == [1, 2] and reg.champion() == 2 and not list(reg.dir.glob(".staging-*"))
     # Against the current champion it registers.

@@ -429,7 +429,8 @@ def models_promote(ref: Annotated[str, typer.Argument(help="Version (3, v3; on V
 @models_app.command("rollback")
 def models_rollback(alias: Annotated[str, typer.Option(help="The alias to move back.")] = "champion",
                     params: ParamsOpt = DEFAULT_PARAMS) -> None:
-    """Move an alias back to the version it named before its last promotion; again goes further back."""
+    """Move an alias back to the version it named before its last promotion, passing over versions deleted since;
+    again goes further back."""
     reg = _local_registry(params, "rollback")
     before = reg.aliases().get(alias)
     version = reg.rollback(alias)

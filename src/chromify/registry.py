@@ -75,7 +75,8 @@ def check_gate_is_current(name: str, gate: dict[str, Any], champion: object | No
                             f"the champion is now {'none' if champion is None else f'v{champion} ({champion_id})'}; "
                             # DVC sees no change in evaluate's inputs (who is champion is none), so `dvc repro`
                             # alone would skip evaluate and stop here again
-                            "re-run evaluate (`chromify evaluate`, or `dvc repro -f -s evaluate` then `dvc repro`)")
+                            "re-run evaluate (`chromify evaluate`, or `dvc repro -f -s evaluate` then `dvc repro`; "
+                            "in a cloud run, submit the pipeline again)")
 
 
 def check_alias(alias: str) -> str:

@@ -410,7 +410,8 @@ def write_index(out_dir: str | Path, size: int, partitions: int = 1) -> dict[str
         if marker.get("size") != size:
             raise DataError(f"{path}: shards of size {marker.get('size')}, not {size}; re-run preprocess")
         markers.append((path, marker))
-    # The partition finished last (the one whose run writes the index) was cut from the current manifest
+    # The newest marker names the current manifest: locally the partition finished last (its run writes the index);
+    # in the KFP collect step the last copied, all cut from one ingest's output
     newest = max(markers, key=lambda m: m[0].stat().st_mtime_ns)[1].get("photos")
     stale = [f"{i}/{partitions}" for i, (_, m) in enumerate(markers) if m.get("photos") != newest]
     if stale:
