@@ -231,18 +231,18 @@ class LocalRegistry:
         aliases = self.aliases()
         if text in aliases:
             return self.target(text)
+        versions = self.versions()  # a listing of the folder: once
         if _VERSION_REF.fullmatch(text):  # matched as text: int() refuses a number of over 4300 digits
-            version = {str(v): v for v in self.versions()}.get(text.removeprefix("v").lstrip("0"))
+            version = {str(v): v for v in versions}.get(text.removeprefix("v").lstrip("0"))
             if version is not None:
                 return version
-        if not self.versions():
+        if not versions:
             raise RegistryError(f"{self.name}: no version or alias {text!r}: nothing is registered in {self.dir} yet "
                                 "(a model is registered when its evaluation gate passes" +
                                 ("; a trained model's folder, such as models/candidate, can be named instead)"
                                  if or_folder else ")"))
         raise RegistryError(f"{self.name}: no version or alias {text!r} (have "
-                            f"{', '.join(f'v{v}' for v in self.versions()) or 'no versions'}"
-                            f"{''.join(f', {a}' for a in sorted(aliases))})")
+                            f"{', '.join(f'v{v}' for v in versions)}{''.join(f', {a}' for a in sorted(aliases))})")
 
     def champion(self) -> int | None:
         return self.target(CHAMPION)
