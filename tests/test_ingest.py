@@ -385,3 +385,47 @@ def test_stored_photos_get_the_ordinary_file_mode_not_mkstemps_0600(tmp_path, ph
     [row] = read_manifest(tmp_path / "raw")
     for path in (tmp_path / "raw" / row["path"], tmp_path / "raw" / "manifest.parquet"):
         assert oct(path.stat().st_mode & 0o777) == oct(0o644), path
+
+
+def test_copies_of_photos_gone_from_the_source_and_killed_runs_temp_files_are_removed(tmp_path, photos):
+    """The store held every photo any earlier source had (200 copies under a 48-row manifest in an audit), and DVC
+    caches the folder again with each version. A photo still listed keeps its copy, byte for byte."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    for name, rgb in photos.items():
+        Image.fromarray(rgb).save(root / f"{name}.png")
+    p = IngestParams(source=str(root), out_dir=str(tmp_path / "raw"))
+    assert run_ingest(p, tmp_path / "reports")["accepted"] == 3
+    stored = {r["uri"]: tmp_path / "raw" / r["path"] for r in read_manifest(tmp_path / "raw")}
+    kept = {uri: path.read_bytes() for uri, path in stored.items() if not uri.endswith("coffee.png")}
+    leftover = stored[str(root / "astronaut.png")].with_name(".abc.png.x1y2.tmp")  # a run killed mid-write
+    leftover.write_bytes(b"half a photo")
+
+    (root / "coffee.png").unlink()
+    assert run_ingest(p, tmp_path / "reports")["accepted"] == 2
+    assert not stored[str(root / "coffee.png")].exists() and not leftover.exists()
+    assert {uri: path.read_bytes() for uri, path in stored.items() if path.exists()} == kept
+    left = {f.relative_to(tmp_path / "raw").as_posix() for f in (tmp_path / "raw").rglob("*") if f.is_file()}
+    assert left == {"manifest.parquet", "rejects.parquet", *(r["path"] for r in read_manifest(tmp_path / "raw"))}
+
+
+def test_a_second_ingest_into_the_same_folder_is_refused_in_one_line(tmp_path, photos):
+    """Each ingest removes the temp files and copies its tables do not name: a second one at the same time would
+    remove the first's half-written copies."""
+    from chromify.errors import DataError
+    from chromify.io import exclusive_lock
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(photos["chelsea"]).save(root / "chelsea.png")
+    out = tmp_path / "raw"
+    out.mkdir()
+    p = IngestParams(source=str(root), out_dir=str(out))
+    with exclusive_lock(out / ".ingest.lock", RuntimeError, "-"):  # as a running ingest holds it
+        with pytest.raises(DataError) as refused:
+            run_ingest(p, tmp_path / "reports")
+    assert str(refused.value) == (f"{out}: another ingest is writing here (pid {os.getpid()}); wait for it to end "
+                                  "or ingest into another folder")
+    assert not (out / "manifest.parquet").exists()
+    assert run_ingest(p, tmp_path / "reports")["accepted"] == 1  # once it has ended
+    assert not (out / ".ingest.lock").exists()

@@ -15,10 +15,11 @@ import io
 import math
 import multiprocessing
 import os
+import re
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,8 @@ from chromify.decode import (
     pil_hard_limit,
     to_srgb,
 )
-from chromify.errors import ChromifyError, ConfigError, InputImageError, first_line
-from chromify.io import atomic_write, die_with
+from chromify.errors import ChromifyError, ConfigError, DataError, InputImageError, first_line
+from chromify.io import atomic_write, die_with, exclusive_lock
 from chromify.lab import AB_OFFSET
 from chromify.progress import Progress
 from chromify.shards import lab8_table, rgb_to_lab8
@@ -454,10 +455,26 @@ def _csv_bytes(header: list[str], rows: list[list[str]]) -> bytes:
 
 def ingest(p: IngestParams, reports_dir: str | Path = "reports", workers: int | None = None,
            progress: bool = False) -> dict[str, int]:
-    """Run the ingest stage; returns the counts written to `reports/ingest.json`."""
+    """Run the ingest stage; returns the counts written to `reports/ingest.json`.
+
+    One ingest at a time per `out_dir`: each removes the stored copies no row of its tables names, and the temp
+    files of killed runs, which would be a running one's half-written copies."""
+    out = Path(p.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def busy(pid: int | None) -> DataError:
+        holder = f" (pid {pid})" if pid is not None else ""
+        return DataError(f"{out}: another ingest is writing here{holder}; wait for it to end or ingest into "
+                         "another folder")
+
+    with exclusive_lock(out / ".ingest.lock", busy, "a second ingest from removing this one's copies"):
+        return _ingest(p, Path(reports_dir), workers, progress)
+
+
+def _ingest(p: IngestParams, reports: Path, workers: int | None, progress: bool) -> dict[str, int]:
     import json
 
-    out, reports = Path(p.out_dir), Path(reports_dir)
+    out = Path(p.out_dir)
     manifest_path, rejects_path = out / "manifest.parquet", out / "rejects.parquet"
     if p.source.startswith("gs://"):
         gcs.fresh()  # a bucket that was unreachable in an earlier run of this process is tried afresh
@@ -524,10 +541,32 @@ def ingest(p: IngestParams, reports_dir: str | Path = "reports", workers: int | 
     write_if_changed(reports / "ingest.json", (json.dumps(counts, indent=2, sort_keys=True) + "\n").encode())
     # Written even when empty: a manifest left from an earlier run would feed preprocess photos this run refused.
     write_if_changed(manifest_path, _table_bytes(accepted, MANIFEST_COLUMNS))
+    _prune_store(out, {r["path"] for r in (*accepted, *rejected) if r["path"]})
     if not accepted:
         raise ChromifyError(f"ingest.source {p.source}: no usable colour photo among {len(listing.files)} file(s); "
                             f"reasons in {reports / 'ingest_rejects.csv'}")
     return counts
+
+
+_STORED_NAME = re.compile(r"[0-9a-f]{64}\.[a-z0-9]+|\..+\.tmp")
+
+
+def _prune_store(out: Path, keep: set[str]) -> int:
+    """Remove the stored copies no table row names (photos gone from the source, or a previous source's: nothing
+    reads them, and DVC would cache them again with every version of the folder), and killed runs' temp files.
+    Only names the store writes are touched; the source, not this copy, is where a photo lives."""
+    removed = 0
+    images = out / "images"
+    for sub in sorted(images.iterdir()) if images.is_dir() else []:
+        if not (sub.is_dir() and re.fullmatch(r"[0-9a-f]{2}", sub.name)):
+            continue
+        for f in sorted(sub.iterdir()):
+            if f"images/{sub.name}/{f.name}" not in keep and _STORED_NAME.fullmatch(f.name) and f.is_file():
+                f.unlink(missing_ok=True)
+                removed += 1
+        with suppress(OSError):  # not empty: the usual case
+            sub.rmdir()
+    return removed
 
 
 def read_manifest(out_dir: str | Path, split: str | None = None) -> list[dict]:
