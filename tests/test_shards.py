@@ -181,16 +181,18 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal and /proc are Linux's")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killing_only_the_main_process_leaves_no_worker_holding_the_folder(tmp_path, derived_raw, sig):
     """`kill PID` of the CLI alone (not its group) left the two workers blocked for good, holding the folder's lock:
-    every re-run said another preprocess was writing there, naming the dead pid. SIGTERM now unwinds, as Ctrl-C."""
+    every re-run said another preprocess was writing there, naming the dead pid. SIGTERM now unwinds, as Ctrl-C,
+    and Ctrl-C says so (typer turned it into a silent exit 130)."""
     params = tmp_path / "params.yaml"
     params.write_text("preprocess:\n  size: 128\n  shard_mb: 1\n  workers: 2\n")
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).with_name("chromify")), "preprocess", "--params", str(params),
            "--raw", str(derived_raw), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,  # Ctrl-C as in a terminal
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(out.glob("*/p000of001-*.json")):
         assert proc.poll() is None, f"preprocess ended before it could be killed: {proc.stderr.read()}"
@@ -202,6 +204,8 @@ def test_killing_only_the_main_process_leaves_no_worker_holding_the_folder(tmp_p
     proc.wait(timeout=60)
     if sig == signal.SIGTERM:
         assert (proc.returncode, proc.stderr.read().decode().splitlines()[-1]) == (143, "chromify: terminated")
+    elif sig == signal.SIGINT:
+        assert (proc.returncode, proc.stderr.read().decode().splitlines()[-1:]) == (130, ["chromify: interrupted"])
     else:
         assert proc.returncode == -signal.SIGKILL
     deadline = time.monotonic() + 10

@@ -542,7 +542,19 @@ def main() -> None:
     except SystemExit as exc:  # typer's own exit, or training's 130 / 143 after a signal
         if exc.code is not None and not isinstance(exc.code, int):
             raise  # a message for Python to print
+        if _from_ctrl_c(exc):  # typer turns Ctrl-C into a silent exit 130
+            print("chromify: interrupted", file=sys.stderr)
         _exit(exc.code or 0)
+
+
+def _from_ctrl_c(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 if __name__ == "__main__":
