@@ -23,6 +23,7 @@ from safetensors.numpy import save_file
 from chromify import vertex_registry as vr
 from chromify.config import Params, RegisterParams
 from chromify.errors import ConfigError, RegistryError
+from chromify.gcs import BUCKET_NAME_RULE
 from chromify.stages import run_register
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +131,28 @@ def test_a_misconfigured_vertex_target_names_every_problem():
         with pytest.raises(ConfigError, match=f"serving_image '{unpinned}': pin a tag or digest, not latest"):
             vr.check_params(register_params(serving_image=unpinned))
     vr.check_params(register_params(serving_image="localhost:5000/serve:3f2a9c1"))
+
+
+def test_typos_in_the_vertex_settings_are_named_before_a_run_pays_for_training():
+    """A dry run passed "My Project!", a bucket with a space, an image with one and the region mars-north9:
+    each failed only in the cloud, at evaluate's champion lookup or register's upload, after training."""
+    with pytest.raises(ConfigError) as err:
+        vr.check_params(register_params(vertex_project="My Project!", vertex_location="mars-north9",
+                                        artifact_root="gs://My Bucket!/models", serving_image="Not An Image:x y"))
+    assert str(err.value) == (
+        "register.target vertex: register.vertex_project 'My Project!' is not a project id (6-30 characters: "
+        "lower-case letters, digits and hyphens, from a letter) or number; register.vertex_location 'mars-north9' "
+        "is not a Vertex AI region (us-central1, europe-west4, ...); register.artifact_root gs://My Bucket!/models: "
+        "'My Bucket!' is not a valid bucket name (" + BUCKET_NAME_RULE + "); register.serving_image "
+        "'Not An Image:x y' is not a full image reference (registry/path/name:tag or @sha256:digest)")
+    for fine in ({"vertex_project": "123456789012"}, {"vertex_project": "example.com:chromify-prod"},
+                 {"vertex_location": "us-central1"}, {"vertex_location": "asia-northeast1"},
+                 {"serving_image": "us-docker.pkg.dev/p/r/chromify-serve:5a05898@sha256:" + "a" * 64}):
+        vr.check_params(register_params(**fine))
+    for bad in ({"vertex_project": "short"}, {"vertex_project": "ends-with-"}, {"vertex_location": "us-central"},
+                {"serving_image": "serve:5a05898"}, {"serving_image": "gcr.io/p/Serve:1"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            vr.check_params(register_params(**bad))
 
 
 def test_upload_request_first_version_then_later_versions():

@@ -100,19 +100,48 @@ def vertex_model_id(model_name: str) -> str:
     return clean
 
 
+# A project id (6-30 of a-z0-9-, from a letter; an old domain-scoped one has "example.com:" before it) or number.
+_PROJECT = re.compile(r"([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20}")
+# An image reference: registry host[:port], then path components, then :tag and/or @sha256:digest.
+_IMAGE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+"
+                    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
+
+
 def check_params(p: RegisterParams) -> None:
-    """Everything the Vertex target needs is set and well-formed; else one ConfigError naming what is not."""
+    """Everything the Vertex target needs is set and well-formed, before a run pays for training; else one
+    ConfigError naming what is not."""
+    from chromify.gcs import split_uri
+
     problems = []
     if not p.vertex_project:
         problems.append("register.vertex_project is empty")
+    elif not _PROJECT.fullmatch(p.vertex_project):
+        problems.append(f"register.vertex_project {p.vertex_project!r} is not a project id (6-30 characters: "
+                        "lower-case letters, digits and hyphens, from a letter) or number")
     if not p.vertex_location:
         problems.append("register.vertex_location is empty")
+    else:
+        from google.cloud.aiplatform import utils
+
+        try:  # the client library's own list, which refuses the same regions at upload time
+            utils.validate_region(p.vertex_location)
+        except ValueError:
+            problems.append(f"register.vertex_location {p.vertex_location!r} is not a Vertex AI region "
+                            "(us-central1, europe-west4, ...)")
     root = p.artifact_root.rstrip("/")
     if not root.startswith("gs://") or not root[5:]:
         problems.append(f"register.artifact_root {p.artifact_root!r} is not gs://bucket[/prefix]")
+    else:
+        try:
+            split_uri(root)
+        except ConfigError as exc:
+            problems.append(f"register.artifact_root {exc}")
     image = p.serving_image
     if not image:
         problems.append("register.serving_image is empty (the chromify-serve image, tagged by commit or digest)")
+    elif not _IMAGE.fullmatch(image):
+        problems.append(f"register.serving_image {image!r} is not a full image reference "
+                        "(registry/path/name:tag or @sha256:digest)")
     elif image.endswith(":latest") or ("@" not in image and ":" not in image.rsplit("/", 1)[-1]):
         problems.append(f"register.serving_image {image!r}: pin a tag or digest, not latest")
     if problems:
