@@ -828,6 +828,34 @@ def test_a_gan_run_below_the_patchgans_smallest_side_is_refused_before_its_first
     assert not (tmp_path / "model" / CHECKPOINT).exists()
 
 
+def test_compile_without_a_compiler_is_refused_in_one_line_before_its_first_step(shard_dir, tmp_path,
+                                                                                monkeypatch) -> None:
+    # The images carry no compiler: train.compile (which params.yaml calls worth it on GPU) died at the first step
+    # in Inductor's InvalidCxxCompiler traceback on CPU, and would in Triton's "Failed to find C compiler" on CUDA.
+    from chromify.train.loop import compiler_check
+
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    monkeypatch.setenv("PATH", str(bare))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    with pytest.raises(ConfigError, match=r"^train.compile needs a C\+\+ compiler on this machine and no g\+\+ on "
+                                          r"PATH: install one, or set train.compile: false$"):
+        train(shard_dir, tmp_path / "model", MODEL, replace(BASE, compile=True), seed=SEED)
+    assert not (tmp_path / "model" / CHECKPOINT).exists()
+    with pytest.raises(ConfigError, match=r"^train.compile needs a C compiler on this machine and no gcc or clang "):
+        compiler_check(cuda=True)
+    monkeypatch.setenv("CXX", "/nowhere/g++ -O2")
+    with pytest.raises(ConfigError, match=r"and \$CXX \(/nowhere/g\+\+\) is not on PATH: "):
+        compiler_check(cuda=False)
+    monkeypatch.delenv("CXX")
+    for name in ("g++", "clang"):  # what each compiler looks for, found
+        (bare / name).write_text("#!/bin/sh\n")
+        (bare / name).chmod(0o755)
+    compiler_check(cuda=False)
+    compiler_check(cuda=True)
+
+
 def test_a_batch_that_leaves_batchnorm_one_value_a_channel_is_refused_before_its_first_step(shard_dir,
                                                                                           tmp_path) -> None:
     # A batch of 1 at a 1x1 bottleneck: torch's ValueError at the first step, in a traceback.

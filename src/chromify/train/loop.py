@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -241,6 +243,20 @@ def holding(out_dir: str | Path, env: distributed.DistEnv) -> Iterator[None]:
         yield
 
 
+def compiler_check(cuda: bool) -> None:
+    """torch.compile builds code with the machine's compiler at the first step, and without one fails there in a
+    long traceback: Triton (CUDA) needs a C compiler, Inductor on CPU a C++ one. The images carry neither."""
+    env, names, kind = ("CC", ("gcc", "clang"), "C") if cuda else ("CXX", ("g++",), "C++")
+    chosen = os.environ.get(env, "").split()  # as the compilers read it: a command, maybe with flags
+    if chosen:
+        found, problem = shutil.which(chosen[0]), f"${env} ({chosen[0]}) is not on PATH"
+    else:
+        found, problem = next(filter(None, map(shutil.which, names)), None), f"no {' or '.join(names)} on PATH"
+    if not found:
+        raise ConfigError(f"train.compile needs a {kind} compiler on this machine and {problem}: install one, or set "
+                          "train.compile: false")
+
+
 def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainParams, seed: int,
           callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
     """Train (or resume) and export the model to `out_dir`; returns the final metrics.
@@ -256,6 +272,8 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
                 for cb in callbacks:
                     cb(event, data)
 
+        if p.compile:
+            compiler_check(cuda)
         if p.num_threads:
             torch.set_num_threads(p.num_threads)
         if cuda:
