@@ -158,13 +158,6 @@ resource "google_service_account_iam_member" "pipelines_act_as_self" {
   member             = google_service_account.pipelines.member
 }
 
-# The serve/register step deploys the model to an endpoint that runs as chromify-serving.
-resource "google_service_account_iam_member" "pipelines_act_as_serving" {
-  service_account_id = google_service_account.serving.name
-  role               = "roles/iam.serviceAccountUser"
-  member             = google_service_account.pipelines.member
-}
-
 # --- Service account of the serving container ----------------------------------------------
 
 resource "google_service_account" "serving" {
