@@ -366,3 +366,22 @@ def test_a_12_megapixel_photo_keeps_its_size_with_bounded_memory(tmp_path: Path,
     growth_mb = (rss["peak"] - rss["base"]) / 2**20
     # Unavoidable: the photo in (36 MB), PIL's decoded copy (48 MB), the output (36 MB). Strips add ~40 MB each.
     assert growth_mb < 300, f"peak RSS grew {growth_mb:.0f} MB for a 12 MP photo"
+
+
+def test_a_file_too_big_to_be_a_photo_is_skipped_unread_and_the_others_are_done(tmp_path: Path,
+                                                                                 model_dir: Path) -> None:
+    """A 3 GB file of zeros was read whole (3.7 GB of memory) to be called not an image, and one bigger than the
+    memory left ended the whole batch in a MemoryError traceback. Its size alone refuses it now, as ingest does."""
+    from chromify.colorize import MAX_PIXELS
+    from chromify.decode import byte_cap
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(data.coffee()).save(src / "good.jpg")
+    big = src / "big.jpg"
+    with open(big, "wb") as f:  # sparse: no disk spent, but a reader gets every byte
+        f.truncate(byte_cap(MAX_PIXELS) + 1)
+    outcome = colorize_paths([str(src)], tmp_path / "out", model_dir)
+    assert outcome.written == [tmp_path / "out" / "good.png"]
+    assert outcome.failed == [(str(big), f"{byte_cap(MAX_PIXELS) + 1:,} bytes > {byte_cap(MAX_PIXELS):,}, more than "
+                                         f"a photo of at most {MAX_PIXELS:,} pixels takes: not read")]

@@ -282,7 +282,7 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
                                                   "left as it is"))
                 continue
             try:
-                rgb = np.asarray(decode_rgb(read_bytes(src), str(src), MAX_PIXELS, max_aspect=MAX_ASPECT))
+                rgb = np.asarray(decode_rgb(read_bytes(src, MAX_PIXELS), str(src), MAX_PIXELS, max_aspect=MAX_ASPECT))
                 # before the model runs: Pillow's JPEG encoder fails on a long side only after all that work
                 h, w = rgb.shape[:2]
                 alone_fits = max(w, h) <= JPEG_MAX_SIDE
@@ -291,6 +291,8 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
                 decoded.append((src, target, rel, rgb))
             except InputImageError as exc:
                 outcome.failed.append((str(src), exc.reason))
+            except MemoryError:  # a photo within the pixel limit that this machine cannot hold: the others can go on
+                outcome.failed.append((str(src), "out of memory while decoding it"))
         abs_small = col.predict_small_ab([rgb for *_, rgb in decoded]) if decoded else []
         for (src, target, rel, rgb), ab in zip(decoded, abs_small, strict=True):
             if side_by_side_output:

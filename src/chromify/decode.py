@@ -178,11 +178,32 @@ def decode_rgb(data: bytes, name: str, max_pixels: int, draft_size: int | None =
     return to_srgb(open_checked(data, name, max_pixels, max_aspect), name, draft_size)
 
 
-def read_bytes(path: str | Path) -> bytes:
+# A file is read whole before its header is looked at, so one too big to be a photo of at most max_pixels is
+# refused from its size: 16 bytes a pixel is uncompressed 32-bit float RGBA, more than any photo format.
+BYTES_PER_PIXEL_CAP = 16
+MIN_BYTE_CAP = 64 << 20  # room for metadata and embedded previews around small photos
+
+
+def byte_cap(max_pixels: int) -> int:
+    """The largest file read as a photo: a bigger one cannot be a photo of at most `max_pixels` pixels."""
+    return max(BYTES_PER_PIXEL_CAP * max_pixels, MIN_BYTE_CAP)
+
+
+def too_large(size: int, max_pixels: int) -> str:
+    return f"{size:,} bytes > {byte_cap(max_pixels):,}, more than a photo of at most {max_pixels:,} pixels takes"
+
+
+def read_bytes(path: str | Path, max_pixels: int | None = None) -> bytes:
+    """The file's bytes; with `max_pixels`, one too big to be such a photo is refused unread (a multi-GB file
+    would take that much memory, or the process, just to be called not an image)."""
     try:
+        if max_pixels is not None and (size := Path(path).stat().st_size) > byte_cap(max_pixels):
+            raise InputImageError(str(path), f"{too_large(size, max_pixels)}: not read")
         return Path(path).read_bytes()
     except OSError as exc:
         raise InputImageError(str(path), f"cannot read ({exc.strerror or exc})") from None
+    except MemoryError:
+        raise InputImageError(str(path), "out of memory while reading it") from None
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -32,11 +32,13 @@ from chromify.decode import (
     DECODER_PIL,
     FORMAT_SUFFIX,
     IMAGE_SUFFIXES,
+    byte_cap,
     decoder_for,
     open_checked,
     orientation_of,
     pil_hard_limit,
     to_srgb,
+    too_large,
 )
 from chromify.errors import ChromifyError, ConfigError, DataError, InputImageError, first_line
 from chromify.io import atomic_write, die_with, exclusive_lock
@@ -55,10 +57,6 @@ _INT_COLUMNS = ("width", "height", "size_bytes", "orientation")
 # Reasons that depend on the file alone; the others are re-judged from the facts when thresholds change.
 FILE_REASONS = ("empty", "not_image", "undecodable")
 THUMB_SIDE = 256  # px: chroma is measured on a thumbnail, which is as good as the full image and much faster
-# A file is read whole before its header is looked at, so one too big to be a photo of at most max_pixels is
-# refused from its listed size: 16 bytes a pixel is uncompressed 32-bit float RGBA, more than any photo format.
-BYTES_PER_PIXEL_CAP = 16
-MIN_BYTE_CAP = 64 << 20  # room for metadata and embedded previews around small photos
 
 # Photographs shipped inside installed packages: the offline sample for the demo and the tests.
 SAMPLE_FILES = (
@@ -342,16 +340,10 @@ def _stored_ok(path: Path, size: int | None) -> bool:
         return False
 
 
-def byte_cap(max_pixels: int) -> int:
-    """The largest file ingest reads: a bigger one cannot be a photo of at most `max_pixels` pixels."""
-    return max(BYTES_PER_PIXEL_CAP * max_pixels, MIN_BYTE_CAP)
-
-
 def _inspect_task(args: tuple[SourceFile, str, int]) -> tuple[SourceFile, Facts]:
     f, out_dir, max_pixels = args
     if f.size > byte_cap(max_pixels):  # a worker holds the whole file: a multi-GB one would get it killed
-        return f, Facts(error="too_large", detail=f"{f.size:,} bytes > {byte_cap(max_pixels):,}, more than a photo "
-                                                  f"of at most {max_pixels:,} pixels takes: not read")
+        return f, Facts(error="too_large", detail=f"{too_large(f.size, max_pixels)}: not read")
     try:
         data = read_source_bytes(f, byte_cap(max_pixels))
     except gcs.TooLarge:
