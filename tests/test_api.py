@@ -12,6 +12,7 @@ import re
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -516,6 +517,31 @@ def test_log_level_is_one_of_uvicorns_in_any_case(monkeypatch: pytest.MonkeyPatc
         ServeSettings()
     monkeypatch.setenv("CHROMIFY_LOG_LEVEL", "WARNING")
     assert ServeSettings().log_level == "warning"
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads_and_the_log_says_where_it_serves(
+        model_dir: Path, tmp_path: Path, chromify_serve) -> None:
+    """A taken port or an address this machine lacks gave uvicorn's log lines and exit 3, after the model loaded."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "chromify.cli", "serve", "--model", str(model_dir),
+                               "--host", "127.0.0.1", "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (
+        2, f"chromify: error: serve: cannot listen on 127.0.0.1:{port} (Address already in use)\n")
+    proc = subprocess.run([sys.executable, "-m", "chromify.cli", "serve", "--model", str(tmp_path / "no-model"),
+                           "--host", "192.0.2.1", "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (  # TEST-NET-1: an address no machine here has; said before the model
+        2, f"chromify: error: serve: cannot listen on 192.0.2.1:{port} (Cannot assign requested address)\n")
+
+    port = free_port()
+    with chromify_serve(["--model", str(model_dir), "--port", str(port)], {**os.environ}, port,
+                        tmp_path / "server.log"):
+        log = (tmp_path / "server.log").read_text()
+    assert f"chromify: serving on http://127.0.0.1:{port} (the page at /, the API at /docs; Ctrl-C to quit)" in log
 
 
 def test_real_server_with_vertex_environment(model_dir: Path, tmp_path: Path, chromify_serve) -> None:

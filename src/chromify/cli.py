@@ -286,6 +286,7 @@ def serve(model: Annotated[str | None, typer.Option(
     """Serve the HTTP API, Vertex AI prediction routes and the web page (other settings: CHROMIFY_* variables)."""
     from pydantic import ValidationError
 
+    from chromify.api.app import listen
     from chromify.api.app import serve as run_server
     from chromify.api.settings import ServeSettings
     from chromify.errors import ConfigError
@@ -298,7 +299,8 @@ def serve(model: Annotated[str | None, typer.Option(
         raise ConfigError("invalid serve setting(s): " + "; ".join(
             f"{_setting_name(e['loc'], ServeSettings, overrides)} = {e.get('input')!r}: {e['msg']}"
             for e in exc.errors())) from None
-    run_server(settings, serving_model_dir(settings.model, Path(settings.params), explicit=model is not None))
+    sock = listen(settings.host, settings.port)
+    run_server(settings, serving_model_dir(settings.model, Path(settings.params), explicit=model is not None), sock)
 
 
 def _setting_name(loc: tuple, settings_cls: Any, options: dict[str, Any]) -> str:

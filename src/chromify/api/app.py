@@ -24,7 +24,9 @@ import binascii
 import json
 import os
 import re
+import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +44,7 @@ from chromify.api.docs_page import render_docs_page
 from chromify.api.settings import ServeSettings
 from chromify.colorize import check_encodable, encode_image
 from chromify.decode import MAX_ASPECT, open_checked, to_srgb
-from chromify.errors import InputImageError, ModelLoadError
+from chromify.errors import ConfigError, InputImageError, ModelLoadError
 
 STATIC_DIR = Path(__file__).parent / "static"
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
@@ -466,11 +468,35 @@ def _ascii(text: str) -> str:
     return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in text)[:100]
 
 
-def serve(settings: ServeSettings, model_dir: str | Path) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model is fetched and loaded: a port in use or an address this
+    machine does not have is one line then, not uvicorn's log and exit 3 after the wait."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        raise ConfigError(f"serve: cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"serve: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: ServeSettings, model_dir: str | Path, sock: socket.socket | None = None) -> None:
     """Run uvicorn in this process with the app (one process: the model is loaded once)."""
     import uvicorn
 
-    uvicorn.run(create_app(settings, model_dir), **server_options(settings))
+    sock = sock or listen(settings.host, settings.port)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, model_dir), **server_options(settings)))
+    host, port = sock.getsockname()[:2]  # uvicorn does not say where it listens on a socket it is given
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    print(f"chromify: serving on {url} (the page at /, the API at /docs; Ctrl-C to quit)", file=sys.stderr,
+          flush=True)
+    server.run(sockets=[sock])
 
 
 def server_options(settings: ServeSettings) -> dict[str, Any]:
