@@ -8,8 +8,10 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from chromify.config import Params, RegisterParams
 from chromify.errors import GateError, RegistryError
@@ -679,3 +681,21 @@ def test_a_champion_with_files_gone_is_named_as_the_champion_not_as_an_untrained
         champion_dir(params)
     reg.set_alias(CHAMPION, 1)
     assert champion_dir(params) == reg.version_dir(1)
+
+
+def test_colorize_refuses_a_registered_version_whose_config_changed_since_it_was_registered(tmp_path, model_dir):
+    """config.json holds the decode (temperature, prior correction, gain): changed by hand, `models show` said
+    files_intact false, but colorize and serve used it without a word. The weights vouch for themselves already."""
+    reg = _empty_project(tmp_path)
+    reg.register(model_dir, {}, aliases=(CHAMPION,))
+    Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(tmp_path / "photo.png")
+    chromify(tmp_path, "colorize", "photo.png", "-o", "before")  # intact: it colorizes
+    config = reg.version_dir(1) / "config.json"
+    config.chmod(0o644)
+    config.write_text(config.read_text() + " ")
+    for ref in ("champion", "1", "v1"):
+        err = chromify(tmp_path, "colorize", "photo.png", "-o", "after", "--model", ref, ok=False)
+        assert err == (f"chromify: error: {reg.version_dir(1).relative_to(tmp_path)}: v1 has config.json missing or "
+                       "changed since it was registered; restore them, or name another version "
+                       "(`chromify models list`)\n")
+    assert not (tmp_path / "after").exists()

@@ -201,7 +201,16 @@ def resolve_model(ref: str, params: Path) -> Path:
 
         raise ConfigError(f"{ref}: not a folder; name the model's folder" if folder.exists()
                           else f"{ref}: no such model folder")
-    return _registry(params).model_dir(ref)
+    from chromify.errors import RegistryError
+
+    reg = _registry(params)
+    folder = reg.model_dir(ref)
+    version = reg.resolve(ref)
+    changed = reg.verify(version)  # the weights vouch for themselves, but config.json (the decode) does not
+    if changed:
+        raise RegistryError(f"{folder}: v{version} has {', '.join(changed)} missing or changed since it was "
+                            "registered; restore them, or name another version (`chromify models list`)")
+    return folder
 
 
 class _Terminated(BaseException):
