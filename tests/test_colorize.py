@@ -53,8 +53,11 @@ def run_cli(*args: str) -> object:
 def test_folder_is_walked_and_bad_files_are_skipped_with_a_reason(photos: Path, model_dir: Path,
                                                                   tmp_path: Path) -> None:
     out = tmp_path / "out"
+    (photos / "album" / "phone.HEIC").write_bytes((photos / "camera.jpg").read_bytes())  # not read: said so
     result = run_cli(str(photos), "-o", str(out), "--model", str(model_dir))
     assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[-1] == ("left alone 2 file(s) of the folders without an image suffix (.heic, "
+                                              ".txt; read: .jpg .jpeg .png .webp .bmp .tif .tiff)")
     sizes = {str(p.relative_to(out)): Image.open(p).size for p in out.rglob("*.png")}
     assert sizes == {
         "camera.png": (512, 512), "album/coffee.png": (600, 400), "album/rgba.png": (90, 70),
@@ -133,8 +136,23 @@ def test_outputs_are_not_inputs_of_a_rerun_and_names_do_not_collide(tmp_path: Pa
     Image.fromarray(data.camera()).save(root / "a.jpg")
     Image.fromarray(data.camera()).save(root / "a.png")
     first = colorize_paths([str(root)], root / "colour", model_dir)
-    assert sorted(p.name for p in first.written) == ["a-png.png", "a.png"]
+    assert sorted(p.name for p in first.written) == ["a-jpg.png", "a-png.png"]
     assert [rel.name for _, rel in expand_inputs([str(root)], exclude=root / "colour")] == ["a.jpg", "a.png"]
+
+
+def test_a_photo_added_beside_another_of_the_same_name_never_takes_over_its_output(tmp_path: Path,
+                                                                                   model_dir: Path) -> None:
+    """a.png alone went to out/a.png; with a.jpg added, a.jpg (first in order) took out/a.png, replacing a.png's
+    colours by its own without a word (the file was chromify's), and a.png's moved to a-png.png."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(data.coffee()).save(root / "a.png")  # 600 × 400
+    assert colorize_paths([str(root)], tmp_path / "out", model_dir).written == [tmp_path / "out" / "a.png"]
+    Image.fromarray(data.astronaut()).resize((64, 300)).save(root / "a.jpg")
+    again = colorize_paths([str(root)], tmp_path / "out", model_dir)
+    assert sorted(again.written) == [tmp_path / "out" / "a-jpg.png", tmp_path / "out" / "a-png.png"]
+    sizes = {p.name: Image.open(p).size for p in (tmp_path / "out").iterdir()}
+    assert sizes == {"a.png": (600, 400), "a-png.png": (600, 400), "a-jpg.png": (64, 300)}
 
 
 def test_same_named_photos_of_several_folders_each_keep_their_output(tmp_path: Path, model_dir: Path) -> None:

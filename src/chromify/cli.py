@@ -277,6 +277,13 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
     typer.echo(f"colorized {done} photo(s) into {out}" + (f", skipped {len(outcome.failed)}" if outcome.failed
                                                            else "") + (f"; contact sheet {html}" if html and done
                                                                        else ""))
+    if outcome.left_alone:
+        from chromify.decode import IMAGE_SUFFIXES
+
+        kinds = sorted(outcome.left_alone, key=lambda k: (-outcome.left_alone[k], k))
+        typer.echo(f"left alone {sum(outcome.left_alone.values())} file(s) of the folders without an image suffix "
+                   f"({', '.join(kinds[:5])}{', ...' if len(kinds) > 5 else ''}; read: "
+                   f"{' '.join(IMAGE_SUFFIXES)})", err=True)
     if done == 0:
         raise typer.Exit(1)
 

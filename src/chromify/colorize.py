@@ -8,6 +8,7 @@ import html
 import io
 import os
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,8 @@ class ColorizeOutcome:
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
+    # files of the input folders without an image suffix (a .heic, a .gif, sidecars): by suffix, how many
+    left_alone: dict[str, int] = field(default_factory=dict)
 
 
 def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | Path, *,
@@ -238,12 +241,22 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
             inside = Path(i).is_dir() and out_dir.resolve().is_relative_to(Path(i).resolve())
             outcome.failed.append((i, "no image files found" + (" outside the output folder" if inside else "")))
     inputs_seen = {src.resolve() for src, _ in files}
+    out_resolved = out_dir.resolve()
+    outcome.left_alone = dict(Counter(
+        f.suffix.lower() or "(none)" for i in inputs if Path(i).is_dir() for f in Path(i).rglob("*")
+        if f.suffix.lower() not in IMAGE_SUFFIXES and f.is_file() and not f.resolve().is_relative_to(out_resolved)))
     plan: list[tuple[Path, Path, Path]] = []  # (file, rel, target)
     targets: set[Path] = set()
+    siblings: dict[Path, set[Path]] = {}
+    for _, rel in files:
+        siblings.setdefault((out_dir / rel).with_suffix(suffix), set()).add(rel)
     for src, rel in files:
         target = (out_dir / rel).with_suffix(suffix)
-        # a.jpg and a.png in one folder, or IMG_0001.jpg in several input folders: keep them all
         base, n = f"{rel.stem}-{rel.suffix.lstrip('.')}", 1
+        # a.jpg and a.png in one folder: each is named by its suffix, so that neither's output is replaced by the
+        # other's when one of them comes or goes; IMG_0001.jpg in several input folders: numbered in input order
+        if len(siblings[target]) > 1:
+            target = target.with_name(f"{base}{suffix}")
         while target in targets:
             target = target.with_name(f"{base}{suffix}" if n == 1 else f"{base}-{n}{suffix}")
             n += 1
