@@ -218,6 +218,18 @@ def test_malformed_requests_are_400(client: httpx.Client, kwargs: dict, words: s
     assert r.status_code == 400 and words in r.json()["detail"]
 
 
+def test_a_huge_bad_value_is_not_echoed_whole_and_the_schema_names_every_422(client: httpx.Client) -> None:
+    # A 200,000-character format came back whole in the 400's detail; /docs left the aspect-ratio refusal out.
+    r = client.post("/colorize", data={"format": "x" * 200_000}, files={"file": ("a.jpg", CAMERA_JPEG)})
+    assert (r.status_code, r.json()["detail"]) == (400, f"format '{'x' * 40}...' is not one of: png, jpeg")
+    described = client.get("/openapi.json").json()["paths"]["/colorize"]["post"]["responses"]["422"]["description"]
+    assert "a side over 100 times the other" in described
+    thin = io.BytesIO()
+    Image.new("RGB", (3000, 20)).save(thin, "PNG")
+    r = client.post("/colorize", files={"file": ("thin.png", thin.getvalue())})
+    assert r.status_code == 422 and "100 times" in r.json()["detail"]
+
+
 def test_raw_image_body_is_told_to_use_multipart(client: httpx.Client) -> None:
     r = client.post("/colorize", content=CAMERA_JPEG, headers={"content-type": "image/jpeg"})
     assert r.status_code == 400 and "multipart/form-data field `file`" in r.json()["detail"], r.text

@@ -699,3 +699,14 @@ def test_colorize_refuses_a_registered_version_whose_config_changed_since_it_was
                        "changed since it was registered; restore them, or name another version "
                        "(`chromify models list`)\n")
     assert not (tmp_path / "after").exists()
+
+
+def test_promote_or_rollback_where_nothing_is_registered_leaves_no_folder_behind(tmp_path):
+    """Both failed as they should, but made reg/chromify-colorizer/ with a lock file in it on the way."""
+    reg = _empty_project(tmp_path)
+    assert chromify(tmp_path, "models", "promote", "1", ok=False).startswith(
+        "chromify: error: chromify-colorizer: no version or alias '1': nothing is registered in ")
+    assert chromify(tmp_path, "models", "rollback", ok=False) == (
+        "chromify: error: chromify-colorizer: alias 'champion' has no earlier version to roll back to (it names no "
+        "version and has not named another before)\n")
+    assert not reg.dir.exists() and not (tmp_path / "reg").exists()

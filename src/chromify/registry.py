@@ -154,8 +154,14 @@ class LocalRegistry:
         return self.dir / "alias_history.jsonl"
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def _locked(self, create: bool = True) -> Iterator[None]:
+        """The registry's lock; with create False, a registry that does not exist is not made for it (an alias
+        move there fails anyway, and left a folder with a lock file behind)."""
+        if create:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        elif not self.dir.is_dir():
+            yield
+            return
         with open(self.dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -440,7 +446,7 @@ class LocalRegistry:
     def set_alias(self, alias: str, ref: str | int) -> int:
         """Point `alias` at a version (a promotion when alias is champion); returns the version."""
         check_alias(alias)
-        with self._locked():
+        with self._locked(create=False):
             version = self.resolve(ref)
             if self.aliases().get(alias) != version:
                 self._move_locked({alias: version}, "promote")
@@ -449,7 +455,7 @@ class LocalRegistry:
     def rollback(self, alias: str = CHAMPION) -> int:
         """Point `alias` at the version it named before its last promotion; repeated, go further back. Versions
         deleted since are passed over: an alias naming no version breaks every command that reads it."""
-        with self._locked():
+        with self._locked(create=False):
             stack = self._stack(alias)
             if len(stack) < 2:
                 where = f"v{stack[-1]}" if stack else "no version"

@@ -85,7 +85,8 @@ def choose_format(field: str | None, accept: str | None) -> str:
         name = field.strip().lower()
         name = FORMAT_ALIASES.get(name, name)
         if name not in MEDIA_TYPES:
-            raise HTTPException(400, f"format {field!r} is not one of: png, jpeg")
+            shown = field if len(field) <= 40 else field[:40] + "..."  # a 200 kB field came back whole
+            raise HTTPException(400, f"format {shown!r} is not one of: png, jpeg")
         return name
     best, best_q = "png", 0.0
     for part in (accept or "").split(","):
@@ -124,8 +125,9 @@ def _error_responses(settings: ServeSettings, bad_request: str) -> dict[int | st
         (413, f"A photo over {settings.max_upload_bytes} bytes ({_mib(settings.max_upload_bytes)}), or a body too "
               "large to hold one."),
         (415, "Not a JPEG, PNG, WebP, BMP or TIFF (judged by the bytes, never the name or Content-Type)."),
-        (422, f"An empty, corrupt or truncated image, or one over {settings.max_pixels} pixels (read from the "
-              "header, before decoding)."),
+        (422, f"An empty, corrupt or truncated image, one over {settings.max_pixels} pixels, or one with a side "
+              f"over {MAX_ASPECT} times the other, a shape no photo has (both read from the header, before "
+              "decoding)."),
         (500, "The served model gives non-finite colours: its weights are broken (a diverged training)."),
     )} | {503: _busy_response(settings)}
 
