@@ -204,8 +204,8 @@ def resolve_model(ref: str, params: Path) -> Path:
     from chromify.errors import RegistryError
 
     reg = _registry(params)
-    folder = reg.model_dir(ref)
-    version = reg.resolve(ref)
+    version = reg.resolve(ref, or_folder=True)
+    folder = reg.version_dir(version)
     changed = reg.verify(version)  # the weights vouch for themselves, but config.json (the decode) does not
     if changed:
         raise RegistryError(f"{folder}: v{version} has {', '.join(changed)} missing or changed since it was "
