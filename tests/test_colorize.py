@@ -321,6 +321,7 @@ def test_sigterm_ends_a_run_like_ctrl_c_leaving_no_temp_file(tmp_path: Path, mod
     Image.fromarray(noisy, "L").save(photos / "p0.png", compress_level=0)
     for i in range(1, 4):  # several writes: several chances to catch one
         (photos / f"p{i}.png").write_bytes((photos / "p0.png").read_bytes())
+    (photos / "e.png").write_bytes(b"")  # skipped first
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "chromify.cli", "colorize", str(photos), "-o", str(out),
                              "--model", str(model_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -330,7 +331,10 @@ def test_sigterm_ends_a_run_like_ctrl_c_leaving_no_temp_file(tmp_path: Path, mod
     assert proc.poll() is None, "the run ended before it wrote anything: no temp file to catch"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and err.endswith("chromify: terminated\n"), err[-500:]
+    done = [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert proc.returncode == 143 and err.splitlines()[-3:] == [  # what was done and skipped is said, not lost
+        "chromify: terminated", f"skipped {photos / 'e.png'}: empty file (0 bytes)",
+        f"stopped after colorizing {len(done)} photo(s) into {out}, skipped 1"], err[-500:]
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -263,14 +263,22 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
                       "validation when it was trained).")] = None,
              params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Colorize photos at their full resolution; bad files are skipped with their reason."""
-    from chromify.colorize import colorize_paths, output_format
+    from chromify.colorize import ColorizeOutcome, colorize_paths, output_format
 
     output_format(fmt)  # an unknown format fails before the model loads
-    with _sigterm_unwinds():
-        outcome = colorize_paths(inputs, out, resolve_model(model, params), render_size=render_size, fmt=fmt,
-                                 side_by_side_output=side_by_side, html_path=html, batch_size=batch_size,
-                                 progress=True, temperature=temperature,
-                                 prior_correction=prior_correction, chroma_gain=chroma_gain)
+    outcome = ColorizeOutcome()
+    try:
+        with _sigterm_unwinds():
+            colorize_paths(inputs, out, resolve_model(model, params), render_size=render_size, fmt=fmt,
+                           side_by_side_output=side_by_side, html_path=html, batch_size=batch_size,
+                           progress=True, temperature=temperature, prior_correction=prior_correction,
+                           chroma_gain=chroma_gain, outcome=outcome)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: what was done and skipped is not lost on the user
+        for path, reason in outcome.failed:
+            typer.echo(f"skipped {path}: {reason}", err=True)
+        typer.echo(f"stopped after colorizing {len(outcome.written)} photo(s) into {out}" +
+                   (f", skipped {len(outcome.failed)}" if outcome.failed else ""), err=True)
+        raise
     for path, reason in outcome.failed:
         typer.echo(f"skipped {path}: {reason}", err=True)
     done = len(outcome.written)

@@ -219,8 +219,10 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
                    render_size: int | None = None, fmt: str = "png", side_by_side_output: bool = False,
                    html_path: str | Path | None = None, batch_size: int = 0, device: str | None = None,
                    progress: bool = False, temperature: float | None = None,
-                   prior_correction: float | None = None, chroma_gain: float | None = None) -> ColorizeOutcome:
+                   prior_correction: float | None = None, chroma_gain: float | None = None,
+                   outcome: ColorizeOutcome | None = None) -> ColorizeOutcome:
     """Colorize into `out_dir` keeping relative paths, each photo at its own size; bad files land in `failed`.
+    `outcome` is filled as the run goes, so a caller interrupted mid-run can still say what was done.
 
     `batch_size` 0 picks 8 on a GPU and 1 on the CPU (where batching buys nothing and costs memory).
     """
@@ -233,7 +235,7 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
         raise ConfigError(f"{html_path}: the contact sheet path is a folder; name an .html file")
     found = {i: expand_inputs([i], exclude=out_dir) for i in inputs}
     files = first_mentions(f for fs in found.values() for f in fs)  # the first mention gives the output's path
-    outcome = ColorizeOutcome()
+    outcome = outcome if outcome is not None else ColorizeOutcome()
     for i, fs in found.items():
         if not Path(i).exists() and not glob.glob(i, recursive=True):
             outcome.failed.append((i, "no such file, folder or matching glob"))
