@@ -191,8 +191,10 @@ def test_killing_only_the_main_process_leaves_no_worker_holding_the_folder(tmp_p
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).with_name("chromify")), "preprocess", "--params", str(params),
            "--raw", str(derived_raw), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,  # Ctrl-C as in a terminal
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # Ctrl-C as in a terminal, even where this runs with SIGINT ignored (a background job), which exec keeps: a
+    # small exec wrapper, not preexec_fn, which would fork this many-threaded process and run Python in the child.
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", reset, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not list(out.glob("*/p000of001-*.json")):
         assert proc.poll() is None, f"preprocess ended before it could be killed: {proc.stderr.read()}"
