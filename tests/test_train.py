@@ -594,7 +594,7 @@ def wait_for(proc: subprocess.Popen, word: str) -> list[str]:
         lines.append(line.strip())
         if line.startswith(word):
             return lines
-    raise AssertionError(f"the run ended before {word!r}: {lines} {proc.stderr.read()[-2000:]}")
+    raise AssertionError(f"the run ended before {word!r} (exit {proc.wait()}): {lines} {proc.stderr.read()[-2000:]}")
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
