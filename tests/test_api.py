@@ -230,6 +230,24 @@ def test_a_huge_bad_value_is_not_echoed_whole_and_the_schema_names_every_422(cli
     assert r.status_code == 422 and "100 times" in r.json()["detail"]
 
 
+def test_a_body_of_the_wrong_kind_is_told_what_to_send(client: httpx.Client) -> None:
+    # They said "body Input should be a valid dictionary" and "body.file Value error, Expected UploadFile, received:
+    # <class 'str'>": pydantic's words, not what to do.
+    body = json.dumps({"instances": [{"b64": CAMERA_B64}]})
+    for sent in ("application/x-www-form-urlencoded", "text/plain"):  # curl -d's default, and a hand-set one
+        r = client.post("/predict", content=body, headers={"content-type": sent})
+        assert (r.status_code, r.json()["detail"]) == (400, "malformed request: the body must be JSON sent as "
+                                                            f"Content-Type: application/json, not {sent}: "
+                                                            '{"instances": [{"b64": "..."}]}')
+    r = client.post("/predict", json=[1, 2])
+    assert r.json()["detail"] == 'malformed request: the body must be a JSON object: {"instances": [{"b64": "..."}]}'
+    assert client.post("/predict", content=body, headers={"content-type": "application/json"}).status_code == 200
+    r = client.post("/colorize", data={"file": "photo.jpg"})  # curl -F file=photo.jpg, the @ forgotten
+    assert (r.status_code, r.json()["detail"]) == (400, "malformed request: `file` is a text field, not a file "
+                                                        "upload; send the photo itself, e.g. curl -F "
+                                                        "file=@photo.jpg <server>/colorize")
+
+
 def test_raw_image_body_is_told_to_use_multipart(client: httpx.Client) -> None:
     r = client.post("/colorize", content=CAMERA_JPEG, headers={"content-type": "image/jpeg"})
     assert r.status_code == 400 and "multipart/form-data field `file`" in r.json()["detail"], r.text

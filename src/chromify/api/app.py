@@ -264,6 +264,16 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
             return JSONResponse({"detail": f"malformed request: no `file` field (Content-Type: {sent}); send the "
                                            "photo as multipart/form-data field `file`, e.g. curl -F file=@photo.jpg "
                                            "<server>/colorize"}, status_code=400)
+        sent = (request.headers.get("content-type") or "none").split(";")[0].strip()
+        if tuple(first.get("loc", ())) == ("body", "file"):  # a text field named file: -F file=name without the @
+            return JSONResponse({"detail": "malformed request: `file` is a text field, not a file upload; send the "
+                                           "photo itself, e.g. curl -F file=@photo.jpg <server>/colorize"},
+                                status_code=400)
+        if tuple(first.get("loc", ())) == ("body",):  # JSON sent as curl -d's form default, or not an object
+            how = "a JSON object" if sent == "application/json" else \
+                f"JSON sent as Content-Type: application/json, not {sent}"
+            return JSONResponse({"detail": f"malformed request: the body must be {how}: "
+                                           '{"instances": [{"b64": "..."}]}'}, status_code=400)
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"detail": f"malformed request: {where} {first.get('msg', '')}".strip()}, status_code=400)
 
