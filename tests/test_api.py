@@ -493,6 +493,20 @@ def test_a_photo_too_long_for_jpeg_asked_as_jpeg_is_a_422_before_decoding(model_
     assert seconds < 5  # refused from the header: 43 Mpx were never decoded
 
 
+def test_a_png_with_a_broken_header_is_a_corrupt_png_not_a_non_image(client: httpx.Client) -> None:
+    # A wrong IHDR checksum or a 0x0 size: "not an image (unrecognised format)" from a 422, where real non-images
+    # get 415 with the formats that are read.
+    good = encode(Image.new("RGB", (20, 10)), "PNG")
+    bad_crc, zero = bytearray(good), bytearray(good)
+    bad_crc[29] ^= 0xFF  # the IHDR chunk's CRC
+    zero[16:24] = bytes(8)  # width and height 0
+    for damaged in (bad_crc, zero):
+        r = client.post("/colorize", files={"file": ("old.png", bytes(damaged))})
+        assert (r.status_code, r.json()["detail"]) == (422, "old.png: corrupt PNG header: it starts as a PNG file, "
+                                                            "but its header cannot be read")
+    assert client.post("/colorize", files={"file": ("notes.png", b"plain text")}).status_code == 415
+
+
 def test_sniffing_and_negotiation_units() -> None:
     assert sniff_image_format(CAMERA_JPEG) == "JPEG"
     assert sniff_image_format(encode(Image.new("RGB", (4, 4)), "WEBP")) == "WEBP"

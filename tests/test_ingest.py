@@ -185,7 +185,7 @@ def test_junk_behind_a_tiff_magic_is_one_reason_and_no_parser_warning():
     junk = b"MM\x00*" + np.random.default_rng(5).integers(0, 256, 3000, dtype=np.uint8).tobytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # PIL's "Corrupt EXIF data" would be printed to the user's terminal
-        with pytest.raises(InputImageError, match="junk.jpg: not an image"):
+        with pytest.raises(InputImageError, match="junk.jpg: corrupt TIFF header: it starts as a TIFF file"):
             open_checked(junk, "junk.jpg", 40_000_000)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -62,6 +63,25 @@ def pil_hard_limit() -> int:
     return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 1 << 62
 
 
+# The sizes of the BMP info headers PIL reads (OS/2 1.x, Windows 3.x to v5), little-endian after the file header.
+BMP_HEADER_SIZES = tuple(struct.pack("<I", n) for n in (12, 40, 52, 56, 64, 108, 124))
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    """PIL format name from the file's magic bytes, or None when it is not a format we accept."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if data.startswith(b"BM") and data[14:18] in BMP_HEADER_SIZES:  # two letters alone: "BMW…" in a text file
+        return "BMP"
+    return None
+
+
 def open_checked(data: bytes, name: str, max_pixels: int, max_aspect: float | None = None) -> Image.Image:
     """Open lazily and check the header: nothing is decoded yet, so a bomb costs nothing."""
     if not data:
@@ -83,6 +103,9 @@ def open_checked(data: bytes, name: str, max_pixels: int, max_aspect: float | No
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes means "not an image we can read"
         if isinstance(exc, Image.UnidentifiedImageError):
             kind = next((k for magic, k in OTHER_FORMATS if data.startswith(magic)), None)
+            if kind is None and (ours := sniff_image_format(data)):  # a bad checksum or a zero size in the header
+                raise InputImageError(name, f"corrupt {ours} header: it starts as a {ours} file, but its header "
+                                            "cannot be read") from None
             raise InputImageError(name, f"not an image we read ({kind}; JPEG, PNG, WebP, BMP and TIFF are)" if kind
                                   else "not an image (unrecognised format)") from None
         raise InputImageError(name, f"unreadable image header ({exc or type(exc).__name__})") from None

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from pydantic import BaseModel
 from chromify.api.docs_page import render_docs_page
 from chromify.api.settings import ServeSettings
 from chromify.colorize import check_encodable, encode_image
-from chromify.decode import MAX_ASPECT, open_checked, to_srgb
+from chromify.decode import MAX_ASPECT, open_checked, sniff_image_format, to_srgb
 from chromify.errors import ConfigError, InputImageError, ModelLoadError
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -58,25 +57,6 @@ CONNECTION_HEADROOM = 16
 # The page loads nothing from anywhere else; the browser enforces it.
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-
-
-# The sizes of the BMP info headers PIL reads (OS/2 1.x, Windows 3.x to v5), little-endian after the file header.
-BMP_HEADER_SIZES = tuple(struct.pack("<I", n) for n in (12, 40, 52, 56, 64, 108, 124))
-
-
-def sniff_image_format(data: bytes) -> str | None:
-    """PIL format name from the file's magic bytes, or None when it is not a format we accept."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    if data.startswith((b"II*\x00", b"MM\x00*")):
-        return "TIFF"
-    if data.startswith(b"BM") and data[14:18] in BMP_HEADER_SIZES:  # two letters alone: "BMW…" in a text file
-        return "BMP"
-    return None
 
 
 def choose_format(field: str | None, accept: str | None) -> str:
