@@ -581,7 +581,9 @@ def write_params(path: Path, mp: ModelParams, p: TrainParams) -> Path:
 
 
 def start(tmp_path: Path, name: str, params: Path, shard_dir: Path, block_at: int) -> subprocess.Popen:
-    script = tmp_path / "runner.py"
+    # One file per run: three runs start at once, and rewriting a shared one (truncate, then write) while another
+    # run's Python was reading it gave that run an empty script, which exits 0 having printed nothing.
+    script = tmp_path / f"runner-{name}-{block_at}.py"
     script.write_text(RUNNER)
     return subprocess.Popen([sys.executable, str(script), str(params), str(shard_dir), str(tmp_path / name),
                              str(block_at)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
