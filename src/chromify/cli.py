@@ -201,16 +201,7 @@ def resolve_model(ref: str, params: Path) -> Path:
 
         raise ConfigError(f"{ref}: not a folder; name the model's folder" if folder.exists()
                           else f"{ref}: no such model folder")
-    from chromify.errors import RegistryError
-
-    reg = _registry(params)
-    version = reg.resolve(ref, or_folder=True)
-    folder = reg.version_dir(version)
-    changed = reg.verify(version)  # the weights vouch for themselves, but config.json (the decode) does not
-    if changed:
-        raise RegistryError(f"{folder}: v{version} has {', '.join(changed)} missing or changed since it was "
-                            "registered; restore them, or name another version (`chromify models list`)")
-    return folder
+    return _registry(params).model_dir(ref)
 
 
 class _Terminated(BaseException):
@@ -267,6 +258,11 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
 
     output_format(fmt)  # an unknown format fails before the model loads
     outcome = ColorizeOutcome()
+
+    def say_skipped() -> None:
+        for path, reason in outcome.failed:
+            typer.echo(f"skipped {path}: {reason}", err=True)
+
     try:
         with _sigterm_unwinds():
             colorize_paths(inputs, out, resolve_model(model, params), render_size=render_size, fmt=fmt,
@@ -274,13 +270,11 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
                            progress=True, temperature=temperature, prior_correction=prior_correction,
                            chroma_gain=chroma_gain, outcome=outcome)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: what was done and skipped is not lost on the user
-        for path, reason in outcome.failed:
-            typer.echo(f"skipped {path}: {reason}", err=True)
+        say_skipped()
         typer.echo(f"stopped after colorizing {len(outcome.written)} photo(s) into {out}" +
                    (f", skipped {len(outcome.failed)}" if outcome.failed else ""), err=True)
         raise
-    for path, reason in outcome.failed:
-        typer.echo(f"skipped {path}: {reason}", err=True)
+    say_skipped()
     done = len(outcome.written)
     typer.echo(f"colorized {done} photo(s) into {out}" + (f", skipped {len(outcome.failed)}" if outcome.failed
                                                            else "") + (f"; contact sheet {html}" if html and done

@@ -129,11 +129,13 @@ def first_mentions(pairs: Iterable[tuple[Path, Path]]) -> list[tuple[Path, Path]
     return kept
 
 
-def expand_inputs(inputs: Iterable[str], exclude: Path | None = None) -> list[tuple[Path, Path]]:
+def expand_inputs(inputs: Iterable[str], exclude: Path | None = None,
+                  left_alone: Counter | None = None) -> list[tuple[Path, Path]]:
     """(file, path relative to its input root) for every image named by files, folders or globs, each file once.
 
     A glob's root is its wildcard-free start, so 'scans/**/*.jpg' keeps the folders under scans. Files under
-    `exclude` (the output folder) are left out, so a re-run never colorizes its own outputs.
+    `exclude` (the output folder) are left out, so a re-run never colorizes its own outputs. The folders' files
+    without an image suffix are counted by suffix into `left_alone`.
     """
     excluded = exclude.resolve() if exclude is not None else None
 
@@ -141,8 +143,15 @@ def expand_inputs(inputs: Iterable[str], exclude: Path | None = None) -> list[tu
         return excluded is None or not f.resolve().is_relative_to(excluded)
 
     def folder(p: Path) -> list[tuple[Path, Path]]:
-        return [(f, f.relative_to(p)) for f in sorted(p.rglob("*"))
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and keep(f)]
+        found = []
+        for f in sorted(p.rglob("*")):
+            if not (f.is_file() and keep(f)):
+                continue
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                found.append((f, f.relative_to(p)))
+            elif left_alone is not None:
+                left_alone[f.suffix.lower() or "(none)"] += 1
+        return found
 
     found: list[tuple[Path, Path]] = []
     for item in inputs:
@@ -212,7 +221,7 @@ class ColorizeOutcome:
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
     # files of the input folders without an image suffix (a .heic, a .gif, sidecars): by suffix, how many
-    left_alone: dict[str, int] = field(default_factory=dict)
+    left_alone: Counter = field(default_factory=Counter)
 
 
 def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | Path, *,
@@ -233,9 +242,9 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
     _, suffix = output_format(fmt)
     if html_path is not None and Path(html_path).is_dir():
         raise ConfigError(f"{html_path}: the contact sheet path is a folder; name an .html file")
-    found = {i: expand_inputs([i], exclude=out_dir) for i in inputs}
-    files = first_mentions(f for fs in found.values() for f in fs)  # the first mention gives the output's path
     outcome = outcome if outcome is not None else ColorizeOutcome()
+    found = {i: expand_inputs([i], exclude=out_dir, left_alone=outcome.left_alone) for i in inputs}
+    files = first_mentions(f for fs in found.values() for f in fs)  # the first mention gives the output's path
     for i, fs in found.items():
         if not Path(i).exists() and not glob.glob(i, recursive=True):
             outcome.failed.append((i, "no such file, folder or matching glob"))
@@ -243,10 +252,6 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
             inside = Path(i).is_dir() and out_dir.resolve().is_relative_to(Path(i).resolve())
             outcome.failed.append((i, "no image files found" + (" outside the output folder" if inside else "")))
     inputs_seen = {src.resolve() for src, _ in files}
-    out_resolved = out_dir.resolve()
-    outcome.left_alone = dict(Counter(
-        f.suffix.lower() or "(none)" for i in inputs if Path(i).is_dir() for f in Path(i).rglob("*")
-        if f.suffix.lower() not in IMAGE_SUFFIXES and f.is_file() and not f.resolve().is_relative_to(out_resolved)))
     plan: list[tuple[Path, Path, Path]] = []  # (file, rel, target)
     targets: set[Path] = set()
     siblings: dict[Path, set[Path]] = {}

@@ -517,7 +517,7 @@ def _ingest(p: IngestParams, reports: Path, workers: int | None, progress: bool)
     accepted = list(kept.values())
     rejected.sort(key=lambda r: r["uri"])
 
-    write_if_changed(rejects_path, _table_bytes(rejected, REJECT_COLUMNS))
+    changed = write_if_changed(rejects_path, _table_bytes(rejected, REJECT_COLUMNS))
     write_if_changed(reports / "ingest_rejects.csv",
                      _csv_bytes(["path", "reason", "detail"], [[r["uri"], r["reason"], r["detail"]] for r in rejected]))
     write_if_changed(reports / "ingest_pairing.csv", _csv_bytes(["path", "problem"], [[*x] for x in listing.pairing]))
@@ -532,8 +532,9 @@ def _ingest(p: IngestParams, reports: Path, workers: int | None, progress: bool)
     counts.update(listing.notes)
     write_if_changed(reports / "ingest.json", (json.dumps(counts, indent=2, sort_keys=True) + "\n").encode())
     # Written even when empty: a manifest left from an earlier run would feed preprocess photos this run refused.
-    write_if_changed(manifest_path, _table_bytes(accepted, MANIFEST_COLUMNS))
-    _prune_store(out, {r["path"] for r in (*accepted, *rejected) if r["path"]})
+    changed |= write_if_changed(manifest_path, _table_bytes(accepted, MANIFEST_COLUMNS))
+    if changed or todo:  # else the store is as the last run left it: a no-op re-run does not list it again
+        _prune_store(out, {r["path"] for r in (*accepted, *rejected) if r["path"]})
     if not accepted:
         raise ChromifyError(f"ingest.source {p.source}: no usable colour photo among {len(listing.files)} file(s); "
                             f"reasons in {reports / 'ingest_rejects.csv'}")
@@ -543,22 +544,19 @@ def _ingest(p: IngestParams, reports: Path, workers: int | None, progress: bool)
 _STORED_NAME = re.compile(r"[0-9a-f]{64}\.[a-z0-9]+|\..+\.tmp")
 
 
-def _prune_store(out: Path, keep: set[str]) -> int:
+def _prune_store(out: Path, keep: set[str]) -> None:
     """Remove the stored copies no table row names (photos gone from the source, or a previous source's: nothing
     reads them, and DVC would cache them again with every version of the folder), and killed runs' temp files.
     Only names the store writes are touched; the source, not this copy, is where a photo lives."""
-    removed = 0
     images = out / "images"
-    for sub in sorted(images.iterdir()) if images.is_dir() else []:
+    for sub in images.iterdir() if images.is_dir() else []:
         if not (sub.is_dir() and re.fullmatch(r"[0-9a-f]{2}", sub.name)):
             continue
-        for f in sorted(sub.iterdir()):
+        for f in sub.iterdir():
             if f"images/{sub.name}/{f.name}" not in keep and _STORED_NAME.fullmatch(f.name) and f.is_file():
                 f.unlink(missing_ok=True)
-                removed += 1
         with suppress(OSError):  # not empty: the usual case
             sub.rmdir()
-    return removed
 
 
 def read_manifest(out_dir: str | Path, split: str | None = None) -> list[dict]:

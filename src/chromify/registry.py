@@ -254,13 +254,23 @@ class LocalRegistry:
         return self.target(CHAMPION)
 
     def model_dir(self, ref: str | int) -> Path:
-        """The folder of the version `ref` names, for colorize and serve, which take a model's folder as well."""
-        return self.version_dir(self.resolve(ref, or_folder=True))
+        """The folder of the version `ref` names, for colorize and serve, which take a model's folder as well;
+        refused when its files are not those registered: the weights vouch for themselves, but config.json (the
+        decode) does not."""
+        version = self.resolve(ref, or_folder=True)
+        changed = self._changed(version)
+        if changed:
+            raise RegistryError(f"{self.version_dir(version)}: v{version} has {', '.join(changed)} missing or changed "
+                                "since it was registered; restore them, or name another version "
+                                "(`chromify models list`)")
+        return self.version_dir(version)
 
     def verify(self, ref: str | int) -> list[str]:
         """Files of a version whose sha256 differs from the one recorded at registration (empty: intact); a model
         file with no sha256 recorded (record.json edited by hand) is listed too, as nothing vouches for it."""
-        version = self.resolve(ref)
+        return self._changed(self.resolve(ref))
+
+    def _changed(self, version: int) -> list[str]:
         recorded = self.record(version).get("files") or {}
         folder = self.version_dir(version)
         return [name for name in sorted({*MODEL_FILES, *recorded})

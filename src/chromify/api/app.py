@@ -238,13 +238,12 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        sent = (request.headers.get("content-type") or "none").split(";")[0].strip()
         if tuple(first.get("loc", ())) == ("body", "file") and first.get("type") == "missing":
             # Most often the photo itself posted as the body (curl --data-binary): say how to send it instead.
-            sent = (request.headers.get("content-type") or "none").split(";")[0]
             return JSONResponse({"detail": f"malformed request: no `file` field (Content-Type: {sent}); send the "
                                            "photo as multipart/form-data field `file`, e.g. curl -F file=@photo.jpg "
                                            "<server>/colorize"}, status_code=400)
-        sent = (request.headers.get("content-type") or "none").split(";")[0].strip()
         if tuple(first.get("loc", ())) == ("body", "file"):  # a text field named file: -F file=name without the @
             return JSONResponse({"detail": "malformed request: `file` is a text field, not a file upload; send the "
                                            "photo itself, e.g. curl -F file=@photo.jpg <server>/colorize"},
