@@ -1,4 +1,5 @@
 import json
+import re
 from dataclasses import asdict
 
 import numpy as np
@@ -115,6 +116,54 @@ def test_missing_inputs_are_skipped_and_their_old_figures_removed(tmp_path, eval
     assert figures.write_figures(tmp_path) == [tmp_path / "figures" / "metric_comparison.png"]
     assert not stale.exists()
     assert figures.write_figures(tmp_path / "empty") == []
+
+
+def test_an_unreadable_input_removes_its_old_figure_and_the_others_are_still_drawn(tmp_path, evaluated):
+    """A new evaluation beside a damaged training history: the new scores' figures are drawn, the history's old
+    figure goes, and the error is raised after them (no figure of the previous run beside the new metrics)."""
+    for name in ("metrics.json", "eval_per_image.csv", "gallery.html"):
+        (tmp_path / name).write_bytes((evaluated / name).read_bytes())
+    (tmp_path / "train_history.json").write_text("{not json")
+    out = tmp_path / "figures"
+    out.mkdir()
+    for name in (figures.TRAINING_CURVES, figures.METRIC_COMPARISON, figures.CONTACT_SHEET):
+        (out / name).write_bytes(b"an old run's figure")
+    with pytest.raises(DataError, match="train_history.json"):
+        figures.write_figures(tmp_path)
+    assert not (out / figures.TRAINING_CURVES).exists()
+    for name in (figures.METRIC_COMPARISON, figures.CONTACT_SHEET):
+        with Image.open(out / name) as img:
+            assert img.format == "PNG"
+
+
+def test_evaluate_stage_says_its_scores_stand_when_a_figure_cannot_be_drawn(tmp_path, evaluated):
+    from chromify.config import params_from_dict
+    from chromify.errors import ChromifyError
+    from chromify.stages import run_evaluate
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "train_history.json").write_text("{not json")
+    params = params_from_dict({"register": {"registry_dir": str(tmp_path / "registry")}})
+    with pytest.raises(ChromifyError) as err:
+        run_evaluate(params, evaluated.parent / "shards", evaluated.parent / "candidate", reports)
+    assert str(err.value).startswith(f"{reports / 'train_history.json'}: cannot read JSON")
+    assert str(err.value).endswith("(the evaluation itself is written: metrics.json, gate.json and gallery.html; "
+                                   "the figure drawn from that file is not)")
+    assert json.loads((reports / "metrics.json").read_text())["images"] == 5
+    assert sorted(p.name for p in (reports / "figures").iterdir()) == [figures.CONTACT_SHEET,
+                                                                       figures.METRIC_COMPARISON]
+
+
+def test_a_gallery_without_photos_gets_a_contact_sheet_that_says_so(tmp_path, evaluated):
+    """evaluate.gallery_size 0 is allowed, and the evaluate stage declares the sheet: it must still be written."""
+    (tmp_path / "gallery.html").write_text(re.sub(r"<img[^>]*>", "", (evaluated / "gallery.html").read_text()))
+    assert figures.read_gallery(tmp_path / "gallery.html")[1] == []
+    sheet = tmp_path / "figures" / figures.CONTACT_SHEET
+    assert figures.write_figures(tmp_path) == [sheet]
+    with Image.open(sheet) as img:
+        gray = np.asarray(img.convert("L"))
+    assert gray.shape == (60, 400) and gray.min() < 100 and np.median(gray) > 200  # dark text on white
 
 
 def test_training_curves_draw_whatever_the_history_holds():

@@ -4,7 +4,7 @@ already wrote in reports/, nothing recomputed.
     training_curves.png    train_history.json: training loss per step, validation L1 and PSNR(ab) per validation
     metric_comparison.png  metrics.json (means) and eval_per_image.csv (one dot per test photo), per model
     contact_sheet.png      gallery.html's photos, pixel for pixel (small ones magnified whole): gray | candidate |
-                           champion | truth
+                           champion | truth; a note when the gallery has no photos
 
 matplotlib is imported inside the functions and only its object API is used (no pyplot, no global backend), so the
 library still imports without it and drawing is safe in any thread.
@@ -256,31 +256,48 @@ def contact_sheet_figure(headings: Sequence[str], rows: Sequence[Sequence[np.nda
     return fig
 
 
+def no_gallery_figure() -> Any:
+    """The contact sheet of a gallery with no photos (evaluate.gallery_size 0): a note in its place, since the
+    evaluate stage always declares the sheet."""
+    fig = _figure(4, 0.6)
+    fig.text(0.5, 0.5, "no photos in the gallery (evaluate.gallery_size: 0)", ha="center", va="center", fontsize=9)
+    return fig
+
+
 def write_figures(reports_dir: str | Path) -> list[Path]:
     """Draw every figure whose inputs are in `reports_dir` into `reports_dir`/figures/ (atomically); returns the
-    paths written. A figure whose input is missing is not drawn, and an older copy of it is removed, so no figure
-    outlives the data it showed."""
+    paths written. Each figure is drawn on its own: one whose input is missing or unreadable is not drawn and an
+    older copy of it is removed, so no figure outlives the data it showed; the first unreadable input's error is
+    raised once the other figures are written."""
     reports = Path(reports_dir)
     out = reports / FIGURES_DIR
-    figures: dict[str, Any] = {}
     history = reports / "train_history.json"
-    if history.exists():
-        figures[TRAINING_CURVES] = lambda: training_curves_figure(read_training_history(history))
     metrics = reports / "metrics.json"
-    if metrics.exists():
-        per_image = reports / "eval_per_image.csv"
-        figures[METRIC_COMPARISON] = lambda: metric_comparison_figure(
-            _read_json_object(metrics), read_per_image(per_image) if per_image.exists() else None)
+    per_image = reports / "eval_per_image.csv"
     gallery = reports / "gallery.html"
-    if gallery.exists():
+
+    def sheet() -> Any:
         headings, rows = read_gallery(gallery)
-        if rows:
-            figures[CONTACT_SHEET] = lambda: contact_sheet_figure(headings, rows)
-    written = []
-    for name in (TRAINING_CURVES, METRIC_COMPARISON, CONTACT_SHEET):
-        if name in figures:
-            atomic_write_bytes(out / name, figure_png(figures[name]()))
-            written.append(out / name)
-        else:
+        return contact_sheet_figure(headings, rows) if rows else no_gallery_figure()
+
+    figures = {
+        TRAINING_CURVES: (history, lambda: training_curves_figure(read_training_history(history))),
+        METRIC_COMPARISON: (metrics, lambda: metric_comparison_figure(
+            _read_json_object(metrics), read_per_image(per_image) if per_image.exists() else None)),
+        CONTACT_SHEET: (gallery, sheet),
+    }
+    written: list[Path] = []
+    failed: ChromifyError | None = None
+    for name, (source, draw) in figures.items():
+        try:
+            png = figure_png(draw()) if source.exists() else None
+        except ChromifyError as exc:
+            png, failed = None, failed or exc
+        if png is None:
             (out / name).unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(out / name, png)
+            written.append(out / name)
+    if failed is not None:
+        raise failed
     return written

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chromify.config import Params, save_params
-from chromify.errors import ConfigError, GateError, RegistryError
+from chromify.errors import ChromifyError, ConfigError, GateError, RegistryError
 from chromify.io import atomic_write_json
 
 
@@ -127,7 +127,11 @@ def run_evaluate(params: Params, data_dir: str | Path, candidate_dir: str | Path
                                  params.evaluate.batch_size, params.evaluate.gallery_size, params.base.seed)
     from chromify.figures import write_figures
 
-    write_figures(reports_dir)
+    try:
+        write_figures(reports_dir)
+    except ChromifyError as exc:  # the scores and the gate stand: say so, or the error reads as a failed evaluation
+        raise ChromifyError(f"{exc} (the evaluation itself is written: metrics.json, gate.json and gallery.html; "
+                            "the figure drawn from that file is not)") from None
     return summary, {**decision.to_dict(), "candidate_id": candidate_id}
 
 
