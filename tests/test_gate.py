@@ -165,6 +165,17 @@ def test_summary_is_one_line():
     assert passed == "gate PASSED vs no champion (2/2 checks)"
 
 
+def test_a_check_failed_by_less_than_its_rounding_shows_the_digits_that_tell_them_apart():
+    thresholds = GateThresholds(min_psnr_gain_db=-10.0, max_delta_cf=35.24, champion_psnr_tolerance_db=0.1,
+                                champion_delta_cf_tolerance=100.0)
+    decision = decide(score("v2", 22.399, 35.2432), GRAY, score("v1", 22.5, 4.0), thresholds)
+    assert decision.reasons == ["ΔCF 35.243 > 35.240", "PSNR 22.399 dB < champion 22.500 dB − 0.100 dB"]
+    assert [c.name for c in decision.checks if not c.passed] == ["delta_cf", "psnr_vs_champion"]
+    # a passing check at its threshold keeps two decimals: equal numbers read right with ≥ and ≤
+    at_edge = decide(score("v2", 22.0, 35.24), GRAY, None, thresholds)
+    assert at_edge.passed and at_edge.reasons[1] == "ΔCF 35.24 ≤ 35.24"
+
+
 def test_dataclasses_are_frozen():
     decision = decide(score("v2", 22.0, 4.0), GRAY, None, T)
     with pytest.raises(dataclasses.FrozenInstanceError):

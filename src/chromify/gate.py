@@ -8,7 +8,7 @@ summarised metrics (chromify.metrics.summarise), so any decision can be replayed
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -88,14 +88,27 @@ def _metric(metrics: Mapping[str, float], name: str, owner: str) -> float:
     return value
 
 
-def _at_least(name: str, value: float, threshold: float, lhs: str, rhs: str) -> Check:
+Say = Callable[[int], str]  # a side of a check's message, with its numbers at the given decimals
+
+
+def _decimals(value: float, threshold: float, passed: bool) -> int:
+    """2, or as many as a failed check needs to show its value and threshold apart (never 'ΔCF 35.24 > 35.24')."""
+    d = 2
+    while not passed and d < 10 and f"{value:.{d}f}" == f"{threshold:.{d}f}":
+        d += 1
+    return d
+
+
+def _at_least(name: str, value: float, threshold: float, lhs: Say, rhs: Say) -> Check:
     passed = value >= threshold - _SLACK
-    return Check(name, passed, value, threshold, f"{lhs} {'≥' if passed else '<'} {rhs}")
+    d = _decimals(value, threshold, passed)
+    return Check(name, passed, value, threshold, f"{lhs(d)} {'≥' if passed else '<'} {rhs(d)}")
 
 
-def _at_most(name: str, value: float, threshold: float, lhs: str, rhs: str) -> Check:
+def _at_most(name: str, value: float, threshold: float, lhs: Say, rhs: Say) -> Check:
     passed = value <= threshold + _SLACK
-    return Check(name, passed, value, threshold, f"{lhs} {'≤' if passed else '>'} {rhs}")
+    d = _decimals(value, threshold, passed)
+    return Check(name, passed, value, threshold, f"{lhs(d)} {'≤' if passed else '>'} {rhs(d)}")
 
 
 def decide(
@@ -120,34 +133,20 @@ def decide(
     gain = psnr - _metric(baseline, "psnr", "gray baseline")
     t = thresholds
     checks = [
-        _at_least(
-            "psnr_gain_over_gray",
-            gain,
-            t.min_psnr_gain_db,
-            f"PSNR gain over gray {gain:+.2f} dB",
-            f"{t.min_psnr_gain_db:+.2f} dB",
-        ),
-        _at_most("delta_cf", dcf, t.max_delta_cf, f"ΔCF {dcf:.2f}", f"{t.max_delta_cf:.2f}"),
+        _at_least("psnr_gain_over_gray", gain, t.min_psnr_gain_db,
+                  lambda d: f"PSNR gain over gray {gain:+.{d}f} dB", lambda d: f"{t.min_psnr_gain_db:+.{d}f} dB"),
+        _at_most("delta_cf", dcf, t.max_delta_cf, lambda d: f"ΔCF {dcf:.{d}f}", lambda d: f"{t.max_delta_cf:.{d}f}"),
     ]
     if champion is not None:
         who = f"champion '{champion.model_id}'"
         champ_psnr = _metric(champion.metrics, "psnr", who)
         champ_dcf = _metric(champion.metrics, "delta_cf", who)
+        psnr_tol, dcf_tol = t.champion_psnr_tolerance_db, t.champion_delta_cf_tolerance
         checks += [
-            _at_least(
-                "psnr_vs_champion",
-                psnr,
-                champ_psnr - t.champion_psnr_tolerance_db,
-                f"PSNR {psnr:.2f} dB",
-                f"champion {champ_psnr:.2f} dB − {t.champion_psnr_tolerance_db:.2f} dB",
-            ),
-            _at_most(
-                "delta_cf_vs_champion",
-                dcf,
-                champ_dcf + t.champion_delta_cf_tolerance,
-                f"ΔCF {dcf:.2f}",
-                f"champion {champ_dcf:.2f} + {t.champion_delta_cf_tolerance:.2f}",
-            ),
+            _at_least("psnr_vs_champion", psnr, champ_psnr - psnr_tol, lambda d: f"PSNR {psnr:.{d}f} dB",
+                      lambda d: f"champion {champ_psnr:.{d}f} dB − {psnr_tol:.{d}f} dB"),
+            _at_most("delta_cf_vs_champion", dcf, champ_dcf + dcf_tol, lambda d: f"ΔCF {dcf:.{d}f}",
+                     lambda d: f"champion {champ_dcf:.{d}f} + {dcf_tol:.{d}f}"),
         ]
     return GateDecision(
         passed=all(c.passed for c in checks),
