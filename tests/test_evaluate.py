@@ -15,6 +15,7 @@ from skimage import data as skdata
 
 from chromify import evaluate as ev
 from chromify.config import GateParams
+from chromify.errors import DataError
 from chromify.io import file_sha256
 from chromify.lab import dequantise_lab, lab_to_rgb8, quantise_lab, rgb_to_lab
 from chromify.metrics import PSNR_CAP_DB, colourfulness, psnr
@@ -59,6 +60,24 @@ def tiny_model(path, seed, size=SIZE):
     export_model(path, get_model("unet_s", base_width=4, depth=2),
                  {"arch": "unet_s", "model": {"base_width": 4, "depth": 2}, "size": size})
     return path
+
+
+def test_a_test_shard_whose_bytes_changed_is_refused_not_scored(data_dir, tmp_path):
+    """The gate judges scores of these bytes: one flipped byte in a sample is an error naming the shard, and no
+    report is written (scored, it moved PSNR by 0.01 dB and passed unnoticed)."""
+    import shutil
+
+    copy = tmp_path / "processed"
+    shutil.copytree(data_dir, copy)
+    shard = copy / "test" / "test-0000.npy"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0x40
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError) as err:
+        ev.evaluate(copy, tiny_model(tmp_path / "m", 0), None, GateParams(), tmp_path / "reports", batch_size=2)
+    assert str(err.value) == (f"{shard}: checksum mismatch with the index (corrupt or partial shard); "
+                              "re-run preprocess")
+    assert not (tmp_path / "reports" / "metrics.json").exists()
 
 
 def test_the_model_is_scored_at_the_size_it_was_trained_at(data_dir, tmp_path):

@@ -32,6 +32,7 @@ from chromify.io import atomic_write_json, atomic_write_text
 from chromify.lab import dequantise_lab, lab_to_rgb8
 from chromify.loader import ShardSet
 from chromify.metrics import PreparedTruth, image_metrics_8bit, summarise
+from chromify.shards import verify_shards
 
 GATE_METRICS = ("psnr", "ssim", "delta_e2000", "colourfulness", "colourfulness_truth", "delta_cf")
 EVAL_CHUNK = 256  # test photos in memory at once (~2 MB each at 256 px): bounds memory whatever the split
@@ -453,6 +454,7 @@ def evaluate(data_dir: str | Path, candidate_dir: str | Path, champion_dir: str 
     n = len(ShardSet(split))
     if n == 0:
         raise DataError(f"{split}: the test split is empty; add photos or raise ingest.test_fraction")
+    verify_shards(split)  # the scores the gate judges come from these bytes: a changed one is refused, not scored
     candidate_id = model_id_of(candidate_dir)
     # (name, model id, loaded model or None for the gray baseline), in the reports' column order
     models = [("gray (ab = 0)", None, None), ("candidate", candidate_id, Colorizer(candidate_dir))]

@@ -482,6 +482,6 @@ def verify_shards(split_dir: str | Path) -> None:
     for s in read_index(split_dir)["shards"]:
         path = split_dir / s["file"]
         if not path.exists():
-            raise DataError(f"{path}: missing shard listed in the index")
-        if file_sha256(path) != s["sha256"]:
-            raise DataError(f"{path}: checksum mismatch (corrupt or partial shard)")
+            raise DataError(f"{path}: missing shard listed in the index; re-run preprocess")
+        if file_sha256(path) != s.get("sha256"):
+            raise DataError(f"{path}: checksum mismatch with the index (corrupt or partial shard); re-run preprocess")
