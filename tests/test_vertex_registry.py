@@ -23,6 +23,7 @@ from safetensors.numpy import save_file
 from chromify import vertex_registry as vr
 from chromify.config import Params, RegisterParams
 from chromify.errors import ConfigError, RegistryError
+from chromify.evaluate import model_id_of
 from chromify.gcs import BUCKET_NAME_RULE
 from chromify.stages import run_register
 
@@ -309,20 +310,49 @@ def test_version_files_are_write_once(gcs, model_dir):
 
 
 def test_the_champion_is_fetched_from_its_artifact_uri(gcs, vertex, model_dir, tmp_path):
+    record = {**RECORD, "model_id": model_id_of(model_dir)}  # the label is the files' id
     p = register_params(artifact_root=f"gs://{BUCKET}/fetch")
-    artifact = vr.artifact_uri(p, RECORD)
-    vr.upload_version_files(model_dir, RECORD, artifact)
+    artifact = vr.artifact_uri(p, record)
+    vr.upload_version_files(model_dir, record, artifact)
     vertex.routes[("GET", r".*/models/chromify-colorizer@champion")] = (200, {
         "name": MODEL_PATH, "versionId": "4", "versionAliases": ["champion", "default"], "artifactUri": artifact,
-        "labels": {"chromify-model-id": RECORD["model_id"]}})
+        "labels": {"chromify-model-id": record["model_id"]}})
     got = vr.fetch_champion(p, tmp_path / "cache")
-    assert got == tmp_path / "cache" / RECORD["model_id"]
+    assert got == tmp_path / "cache" / record["model_id"]
     for name in ("model.safetensors", "config.json"):
         assert (got / name).read_bytes() == (model_dir / name).read_bytes()
     assert not list((tmp_path / "cache").glob(".*"))  # no staging left behind
 
     vertex.routes[("GET", r".*/models/chromify-colorizer@champion")] = NOT_FOUND
     assert vr.fetch_champion(p, tmp_path / "cache") is None
+
+
+def test_a_damaged_champion_cache_is_fetched_again(gcs, vertex, model_dir, tmp_path):
+    """The cache is keyed by the champion's model id: files edited there or a file gone are fetched again, not
+    scored as the champion (an edited config became another model, and register refused the gate forever) nor left
+    failing ('Directory not empty', forever)."""
+    record = {**RECORD, "model_id": model_id_of(model_dir)}  # the label is the files' id
+    p = register_params(artifact_root=f"gs://{BUCKET}/refetch")
+    artifact = vr.artifact_uri(p, record)
+    vr.upload_version_files(model_dir, record, artifact)
+    champion = {"name": MODEL_PATH, "versionId": "4", "versionAliases": ["champion", "default"],
+                "artifactUri": artifact, "labels": {"chromify-model-id": record["model_id"]}}
+    vertex.routes[("GET", r".*/models/chromify-colorizer@champion")] = (200, champion)
+    cached = vr.fetch_champion(p, tmp_path / "cache")
+    original = {name: (model_dir / name).read_bytes() for name in ("model.safetensors", "config.json")}
+    (cached / "config.json").write_text(json.dumps({**json.loads(original["config.json"]), "note": "edited"}))
+    assert vr.fetch_champion(p, tmp_path / "cache") == cached
+    assert (cached / "config.json").read_bytes() == original["config.json"]
+    (cached / "model.safetensors").unlink()
+    assert vr.fetch_champion(p, tmp_path / "cache") == cached
+    assert {name: (cached / name).read_bytes() for name in original} == original
+    assert sorted(q.name for q in (tmp_path / "cache").iterdir()) == [record["model_id"]]  # nothing set aside left
+    # files that are not the model the label names are refused, and the cache is not filled with them
+    champion["labels"] = {"chromify-model-id": "0000000000000000"}
+    with pytest.raises(RegistryError, match=f"its files are model {record['model_id']}, not 0000000000000000 as "
+                                            "the version's label says"):
+        vr.fetch_champion(p, tmp_path / "cache")
+    assert sorted(q.name for q in (tmp_path / "cache").iterdir()) == [record["model_id"]]
 
 
 def test_promote_moves_the_alias_on_vertex(vertex):

@@ -29,6 +29,7 @@ from typing import Any
 
 from chromify.config import RegisterParams
 from chromify.errors import ConfigError, RegistryError
+from chromify.io import file_sha256
 from chromify.registry import (
     CHAMPION,
     MODEL_FILES,
@@ -36,6 +37,7 @@ from chromify.registry import (
     already_registered_note,
     check_alias,
     check_gate_is_current,
+    model_id_from_hashes,
 )
 
 # The label that ties a Vertex model version to its files (the record's model_id: weights and config, see
@@ -283,12 +285,50 @@ def upload_version_files(model_dir: str | Path, record: Mapping[str, Any], uri: 
     return written
 
 
-def download_version_files(uri: str, dest: str | Path, project: str | None = None) -> Path:
-    """Copy a version's files from `uri` into the folder `dest` (whole or not at all); returns `dest`."""
+def _model_id(folder: Path) -> str:
+    return model_id_from_hashes(*(file_sha256(folder / name) for name in MODEL_FILES))
+
+
+def download_version_files(uri: str, dest: str | Path, project: str | None = None,
+                           model_id: str | None = None) -> Path:
+    """Copy a version's files from `uri` into the folder `dest` (whole or not at all); returns `dest`.
+
+    A `dest` already holding the files is used as it is, unless `model_id` is given and its files hash to another
+    model (edited in the cache): then, like a `dest` missing a file, it is fetched again.
+    """
     bucket_name, prefix = _split(uri)
     dest = Path(dest)
-    if all((dest / f).is_file() for f in MODEL_FILES):
+
+    def usable(folder: Path) -> bool:
+        return all((folder / f).is_file() for f in MODEL_FILES) and (model_id is None or _model_id(folder) == model_id)
+
+    if usable(dest):
         return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        client = _storage_client(project)
+        for blob in client.list_blobs(bucket_name, prefix=f"{prefix}/"):
+            name = blob.name[len(prefix) + 1 :]
+            if name and "/" not in name:
+                blob.download_to_filename(str(staging / name))
+        missing = [f for f in MODEL_FILES if not (staging / f).is_file()]
+        if missing:
+            raise RegistryError(f"{uri}: not a model version (missing {', '.join(missing)})")
+        if model_id is not None and (found := _model_id(staging)) != model_id:
+            raise RegistryError(f"{uri}: its files are model {found}, not {model_id} as the version's label says")
+        if dest.exists():  # damaged: set aside, so the rename below can take its place
+            dest.rename(Path(tempfile.mkdtemp(prefix=f".{dest.name}-old-", dir=dest.parent)) / dest.name)
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if dest.is_dir() and usable(dest):
+            return dest  # another process fetched it first
+        raise
+    finally:
+        for old in dest.parent.glob(f".{dest.name}-old-*"):
+            shutil.rmtree(old, ignore_errors=True)
+    return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
@@ -406,8 +446,9 @@ def fetch_champion(p: RegisterParams, cache_dir: str | Path) -> Path | None:
     uri = model.uri
     if not uri:
         raise RegistryError(f"{model.resource_name}@{CHAMPION}: has no artifact_uri to load the champion from")
-    key = (model.labels or {}).get(MODEL_ID_LABEL) or f"version-{model.version_id}"
-    return download_version_files(uri, Path(cache_dir) / key, p.vertex_project)
+    label = (model.labels or {}).get(MODEL_ID_LABEL)
+    return download_version_files(uri, Path(cache_dir) / (label or f"version-{model.version_id}"), p.vertex_project,
+                                  model_id=label)
 
 
 @_one_line("moving the alias")
