@@ -104,6 +104,17 @@ def test_partitions_cover_the_same_samples(tmp_path, derived_raw, small_shards):
     mine, whole = samples_by_sha(tmp_path), samples_by_sha(small_shards)
     assert mine.keys() == whole.keys()
     assert all(np.array_equal(mine[k], whole[k]) for k in whole)
+    # the same shards in the same order, so training reads the same samples in the same order as from one
+    # partition (every n-th photo per partition once gave a KFP run another model than `dvc repro`'s)
+    from chromify.loader import ShardSet
+
+    for split, index in indexes.items():
+        one = json.loads((small_shards / split / "index.json").read_text())["shards"]
+        assert [(e["count"], e["sha256"]) for e in index["shards"]] == [(e["count"], e["sha256"]) for e in one]
+    parted, single = ShardSet(tmp_path / "train"), ShardSet(small_shards / "train")
+    assert len(parted.arrays) > 2
+    for epoch in (0, 1):
+        assert np.array_equal(parted.gather(parted.order(7, epoch)), single.gather(single.order(7, epoch)))
 
 
 def test_partitions_cut_from_different_manifests_are_not_indexed_together(tmp_path, derived_raw):
@@ -131,8 +142,12 @@ def test_shards_do_not_depend_on_the_manifest_order(derived_raw):
     plan = shards.plan_shards(rows, 32, 0.05, shards.Partition(0, 1))
     assert plan == shards.plan_shards(rows[::-1], 32, 0.05, shards.Partition(0, 1))
     for groups in plan.values():
-        shas = [r["sha256"] for g in groups for r in g]
+        shas = [r["sha256"] for _, g in groups for r in g]
         assert shas == sorted(shas) and len(groups) > 1
+        assert [n for n, _ in groups] == list(range(len(groups)))
+    halves = [shards.plan_shards(rows, 32, 0.05, shards.Partition(i, 2)) for i in (0, 1)]
+    for split, groups in plan.items():  # two partitions deal out the one partition's shards, whole
+        assert sorted(halves[0][split] + halves[1][split], key=lambda ng: ng[0]) == groups
 
 
 def test_a_photo_swapped_for_another_redoes_its_shard(tmp_path, derived_raw):

@@ -160,15 +160,24 @@ def lab_sample_bytes(data: bytes, name: str, size: int, decoder: str = DECODER_P
     return rgb_to_lab8(load_square(data, name, size, decoder, orientation), out)
 
 
-def plan_shards(rows: list[dict], size: int, shard_mb: float, partition: Partition) -> dict[str, list[list[dict]]]:
-    """Rows of this partition, per split, cut into shard-sized groups (sorted by hash: deterministic)."""
+def plan_shards(rows: list[dict], size: int, shard_mb: float, partition: Partition
+                ) -> dict[str, list[tuple[int, list[dict]]]]:
+    """This partition's shards per split, as (shard number, rows): each split's photos sorted by hash and cut into
+    shard-sized groups, which the partitions deal out round-robin. The shards, and so the order training reads
+    them in, are the same for any number of partitions: a DVC run and a KFP run of the same params train the
+    same model."""
     per_shard = images_per_shard(size, shard_mb)
-    plan: dict[str, list[list[dict]]] = {}
+    plan: dict[str, list[tuple[int, list[dict]]]] = {}
     for split in SPLITS:
         mine = sorted((r for r in rows if r["split"] == split), key=lambda r: r["sha256"])
-        mine = [r for k, r in enumerate(mine) if k % partition.count == partition.index]
-        plan[split] = [mine[k : k + per_shard] for k in range(0, len(mine), per_shard)]
+        groups = [mine[k : k + per_shard] for k in range(0, len(mine), per_shard)]
+        plan[split] = [(n, g) for n, g in enumerate(groups) if n % partition.count == partition.index]
     return plan
+
+
+def _shard_number(file: str) -> int:
+    """'p001of004-00005.npy' → 5, its place among the split's shards whatever the partitioning."""
+    return int(file.rsplit("-", 1)[1].split(".")[0])
 
 
 @dataclass(frozen=True)
@@ -312,11 +321,11 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
         _done_marker(out_dir, partition).unlink(missing_ok=True)
         jobs: list[tuple[ShardJob, list[dict]]] = []
         changed: set[str] = set()
-        for split, groups in plan_shards(rows, size, shard_mb, partition).items():
-            stems = [f"{partition.tag}-{k:05d}" for k in range(len(groups))]
+        for split, numbered in plan_shards(rows, size, shard_mb, partition).items():
+            stems = [f"{partition.tag}-{n:05d}" for n, _ in numbered]
             if _clean(out_dir / split, partition, set(stems)):
                 changed.add(split)
-            for stem, group in zip(stems, groups, strict=True):
+            for stem, (_, group) in zip(stems, numbered, strict=True):
                 meta = {"format": FORMAT, "pixels": PIXELS, "file": f"{stem}.npy", "count": len(group),
                         "shape": [len(group), 3, size, size], "images": [r["sha256"] for r in group]}
                 jobs.append((ShardJob(out_dir / split / f"{stem}.npy", meta), group))
@@ -427,6 +436,7 @@ def write_index(out_dir: str | Path, size: int, partitions: int = 1) -> dict[str
             for name in marker["shards"].get(split, []):
                 meta = json.loads((split_dir / name).with_suffix(".json").read_text())
                 shards.append({"file": meta["file"], "count": meta["count"], "sha256": meta["sha256"]})
+        shards.sort(key=lambda e: _shard_number(e["file"]))  # the one-partition order, whatever the partitioning
         index = {
             "format": FORMAT,
             "pixels": PIXELS,
