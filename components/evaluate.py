@@ -22,15 +22,16 @@ def evaluate(
     import shutil
     from pathlib import Path
 
-    from chromify.config import params_from_dict
+    from chromify.config import params_from_json
     from chromify.stages import run_evaluate
 
+    params = params_from_json(params_json)
     reports = Path(gate.path).parent / "reports"
     history = Path(model.path) / "reports" / "train_history.json"  # written by the train step: its curves figure
     if history.is_file():
         reports.mkdir(parents=True, exist_ok=True)
         shutil.copy(history, reports / history.name)
-    summary, decision = run_evaluate(params_from_dict(json.loads(params_json)), shards.path, model.path, reports)
+    summary, decision = run_evaluate(params, shards.path, model.path, reports)
     for who in ("candidate", "gray", "champion"):
         for key, value in summary.get(who, {}).items():
             metrics.log_metric(f"{who}_{key}", float(value))

@@ -8,12 +8,10 @@ from components.images import CPU_IMAGE
 def preprocess_partition(params_json: str, raw: Input[Dataset], partition: int, partitions: int,
                          shards: Output[Dataset]) -> int:
     """Photos of manifest slice `partition`/`partitions` → 8-bit Lab shards (no index); returns the image count."""
-    import json
-
-    from chromify.config import params_from_dict
+    from chromify.config import params_from_json
     from chromify.stages import run_preprocess
 
-    counts = run_preprocess(params_from_dict(json.loads(params_json)), raw.path, shards.path,
+    counts = run_preprocess(params_from_json(params_json), raw.path, shards.path,
                             partition=f"{partition}/{partitions}", write_index=False, progress=True)
     shards.metadata.update(counts)
     return counts["images"]
@@ -22,14 +20,14 @@ def preprocess_partition(params_json: str, raw: Input[Dataset], partition: int, 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def collect_shards(params_json: str, parts: Input[list[Dataset]], partitions: int, shards: Output[Dataset]) -> int:
     """Gather the partitions' shards into one dataset with a per-split index; returns the number of training samples."""
-    import json
     import shutil
     from pathlib import Path
 
     from chromify import shards as lab_shards
-    from chromify.config import params_from_dict
+    from chromify.config import params_from_json
     from chromify.errors import DataError
 
+    size = params_from_json(params_json).preprocess.size
     if len(parts) != partitions:
         raise DataError(f"collect_shards: got {len(parts)} partition(s), expected {partitions}")
     # Partitions write disjoint file names (their tag is in each name), as they would into one shared folder:
@@ -47,7 +45,6 @@ def collect_shards(params_json: str, parts: Input[list[Dataset]], partitions: in
             seen.add(rel)
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, out / rel)
-    size = params_from_dict(json.loads(params_json)).preprocess.size
     indexes = lab_shards.write_index(out, size, partitions=partitions)
     if not indexes:
         raise DataError(f"{shards.uri}: a partition did not finish; the shard index was not written")

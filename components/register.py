@@ -9,11 +9,12 @@ def register(params_json: str, model: Input[Model], gate: Input[Artifact], raw: 
     """Record the gated model as a new registry version and champion; returns the version number."""
     import json
 
-    from chromify.config import params_from_dict
+    from chromify.config import params_from_json
     from chromify.stages import run_register
 
+    params = params_from_json(params_json)
     decision = json.loads(open(gate.path).read())
     metrics = decision.pop("metrics")
-    outcome = run_register(params_from_dict(json.loads(params_json)), model.path, decision, metrics,
+    outcome = run_register(params, model.path, decision, metrics,
                            raw_dir=raw.path, reports_dir=None)
     return int(outcome.get("version", 0))

@@ -13,6 +13,9 @@ def train(params_json: str, shards: Input[Dataset], model: Output[Model], metric
     import json
     from pathlib import Path
 
+    from chromify.config import params_from_json
+
+    params = params_from_json(params_json)  # refused here, before any GPU work, when it is not the whole params
     # The curves, the validation grid and the decodes tried travel with the model (evaluate draws the curves from
     # them), as reports/ does under dvc repro; DVCLive's files land beside them.
     reports = Path(model.path) / "reports"
@@ -32,12 +35,11 @@ def train(params_json: str, shards: Input[Dataset], model: Output[Model], metric
             rank0 = max(work.glob("logs/**/attempt_*/0/stdout.log"), key=lambda p: p.stat().st_mtime).read_text()
         result = json.loads(rank0[rank0.rfind("\n{\n") + 1:])  # the CLI's JSON is the last thing it prints
     else:
-        from chromify.config import params_from_dict
         from chromify.stages import run_train
 
-        result = run_train(params_from_dict(json.loads(params_json)), shards.path, model.path, reports_dir=reports,
-                           progress=True)
-    for key in ("step", "train_seconds", "val_l1", "val_psnr_ab"):
+        result = run_train(params, shards.path, model.path, reports_dir=reports, progress=True)
+    # val_* are the exported weights' scores: those of exported_step, which train.keep_best can put before `step`
+    for key in ("step", "exported_step", "train_seconds", "val_l1", "val_psnr_ab"):
         if key in result:  # no validation scores without validation photos
             metrics.log_metric(key, float(result[key]))
     metrics.log_metric("processes", nproc)

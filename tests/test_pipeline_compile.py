@@ -292,6 +292,37 @@ def test_run_local_names_the_failed_task_and_its_error_in_one_line(tmp_path):
     assert "Executing task" in proc.stdout  # kfp.local's log still streams through
 
 
+def test_every_component_refuses_a_params_json_that_is_not_the_whole_params():
+    """A run's params_json edited in the pipeline UI: a partial object once ran on the library's defaults for the
+    rest (test_fraction 0.15, not params.yaml's 0.25: an empty test split, found only after training), and a list
+    ended in an AttributeError traceback. Each step refuses both before touching an artifact."""
+    import inspect
+
+    from chromify.config import params_from_json
+    from components.evaluate import evaluate
+    from components.ingest import ingest
+    from components.preprocess import collect_shards, preprocess_partition
+    from components.register import register
+    from components.train import train
+
+    whole = load_params(ROOT / "params.yaml").to_dict()
+    assert params_from_json(json.dumps(whole)) == load_params(ROOT / "params.yaml")
+    no_max_steps = {**whole, "train": {k: v for k, v in whole["train"].items() if k != "max_steps"}}
+    cases = {
+        "[]": "params_json: expected a JSON object of params sections, got list",
+        "{not json": "params_json: not JSON (Expecting property name enclosed in double quotes",
+        json.dumps({"train": {"max_minutes": 5}}): "params_json: base, ingest, preprocess, model, train.epochs and 32 "
+                                                    "more missing; give the whole params as compiled",
+        json.dumps(no_max_steps): "params_json: train.max_steps missing; give the whole params as compiled",
+    }
+    for component in (ingest, preprocess_partition, collect_shards, train, evaluate, register):
+        others = {name: None for name in inspect.signature(component.python_func).parameters if name != "params_json"}
+        for text, message in cases.items():
+            with pytest.raises(ConfigError) as err:
+                component.python_func(params_json=text, **others)
+            assert str(err.value).startswith(message), (component.name, str(err.value))
+
+
 @pytest.mark.slow
 def test_train_component_runs_torchrun_ranks_and_reports_rank_0s_metrics(tmp_path, monkeypatch):
     """Two ranks on the CPU (gloo): what four GPUs do on a node, with the component's own code."""
@@ -311,7 +342,7 @@ def test_train_component_runs_torchrun_ranks_and_reports_rank_0s_metrics(tmp_pat
     model, metrics = dsl.Model(uri=str(tmp_path / "model")), dsl.Metrics(uri=str(tmp_path / "metrics"))
     train.python_func(params_json=json.dumps(p.to_dict()), shards=dsl.Dataset(uri=str(tmp_path / "shards")),
                       model=model, metrics=metrics, nproc=2)
-    assert metrics.metadata["processes"] == 2 and metrics.metadata["step"] == 4
+    assert metrics.metadata["processes"] == 2 and metrics.metadata["step"] == metrics.metadata["exported_step"] == 4
     assert 0 < metrics.metadata["val_l1"] < 1  # only rank 0 validates: its result was read
     # The decode search ran on rank 0 (on the sample's one validation photo): its choice is exported and shown.
     exported = json.loads((tmp_path / "model" / "config.json").read_text())["model"]

@@ -312,6 +312,26 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
     return Params(**built)
 
 
+def params_from_json(text: str, name: str = "params_json") -> Params:
+    """A pipeline run's params: the whole params as compiled, every section and key, edited in place. A partial
+    object would take the library's defaults for the rest, not the compiled params.yaml's: refused."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: not JSON ({first_line(exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a JSON object of params sections, got {type(raw).__name__}")
+    params = params_from_dict(raw)
+    missing = [section if section not in raw else f"{section}.{key}"
+               for section, keys in params.to_dict().items() for key in keys if key not in (raw.get(section) or {})]
+    missing = list(dict.fromkeys(missing))  # a whole section once
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ConfigError(f"{name}: {shown} missing; give the whole params as compiled, values changed in place "
+                          "(a missing key would take the library's default, not params.yaml's)")
+    return params
+
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
