@@ -95,7 +95,7 @@ def ingest(params: ParamsOpt = DEFAULT_PARAMS, source: Annotated[str | None, typ
 def preprocess(params: ParamsOpt = DEFAULT_PARAMS,
                raw: Annotated[Path | None, typer.Option(help="Ingested photos (default ingest.out_dir).")] = None,
                out: Path = Path("data/processed"),
-               partition: Annotated[str, typer.Option(help="Process slice i of n of the manifest, as i/n.")] = "0/1",
+               partition: Annotated[str, typer.Option(help="Write shards i, i+n, ... of each split, as i/n.")] = "0/1",
                index: Annotated[bool, typer.Option(help="Write the split indexes (after the last partition).")] = True,
                ) -> None:
     """Convert the manifest's photos to 8-bit Lab shards."""
