@@ -41,6 +41,12 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
         # kfp's own check at compile time was a traceback that named no params key
         ({"cloud": {"memory_limit": "32GB"}}, "cloud.memory_limit '32GB': expected a whole number"),
         ({"cloud": {"cpu_limit": "8 cores"}}, "cloud.cpu_limit '8 cores': expected a number of cores"),
+        # well-formed Kubernetes quantities no training runs with (kfp compiled a bare 26 to a 26-byte limit)
+        ({"cloud": {"memory_limit": 26}}, "cloud.memory_limit '26': below 1G, too little to train in (a number "
+                                          "without a unit is bytes: write 26G, not 26)"),
+        ({"cloud": {"memory_limit": "512Mi"}}, "cloud.memory_limit '512Mi': below 1G"),
+        ({"cloud": {"cpu_limit": "0"}}, "cloud.cpu_limit '0': must be more than 0 cores"),
+        ({"cloud": {"cpu_limit": "0m"}}, "cloud.cpu_limit '0m': must be more than 0 cores"),
         # compiled and submitted, and refused by Kubernetes only when the train pod was created
         ({"cloud": {"kfp_gpu_node_selector_key": "chromify pool"}},
          "cloud.kfp_gpu_node_selector_key 'chromify pool': expected a Kubernetes label key"),
@@ -97,7 +103,7 @@ def test_a_folder_held_out_whole_is_allowed():
 
 
 def test_kubernetes_quantities_kfp_accepts_are_accepted():
-    for cpu, memory in (("8", "32G"), (8, "500Mi"), ("0.5", "1Ti"), ("500m", "64000000")):
+    for cpu, memory in (("8", "32G"), (8, "1500Mi"), ("0.5", "1Ti"), ("500m", "64000000000"), ("1m", "1G")):
         cloud = params_from_dict({"cloud": {"cpu_limit": cpu, "memory_limit": memory}}).cloud
         assert (cloud.cpu_limit, cloud.memory_limit) == (str(cpu), memory)
 

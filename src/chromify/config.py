@@ -196,6 +196,16 @@ class CloudParams:
              f"cloud.memory_limit {self.memory_limit!r}: expected a whole number with an optional unit "
              "K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers of 1024), e.g. 32G"),
         ]
+        _check_all(checks)
+        # Well-formed, but no machine or pod trains with it: kfp would compile a 26-byte limit from a bare 26
+        cores = str(self.cpu_limit)
+        checks = [
+            ((float(cores[:-1]) / 1000 if cores.endswith("m") else float(cores)) > 0,
+             f"cloud.cpu_limit {self.cpu_limit!r}: must be more than 0 cores"),
+            (_quantity_bytes(str(self.memory_limit)) >= 10**9,
+             f"cloud.memory_limit {self.memory_limit!r}: below 1G, too little to train in (a number without a unit "
+             "is bytes: write 26G, not 26)"),
+        ]
         # Kubernetes refuses other label keys and values only when the pod is created, after the steps before train
         for key in ("kfp_gpu_node_selector_key", "kfp_gpu_toleration_key"):
             value = getattr(self, key)
@@ -207,6 +217,15 @@ class CloudParams:
                            f"cloud.{key} {value!r}: expected a Kubernetes label value "
                            "(0-63 letters, digits, '-', '_', '.', starting and ending with a letter or digit)"))
         _check_all(checks)
+
+
+def _quantity_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity already checked by CloudParams' pattern ('26G', '512Mi', '1000') in bytes."""
+    number, unit = re.fullmatch(r"([0-9]+)(\D*)", quantity).groups()  # type: ignore[union-attr]
+    if not unit:
+        return int(number)
+    power = "KMGTPE".index(unit[0]) + 1
+    return int(number) * (1024**power if unit.endswith("i") else 1000**power)
 
 
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
