@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,19 @@ def check_pipeline_root(pipeline_root: str | None) -> str:
     return root
 
 
+def check_kfp_pipeline_root(pipeline_root: str | None) -> str | None:
+    """Kubeflow's: optional (the installation's default store), else a folder in a store its launcher writes to."""
+    if not pipeline_root:
+        return None
+    root = pipeline_root.rstrip("/")
+    if root.startswith("gs://"):
+        return check_pipeline_root(root)
+    if not re.fullmatch(r"(s3|minio)://[^/\s]+/\S+", root):
+        raise ConfigError(f"--pipeline-root {pipeline_root!r}: a folder in the object store Kubeflow writes to: "
+                          "gs://, s3:// or minio://bucket/some/path (or leave it out for the installation's default)")
+    return root
+
+
 def check_region(region: str) -> str:
     """A Vertex AI region, as the SDK knows them; its own error lists all of them inside a traceback."""
     from google.cloud.aiplatform import utils
@@ -289,7 +303,9 @@ def build_kfp_run(template_path: str | Path, params: Params, experiment: str | N
     """Keyword arguments of `kfp.Client.create_run_from_pipeline_package`, built and not sent."""
     from pipelines.chromify_pipeline import PIPELINE_NAME
 
-    return {"pipeline_file": str(template_path), "arguments": pipeline_arguments(params), "run_name": PIPELINE_NAME,
+    # kfp's own default name, which Chromify's fixed one replaced: every run was 'chromify-colorization' in the list
+    run_name = f"{PIPELINE_NAME} {datetime.now(UTC).strftime('%Y-%m-%d %H-%M-%S')}"
+    return {"pipeline_file": str(template_path), "arguments": pipeline_arguments(params), "run_name": run_name,
             "experiment_name": experiment, "pipeline_root": pipeline_root, "service_account": service_account,
             "enable_caching": None}  # None: the compiled per-task caching holds (see build_vertex_job)
 
@@ -367,6 +383,8 @@ def submit(target: str | None, project: str | None, region: str, pipeline_root: 
         check_pipeline_root(pipeline_root)
         check_region(region)
         check_experiment(experiment)
+    else:
+        pipeline_root = check_kfp_pipeline_root(pipeline_root)
     problems = cloud_problems(params)
     if problems and not dry_run:
         raise ConfigError("not submitted: " + "; ".join(problems))

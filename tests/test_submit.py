@@ -182,8 +182,30 @@ def test_kfp_run_request_fits_kfp_client_and_keeps_compiled_caching(tmp_path, pa
     assert json.loads(kwargs["arguments"]["params_json"]) == yaml.safe_load(params_path.read_text())
     assert kwargs["enable_caching"] is None  # True/False would override every task's compiled setting
     assert kwargs["experiment_name"] == "chromify" and kwargs["service_account"] == "pipeline-runner"
+    # a name per run, as kfp's own default gives (a fixed one made every run 'chromify-colorization' in the list)
+    assert re.fullmatch(r"chromify-colorization \d{4}-\d\d-\d\d \d\d-\d\d-\d\d", kwargs["run_name"])
     _, platform = load_spec(kwargs["pipeline_file"])
     assert platform["deploymentSpec"]["executors"]["exec-train"]["nodeSelector"]["labels"] == {"chromify-pool": "gpu"}
+
+
+@pytest.mark.parametrize(("root", "sent"), [
+    (None, None), ("", None), ("gs://kfp-bucket/runs/", "gs://kfp-bucket/runs"), ("s3://artifacts/chromify", None),
+    ("minio://mlpipeline/v2/artifacts", None)])
+def test_kfp_pipeline_root_is_optional_and_else_a_folder_in_an_object_store(params_path, root, sent):
+    out = submit(target="kfp", project=None, region="us-central1", pipeline_root=root, service_account=None,
+                 experiment=None, host="https://kfp.example.com", dry_run=True, params_path=params_path)
+    assert out["request"]["pipeline_root"] == (sent or (root or None))
+
+
+@pytest.mark.parametrize(("root", "wrong"), [
+    ("foo", "'foo': a folder in the object store Kubeflow writes to: gs://, s3:// or minio://bucket/some/path"),
+    ("/local/folder", "'/local/folder': a folder in the object store"), ("s3://", "'s3://': a folder in the object"),
+    ("http://minio:9000/x", "'http://minio:9000/x': a folder in the object store"),
+    ("gs://bucket-only", "gs://bucket-only: a folder inside the bucket, not the bucket itself")])
+def test_kfp_pipeline_root_that_no_launcher_writes_to_is_refused_before_anything_is_sent(params_path, root, wrong):
+    with pytest.raises(ConfigError, match=re.escape(f"--pipeline-root {wrong}")):
+        submit(target="kfp", project=None, region="us-central1", pipeline_root=root, service_account=None,
+               experiment=None, host="https://kfp.example.com", dry_run=True, params_path=params_path)
 
 
 def test_kfp_dry_run_summarises_the_compiled_dag(params_path):
