@@ -115,10 +115,11 @@ def run_local(params: str | Path | Params = "params.yaml", workdir: str | Path =
     """Run the whole DAG in this environment with kfp.local's SubprocessRunner; returns where things went."""
     from kfp import local
 
-    from pipelines.chromify_pipeline import build_pipeline
+    from pipelines.chromify_pipeline import PIPELINE_NAME, build_pipeline
 
     p = _params(params)
     workdir = Path(workdir).resolve()
+    earlier = set(workdir.glob(f"{PIPELINE_NAME}-*"))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir))
     tee = _TaskErrors(sys.stdout)
     try:
@@ -129,7 +130,16 @@ def run_local(params: str | Path | Params = "params.yaml", workdir: str | Path =
         if failure is None:
             raise
         raise failure from None
-    return {"pipeline_root": str(workdir), "registry": str(Path(p.register.registry_dir).resolve())}
+    out: dict[str, Any] = {"pipeline_root": str(workdir), "registry": str(Path(p.register.registry_dir).resolve())}
+    # What the run decided, as `dvc repro`'s register step says it: otherwise only an `Output: False` in kfp's log
+    runs = sorted(set(workdir.glob(f"{PIPELINE_NAME}-*")) - earlier)
+    if len(runs) == 1 and (runs[0] / "evaluate" / "gate").is_file():
+        gate = json.loads((runs[0] / "evaluate" / "gate").read_text())
+        registered = runs[0] / "register" / "executor_output.json"
+        out.update(run=str(runs[0]), gate="passed" if gate["passed"] else "failed: " + "; ".join(gate["reasons"]),
+                   registered=json.loads(registered.read_text())["parameterValues"]["Output"]
+                   if registered.is_file() else None)
+    return out
 
 
 def load_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

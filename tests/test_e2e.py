@@ -206,7 +206,9 @@ def test_kfp_local_dag_registers_only_when_the_gate_passes(tmp_path, monkeypatch
     monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")
     registry = tmp_path / "registry"
     p = params_from_dict(small_params(register={"registry_dir": str(registry)}))
-    run_local(p, tmp_path / "run1")
+    first = run_local(p, tmp_path / "run1")
+    assert (first["gate"], first["registered"]) == ("passed", 1)  # said, not left to kfp's log
+    assert Path(first["run"]).parent == tmp_path / "run1"
     reg = registry / "chromify-colorizer"
     assert json.loads((reg / "aliases.json").read_text()) == {"champion": 1}
     record = json.loads((reg / "v0001/record.json").read_text())
@@ -230,7 +232,8 @@ def test_kfp_local_dag_registers_only_when_the_gate_passes(tmp_path, monkeypatch
     # Second run: another seed (so another model) and a bar no model can clear → gated out, not registered.
     strict = dataclasses.replace(p, base=dataclasses.replace(p.base, seed=7),
                                  gate=dataclasses.replace(p.gate, min_psnr_gain_db=50.0))
-    run_local(strict, tmp_path / "run2")
+    second = run_local(strict, tmp_path / "run2")
+    assert second["gate"].startswith("failed: PSNR gain over gray") and second["registered"] is None
     assert sorted(d.name for d in reg.glob("v*")) == ["v0001"]
     assert json.loads((reg / "aliases.json").read_text()) == {"champion": 1}
     gate_files = list((tmp_path / "run2").glob("*/evaluate/gate"))
