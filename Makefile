@@ -14,8 +14,16 @@ export UV_COMPILE_BYTECODE := 1
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
+# uv where $(UV) says, from pip --user or else from its own venv: a distribution's Python refuses pip --user
+# (PEP 668), and so does an activated venv, whose plain pip install put uv where make did not look.
+UV_VENV := $(HOME)/.local/share/chromify/uv-venv
 $(UV):
-	$(PYTHON) -m pip install --user --quiet uv || $(PYTHON) -m pip install --quiet uv
+	@mkdir -p $(dir $(UV))
+	@($(PYTHON) -m pip install --user --quiet uv 2>/dev/null && [ -x $(UV) ]) || \
+	  (echo "installing uv into its own venv, $(UV_VENV)" && $(PYTHON) -m venv $(UV_VENV) && \
+	   $(UV_VENV)/bin/pip install --quiet uv && ln -sf $(UV_VENV)/bin/uv $(UV)) || \
+	  (echo "make: could not install uv with $(PYTHON) (pip --user and its venv module both failed): install uv" \
+	        "(https://docs.astral.sh/uv/, or apt-get install python3-venv) and run make again" >&2; exit 1)
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen
