@@ -80,8 +80,11 @@ run-local: setup ## Run the KFP DAG locally with kfp.local
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/chromify pipeline run-local
 
 .PHONY: docs
+# required: Mermaid is fetched once with npm (cached in docs/.cache/); optional builds without npm, the diagrams
+# then shown as their source. `make docs CHROMIFY_DOCS_VENDOR=optional` (or the variable in the environment).
+CHROMIFY_DOCS_VENDOR ?= required
 docs: setup ## Build the documentation site into site/ (strict, offline-viewable: open site/index.html)
-	CHROMIFY_DOCS_VENDOR=required NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f docs/mkdocs.yml
+	CHROMIFY_DOCS_VENDOR=$(CHROMIFY_DOCS_VENDOR) NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f docs/mkdocs.yml
 
 clean: ## Remove generated data, models (every registered version too) and reports; keeps the environment
 	rm -rf data models reports local_outputs pipeline.yaml dvc.lock
