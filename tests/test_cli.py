@@ -95,6 +95,22 @@ def test_a_model_path_that_is_not_a_folder_says_so_not_that_no_alias_is_register
         assert (proc.returncode, proc.stderr) == (2, f"chromify: error: {ref}: {reason}\n"), args
 
 
+def test_colorize_or_serve_outside_a_project_say_where_they_looked_for_the_registry(tmp_path):
+    """From another folder they said 'nothing is registered in models/registry/...' while a champion existed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free a moment ago: serve binds it, then looks for the model
+    (tmp_path / "photo.png").write_bytes(b"")
+    for args in (["colorize", "photo.png", "-o", "out"], ["serve", "--port", str(port)]):
+        proc = chromify(*args, cwd=tmp_path)
+        assert (proc.returncode, proc.stderr) == (2, f"chromify: error: champion: no params.yaml in {tmp_path} to find "
+                                                     "the model registry by: run this from the project's folder, or "
+                                                     "name a model's folder\n"), args
+    assert not (tmp_path / "out").exists() and not (tmp_path / "models").exists()
+
+
 def test_a_file_system_refusal_is_one_line_naming_the_file(tmp_path):
     """A folder where an output file belongs (as a read-only file, a full disk): the user's to fix, so one line
     naming the file, and the good data already there untouched."""

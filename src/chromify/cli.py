@@ -201,7 +201,14 @@ def resolve_model(ref: str, params: Path) -> Path:
 
         raise ConfigError(f"{ref}: not a folder; name the model's folder" if folder.exists()
                           else f"{ref}: no such model folder")
-    return _registry(params).model_dir(ref)
+    registry = _registry(params)
+    if params == DEFAULT_PARAMS and not params.is_file() and not registry.dir.exists():
+        from chromify.errors import ConfigError
+
+        # the registry is found from the folder a command runs in: outside the project it read as empty
+        raise ConfigError(f"{ref}: no params.yaml in {Path.cwd()} to find the model registry by: run this from the "
+                          "project's folder, or name a model's folder")
+    return registry.model_dir(ref)
 
 
 class _Terminated(BaseException):
