@@ -37,6 +37,26 @@ def finite_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
+    return value
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type for a whole number >= `low` (a size the code it feeds refuses below it)."""
+
+    def at_least(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text}: must be >= {low}")
+        return value
+
+    at_least.__name__ = f"whole number >= {low}"
+    return at_least
+
+
 def unit_fraction(text: str) -> float:
     """A share of a set, in (0, 1]."""
     value = finite_float(text)

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from cli_args import comma_list, run_main, unit_fraction
+from cli_args import comma_list, non_negative_int, positive_float, run_main, unit_fraction
 from frontier import frontier, key, sharp_mean
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,19 +51,30 @@ def main() -> None:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--fractions", type=comma_list(unit_fraction), default="0.25,0.5,1",
                     help="shares of the training split, each in (0, 1]")
-    ap.add_argument("--minutes", type=float, default=10.0, help="train.max_minutes for every fraction")
-    ap.add_argument("--max-steps", type=int, default=0, help="a step budget instead of minutes (smoke runs)")
-    ap.add_argument("--workdir", default=None, help="keep the subsets and models here (default: a temp dir)")
+    ap.add_argument("--minutes", type=positive_float, default=10.0, help="train.max_minutes for every fraction")
+    ap.add_argument("--max-steps", type=non_negative_int, default=0,
+                    help="a step budget instead of minutes (smoke runs)")
+    ap.add_argument("--workdir", default=None,
+                    help="keep the subsets and models here (default: a temp dir, removed at the end)")
     args = ap.parse_args()
 
     from chromify.config import load_params_named
+
+    params = load_params_named(args.params)  # a mistyped --params is refused, not replaced by the defaults
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="chromify-curve-"))
+    try:
+        curve(args, params, work)
+    finally:
+        if not args.workdir:  # a subset and a model per fraction: as large as the training split, per fraction
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def curve(args: argparse.Namespace, params, work: Path) -> None:
     from chromify.decode_search import candidates, describe, score_decodes
     from chromify.loader import ShardSet
     from chromify.train.checkpoint import load_model
     from chromify.train.loop import train
 
-    params = load_params_named(args.params)  # a mistyped --params is refused, not replaced by the defaults
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="chromify-curve-"))
     data = Path(args.data)
     train_set, val, test = ShardSet(data / "train"), ShardSet(data / "val"), ShardSet(data / "test").all()
     bins = params.model.head == "bins"

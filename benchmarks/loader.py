@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from cli_args import folder, non_negative_int, positive_int, run_main
+from cli_args import folder, non_negative_int, positive_float, positive_int, run_main
 
 # A string, so that argparse applies `folder` to it too: a missing ../shared is one line naming it.
 DEFAULT_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos")
@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--size", type=positive_int, default=256)
     ap.add_argument("--batch", type=positive_int, default=64)
     ap.add_argument("--workers", type=non_negative_int, default=2)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=positive_float, default=8.0)
     args = ap.parse_args()
 
     import torch

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from cli_args import non_negative_int, positive_int, run_main
+from cli_args import int_at_least, non_negative_int, positive_int, run_main
 from PIL import Image
 
 PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "photos"
@@ -215,8 +215,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="champion", help="registry alias/version or model directory")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--render-size", type=int, default=256)
-    ap.add_argument("--concurrency", type=int, default=None, help="server's --concurrency (default: its own)")
+    ap.add_argument("--render-size", type=int_at_least(16), default=256)  # what the server accepts
+    ap.add_argument("--concurrency", type=positive_int, default=None, help="server's --concurrency (default: its own)")
     ap.add_argument("--runs", type=positive_int, default=20, help="sequential requests per latency cell")
     ap.add_argument("--requests", type=non_negative_int, default=1000, help="load run size; 0 skips the load run")
     ap.add_argument("--clients", type=positive_int, default=32)

@@ -56,6 +56,12 @@ QUALITY = ["--photos", "{tmp}", "--methods", "none"]
     ("data_scaling.py", ["--fractions", "0"], "argument --fractions: 0: must be in (0, 1]"),
     ("data_scaling.py", ["--params", "no-such-params.yaml", "--data", "no-such-data"],
      "no-such-params.yaml: no such params file"),
+    # refused before any work: a table of zero rates, a default silently kept, or a server started only to refuse
+    ("loader.py", ["{tmp}", "--seconds", "0"], "argument --seconds: 0: must be > 0"),
+    ("serve.py", ["--concurrency", "0"], "argument --concurrency: 0: must be >= 1"),
+    ("serve.py", ["--render-size", "8"], "argument --render-size: 8: must be >= 16"),
+    ("data_scaling.py", ["--minutes", "-1"], "argument --minutes: -1: must be > 0"),
+    ("data_scaling.py", ["--max-steps", "-3"], "argument --max-steps: -3: must be >= 0"),
     ("train.py", ["--threads", "-1"], "argument --threads: -1: must be >= 0"),
     ("train.py", ["--base-width", "0"], "argument --base-width: 0: must be >= 1"),
     ("train.py", ["--warmup", "-2"], "argument --warmup: -2: must be >= 0"),
