@@ -86,5 +86,5 @@ CHROMIFY_DOCS_VENDOR ?= required
 docs: setup ## Build the documentation site into site/ (strict, offline-viewable: open site/index.html)
 	CHROMIFY_DOCS_VENDOR=$(CHROMIFY_DOCS_VENDOR) NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f docs/mkdocs.yml
 
-clean: ## Remove generated data, models (every registered version too) and reports; keeps the environment
+clean: ## Remove generated data, models (every registered version too), reports and dvc.lock; keeps the environment
 	rm -rf data models reports local_outputs pipeline.yaml dvc.lock

@@ -1,9 +1,7 @@
 """Where trained weights sit on the fidelity/vividness trade-off, decode aside: for each run of quality.py (or any
 project folder after `dvc repro`), every decode of the grid training searches is scored on the run's test split,
-and the script prints the sharp mean and the two points that the issue's targets name:
-
-- the best PSNR gain over gray among decodes with ΔCF ≤ 5, and
-- the lowest ΔCF among decodes at least 1 dB above gray.
+and the script prints the sharp mean and the two points the quality targets name: the best PSNR gain over gray
+among decodes with ΔCF ≤ 5, and the lowest ΔCF among decodes at least 1 dB above gray.
 
 Both are chosen *on the test split*: upper bounds for comparing weights, not results (a run's result is the decode
 its validation search chose, which quality.py prints). Runs must share a test split for their rows to compare.

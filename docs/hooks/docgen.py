@@ -243,8 +243,9 @@ def make_targets_markdown(makefile: Path) -> str:
 # --- benchmarks and README results --------------------------------------------------------------------------------
 
 def benchmarks_markdown(benchmarks_dir: Path, repo_root: Path) -> str:
-    """A list of the benchmark scripts with the first paragraph of each one's docstring."""
-    scripts = sorted(p for p in benchmarks_dir.glob("*.py") if p.name != "__init__.py") \
+    """A list of the benchmark scripts (the files that run as scripts: not their shared helpers) with the first
+    paragraph of each one's docstring."""
+    scripts = sorted(p for p in benchmarks_dir.glob("*.py") if '__name__ == "__main__"' in p.read_text()) \
         if benchmarks_dir.is_dir() else []
     if not scripts:
         return f"`{benchmarks_dir.relative_to(repo_root)}/` holds no benchmark scripts in this checkout.\n"
