@@ -870,6 +870,15 @@ def test_a_batch_that_leaves_batchnorm_one_value_a_channel_is_refused_before_its
     # Group norm has no batch statistics: the same run trains.
     assert train(shard_dir, tmp_path / "group", replace(MODEL, norm="group"), replace(p, max_steps=2),
                  seed=SEED)["step"] == 2
+    # resnet18_unet's encoder is torchvision's ResNet-18: BatchNorm under any model.norm, so group is no way out
+    # (it was not checked, and the advice above led to the traceback)
+    from chromify.train.loop import checked_model
+
+    resnet = replace(MODEL, arch="resnet18_unet", depth=5, norm="group", head="regression")
+    with pytest.raises(ConfigError, match=r"^a batch of 1 at 32 px leaves BatchNorm one value a channel at the 1x1 "
+                                          r"bottleneck: raise train.batch_size \(per process\) or the training size "
+                                          r"\(resnet18_unet's encoder keeps BatchNorm whatever model.norm says\)$"):
+        checked_model(resnet, replace(BASE, batch_size=1, resolution=32), 64, 64, 1)
 
 
 def test_a_signal_during_the_last_epochs_validation_still_stops_the_run(shard_dir, tmp_path, monkeypatch) -> None:

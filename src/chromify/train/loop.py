@@ -243,6 +243,35 @@ def holding(out_dir: str | Path, env: distributed.DistEnv) -> Iterator[None]:
         yield
 
 
+def checked_model(mp: ModelParams, p: TrainParams, train_size: int, val_size: int, batch_size: int
+                  ) -> tuple[torch.nn.Module, int]:
+    """(the model, the crop) once the settings train() refuses before its first step pass: every one that needs
+    no data, so benchmarks/quality.py can refuse a bad --set before any method trains."""
+    crop = p.crop if 0 < p.crop < train_size else train_size
+    if not 0.0 < p.scale_min <= 1.0:
+        raise ConfigError(f"train.scale_min {p.scale_min} must lie in (0, 1]")
+    model = get_model(mp.arch, **asdict(mp))
+    checked = (("train.crop", crop), ("the stored (validation) size", val_size))
+    if p.resolution:
+        checked = (("train.resolution", p.resolution),)
+    for what, size in checked:
+        if size % model.multiple:
+            raise ConfigError(f"{what} {size} must divide by {model.multiple} for {mp.arch} at depth {mp.depth}")
+    bottleneck = (p.resolution or crop) // model.multiple
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if batch_norm and batch_size * bottleneck ** 2 < 2:  # torch refuses it at the first step, mid-traceback
+        # resnet18_unet's encoder is torchvision's ResNet-18, BatchNorm whatever model.norm says
+        way_out = (", or set model.norm: group" if mp.norm == "batch"
+                   else f" ({mp.arch}'s encoder keeps BatchNorm whatever model.norm says)")
+        raise ConfigError(f"a batch of {batch_size} at {p.resolution or crop} px leaves BatchNorm one value a "
+                          f"channel at the {bottleneck}x{bottleneck} bottleneck: raise train.batch_size (per "
+                          f"process) or the training size{way_out}")
+    if p.gan_weight and (p.resolution or crop) < MIN_GAN_SIDE:  # else it fails once the adversarial phase starts
+        raise ConfigError(f"train.gan_weight: the PatchGAN needs images of at least {MIN_GAN_SIDE} px, and this "
+                          f"run trains at {p.resolution or crop} px (train.resolution, train.crop)")
+    return model, crop
+
+
 def compiler_check(cuda: bool) -> None:
     """torch.compile builds code with the machine's compiler at the first step, and without one fails there in a
     long traceback: Triton (CUDA) needs a C compiler, Inductor on CPU a C++ one. The images carry neither."""
@@ -291,28 +320,12 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         batch_size = min(p.batch_size, per_rank)  # per process: the global batch is batch_size × world
         steps_per_epoch = per_rank // batch_size
         total_steps = p.max_steps or p.epochs * steps_per_epoch
-        crop = p.crop if 0 < p.crop < train_set.size else train_set.size
-        if not 0.0 < p.scale_min <= 1.0:
-            raise ConfigError(f"train.scale_min {p.scale_min} must lie in (0, 1]")
         rescale = p.scale_min < 1.0  # random-resized crops (batched, on the device) instead of fixed-size ones
         crops_on_device = env.device.startswith("cuda") and not rescale  # the host only reads shards then
 
         torch.manual_seed(seed)
-        model = get_model(mp.arch, **asdict(mp)).to(env.device).to(memory_format=torch.channels_last)
-        checked = (("train.crop", crop), ("the stored (validation) size", val_set.size))
-        if p.resolution:
-            checked = (("train.resolution", p.resolution),)
-        for what, size in checked:
-            if size % model.multiple:
-                raise ConfigError(f"{what} {size} must divide by {model.multiple} for {mp.arch} at depth {mp.depth}")
-        bottleneck = (p.resolution or crop) // model.multiple
-        if mp.norm == "batch" and batch_size * bottleneck ** 2 < 2:  # torch refuses it at the first step, mid-traceback
-            raise ConfigError(f"a batch of {batch_size} at {p.resolution or crop} px leaves BatchNorm one value a "
-                              f"channel at the {bottleneck}x{bottleneck} bottleneck: raise train.batch_size (per "
-                              "process) or the training size, or set model.norm: group")
-        if p.gan_weight and (p.resolution or crop) < MIN_GAN_SIDE:  # else it fails once the adversarial phase starts
-            raise ConfigError(f"train.gan_weight: the PatchGAN needs images of at least {MIN_GAN_SIDE} px, and this "
-                              f"run trains at {p.resolution or crop} px (train.resolution, train.crop)")
+        model, crop = checked_model(mp, p, train_set.size, val_set.size, batch_size)
+        model = model.to(env.device).to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(p.ema_decay),
