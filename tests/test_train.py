@@ -405,6 +405,19 @@ def test_keep_best_exports_the_weights_of_the_best_validation(shard_dir, tmp_pat
     assert all(torch.equal(v, final[k]) for k, v in exported.state_dict().items())
 
 
+def test_an_epoch_budget_under_max_steps_runs_the_whole_schedule_and_the_adversarial_phase(shard_dir,
+                                                                                         tmp_path) -> None:
+    """epochs ends the run first (3 × 12 photos / 4 = 9 steps of max_steps 100): the schedule followed max_steps,
+    so the run ended near its peak learning rate and the discriminator never joined."""
+    rows = []
+    p = replace(BASE, max_steps=100, epochs=3, warmup_steps=0, gan_weight=0.05, gan_start_fraction=0.5)
+    result = train(shard_dir, tmp_path, MODEL, p, SEED,
+                   callbacks=(lambda e, d: rows.append(d) if e == "step" else None,))
+    assert result["step"] == len(rows) == 9
+    assert rows[0]["lr"] > 0.9 * p.lr and rows[-1]["lr"] < 0.2 * p.lr
+    assert [r["step"] for r in rows if "loss_adversarial" in r] == list(range(6, 10))
+
+
 def test_a_time_budget_runs_the_whole_schedule_and_the_adversarial_phase(shard_dir, tmp_path) -> None:
     """The shipped params end training by time (max_steps 0): the lr's cosine and the GAN's start follow the
     clock then, or the lr would never decay and the discriminator never join."""
