@@ -510,7 +510,37 @@ def test_new_training_data_starts_afresh_instead_of_resuming_the_old_run(shard_d
     steps = []
     train(data, tmp_path / "run", MODEL, p, SEED,
           callbacks=(lambda e, d: steps.append(d["resumed_from_step"]) if e == "start" else None,))
-    assert steps == [0] and "another run's (the training data); starting fresh" in capfd.readouterr().err
+    assert steps == [0] and "another run's (the training or validation data); starting fresh" in capfd.readouterr().err
+
+
+def test_a_new_validation_split_or_a_pretrained_file_found_later_starts_afresh(shard_dir, tmp_path, monkeypatch,
+                                                                              capfd) -> None:
+    """Validation picks the exported weights (keep_best): a finished run resumed on another validation split
+    compared the old split's best score with the new split's. A pretrained file added to the hub cache after a run
+    resumed the run that trained without it."""
+    from chromify.train.checkpoint import fingerprint_inputs, what_changed
+
+    data = tmp_path / "processed"
+    shutil.copytree(shard_dir, data)
+    p = replace(BASE, max_steps=2, log_every=0, val_every_steps=10_000)
+    train(data, tmp_path / "run", MODEL, p, SEED)
+    index = data / "val" / "index.json"
+    index.write_text(index.read_text() + "\n")  # another validation split, the same training photos
+    capfd.readouterr()
+    steps = []
+    train(data, tmp_path / "run", MODEL, p, SEED,
+          callbacks=(lambda e, d: steps.append(d["resumed_from_step"]) if e == "start" else None,))
+    assert steps == [0] and "another run's (the training or validation data); starting fresh" in capfd.readouterr().err
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    perceptual = replace(BASE, perceptual_weight=0.1)
+    without = fingerprint_inputs(MODEL, perceptual, SEED, 1, "index-a")
+    cache = tmp_path / "torch" / "hub" / "checkpoints"  # torch.hub.get_dir()/checkpoints
+    cache.mkdir(parents=True)
+    (cache / "vgg16-397923af.pth").write_bytes(b"")  # its name is what the fingerprint records
+    found = fingerprint_inputs(MODEL, perceptual, SEED, 1, "index-a")
+    assert what_changed(without, found) == ["the pretrained weights found {} -> {'vgg16': 'vgg16-397923af.pth'}"]
+    assert fingerprint_inputs(MODEL, BASE, SEED, 1, "index-a")["weights"] == {}  # not used: not recorded
 
 
 def test_every_param_that_decides_the_weights_is_in_the_fingerprint() -> None:
@@ -552,7 +582,7 @@ def test_every_param_that_decides_the_weights_is_in_the_fingerprint() -> None:
         changed = what_changed(inputs, fingerprint_inputs(other(MODEL, f.name), BASE, SEED, 1, "index-a"))
         assert [c.split()[0] for c in changed] == [f"model.{f.name}"]
     assert what_changed(inputs, fingerprint_inputs(MODEL, BASE, SEED + 1, 2, "index-b")) == [
-        f"base.seed {SEED} -> {SEED + 1}", "the number of processes 1 -> 2", "the training data"]
+        f"base.seed {SEED} -> {SEED + 1}", "the number of processes 1 -> 2", "the training or validation data"]
     assert len({base, params_fingerprint(MODEL, BASE, SEED + 1, 1, "index-a"),
                 params_fingerprint(MODEL, BASE, SEED, 2, "index-a"),
                 params_fingerprint(MODEL, BASE, SEED, 1, "index-b")}) == 4

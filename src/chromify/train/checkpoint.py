@@ -58,13 +58,24 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def local_weights(mp: ModelParams, p: TrainParams) -> dict[str, str | None]:
+    """The pretrained files a run would load from the hub cache (their names carry torchvision's hash): a file
+    added after a run makes another run, not a resume of the one that trained without it."""
+    from chromify.models.weights import cached_weights
+
+    wanted = [stem for stem, used in (("resnet18", mp.arch == "resnet18_unet" and mp.pretrained),
+                                      ("vgg16", p.perceptual_weight > 0)) if used]
+    return {stem: found.name for stem in wanted if (found := cached_weights(stem)) is not None}
+
+
 def fingerprint_inputs(mp: ModelParams, p: TrainParams, seed: int, world: int, data_index: str = "") -> dict[str, Any]:
     """Everything that decides the weights: model + train params (less bookkeeping), seed, world size (the
-    loader's position means something only for the same partition), the training data's index and the code.
-    Kept in the checkpoint, so a run that cannot resume it can say what changed."""
+    loader's position means something only for the same partition), the training and validation data's indexes
+    (validation picks the exported weights: train.keep_best), the pretrained files found and the code. Kept in
+    the checkpoint, so a run that cannot resume it can say what changed."""
     train = {k: v for k, v in asdict(p).items() if k not in BOOKKEEPING}
     return {"model": asdict(mp), "train": train, "seed": seed, "world": world, "data": data_index,
-            "code": code_fingerprint()}
+            "weights": local_weights(mp, p), "code": code_fingerprint()}
 
 
 def fingerprint_of(inputs: dict[str, Any]) -> str:
@@ -82,11 +93,12 @@ def what_changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
         old, new = before.get(section, {}), now.get(section, {})
         changed += [f"{section}.{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    labels = {"seed": "base.seed", "world": "the number of processes", "data": "the training data",
-              "code": "the training code"}
+    labels = {"seed": "base.seed", "world": "the number of processes", "data": "the training or validation data",
+              "weights": "the pretrained weights found", "code": "the training code"}
     for key, label in labels.items():
         if before.get(key) != now.get(key):
-            changed.append(f"{label} {before.get(key)!r} -> {now.get(key)!r}" if key in ("seed", "world") else label)
+            shown = key in ("seed", "world", "weights")
+            changed.append(f"{label} {before.get(key)!r} -> {now.get(key)!r}" if shown else label)
     return changed
 
 

@@ -348,7 +348,10 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             opt_d = torch.optim.Adam(disc.parameters(), lr=p.gan_lr, betas=(0.5, 0.999))  # pix2pix's settings
 
         # Resume only from a checkpoint written with the same params: anything else would silently mix two runs.
-        index_sha = hashlib.sha256((Path(data_dir) / "train" / "index.json").read_bytes()).hexdigest()
+        # both splits: validation decides which weights train.keep_best exports (a new val split once resumed the
+        # finished run and compared the old split's best score with the new one's)
+        index_sha = hashlib.sha256(b"".join((Path(data_dir) / split / "index.json").read_bytes()
+                                            for split in ("train", "val"))).hexdigest()
         inputs = fingerprint_inputs(mp, p, seed, env.world, index_sha)
         fingerprint = fingerprint_of(inputs)
         step, epoch, batch_in_epoch, elapsed_before, history = 0, 0, 0, 0.0, []
