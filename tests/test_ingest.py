@@ -429,3 +429,36 @@ def test_a_second_ingest_into_the_same_folder_is_refused_in_one_line(tmp_path, p
     assert not (out / "manifest.parquet").exists()
     assert run_ingest(p, tmp_path / "reports")["accepted"] == 1  # once it has ended
     assert not (out / ".ingest.lock").exists()
+
+
+def test_photos_damaged_inside_their_pixel_data_are_undecodable_not_accepted(photos) -> None:
+    """Damage PIL decodes without a word: a PNG whose late IDAT byte is wrong (reading its EXIF first loaded the
+    pixels and swallowed the error; the next load gave a black band, preprocess removed the copy, and every ingest
+    accepted it again) and a JPEG with a zero-filled tail or flipped bytes (a gray band)."""
+    import io
+    import random
+
+    rgb = photos["astronaut"]
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    png = bytearray(buf.getvalue())
+    start = png.find(b"IDAT")
+    png[start + (len(png) - start) * 3 // 4] ^= 0xFF
+    late = inspect_bytes(bytes(png), "late.png", 10**8)
+    assert (late.error, late.detail) == ("undecodable", "cannot decode (unrecognized data stream contents when "
+                                                        "reading image file)")
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90)
+    jpeg = buf.getvalue()
+    assert inspect_bytes(jpeg, "intact.jpg", 10**8).error == ""
+    half = len(jpeg) // 2
+    flipped = bytearray(jpeg)
+    for i in random.Random(0).sample(range(1000, len(jpeg) - 10), 40):
+        flipped[i] ^= 0xFF
+    zeroed = jpeg[:half] + bytes(len(jpeg) - half - 2) + jpeg[-2:]  # a hole of zeros, the end marker kept
+    for name, data in (("zero-filled.jpg", zeroed), ("flipped.jpg", bytes(flipped))):
+        facts = inspect_bytes(data, name, 10**8)
+        assert facts.error == "undecodable" and facts.detail.startswith("damaged JPEG data (Corrupt JPEG data"), name
+        assert facts.detail.endswith("part of the picture would be a gray band")
+    # without the end marker PIL itself refuses it
+    assert inspect_bytes(jpeg[:half] + bytes(len(jpeg) - half), "cut.jpg", 10**8).error == "undecodable"

@@ -29,11 +29,14 @@ import numpy as np
 from chromify import gcs
 from chromify.config import IngestParams
 from chromify.decode import (
+    DECODER_JPEG,
+    DECODER_JPEG_ICC,
     DECODER_PIL,
     FORMAT_SUFFIX,
     IMAGE_SUFFIXES,
     byte_cap,
     decoder_for,
+    jpeg_damage,
     open_checked,
     orientation_of,
     pil_hard_limit,
@@ -271,12 +274,15 @@ def inspect_bytes(data: bytes, name: str, max_pixels: int) -> Facts:
         w, h = img.size
         return Facts(sha, w, h, img.format or "", error="too_many_pixels",
                      detail=f"{w}x{h} > {max_pixels:,} pixels: refused before decoding")
-    fmt, orientation = img.format or "", orientation_of(img)
-    decoder = decoder_for(img)
+    fmt, decoder = img.format or "", decoder_for(img)
     try:
-        rgb = to_srgb(img, name)
+        rgb = to_srgb(img, name)  # the pixels first: reading a PNG's EXIF loads them and swallowed their error
     except InputImageError as exc:
-        return Facts(sha, *img.size, fmt, orientation, error=_error_kind(exc.reason), detail=exc.reason)
+        return Facts(sha, *img.size, fmt, error=_error_kind(exc.reason), detail=exc.reason)
+    orientation = orientation_of(img)
+    if decoder in (DECODER_JPEG, DECODER_JPEG_ICC) and (damage := jpeg_damage(data)):
+        return Facts(sha, *img.size, fmt, orientation, error="undecodable",
+                     detail=f"damaged JPEG data ({damage}): part of the picture would be a gray band")
     w, h = rgb.size
     factor = max(1, min(w, h) // THUMB_SIDE)
     thumb = np.asarray(rgb.reduce(factor) if factor > 1 else rgb)
