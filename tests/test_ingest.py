@@ -78,6 +78,36 @@ def test_a_broken_link_is_rejected_with_a_reason_not_dropped(tmp_path, photos):
     assert row["reason"] == "unreadable" and "No such file or directory" in row["detail"]
 
 
+def test_what_a_folder_walk_leaves_out_is_said_and_counted_never_dropped_or_crashed_on(tmp_path, photos, capfd):
+    """A link to a folder (not followed: its photos vanished without a word), a file name that is not UTF-8 (a
+    traceback from pyarrow, every run, with ingest.json rewritten beside the old manifest), and ingest's own store
+    inside the source (its copies were read as the source's photos, and a deleted photo never left the manifest)."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    (root / "sets").mkdir(parents=True)
+    for name in ("chelsea", "coffee"):
+        Image.fromarray(photos[name]).save(root / "sets" / f"{name}.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.fromarray(photos["astronaut"]).save(elsewhere / "astronaut.png")
+    (root / "linked").symlink_to(elsewhere)
+    (root / os.fsdecode(b"caf\xe9.png")).write_bytes((root / "sets" / "coffee.png").read_bytes())
+    p = IngestParams(source=str(root), out_dir=str(root / "raw"), val_fraction=0.0, test_fraction=0.0)
+    for _ in range(2):  # the second run lists the store that the first wrote inside the source
+        counts = run_ingest(p, tmp_path / "reports")
+        assert (counts["files_seen"], counts["accepted"], counts["rejected"]) == (2, 2, 0), counts
+        assert (counts["linked_folders"], counts["skipped_bad_name"]) == (1, 1)
+        assert sorted(r["uri"] for r in read_manifest(root / "raw")) == [str(root / "sets" / "chelsea.png"),
+                                                                        str(root / "sets" / "coffee.png")]
+        err = capfd.readouterr().err
+        assert f"chromify: ingest: {root / 'linked'}: a link to a folder, not followed: its photos are left out" in err
+        assert f"chromify: ingest: {root}/caf\\xe9.png: the file name is not valid UTF-8: left out (rename it)" in err
+    (root / "sets" / "coffee.png").unlink()
+    assert run_ingest(p, tmp_path / "reports")["accepted"] == 1
+    assert [r["uri"] for r in read_manifest(root / "raw")] == [str(root / "sets" / "chelsea.png")]
+
+
 def test_an_ingest_that_accepts_nothing_leaves_no_stale_manifest_behind(tmp_path, photos):
     from PIL import Image
 

@@ -120,17 +120,36 @@ def _local_file(path: Path) -> SourceFile:
     return SourceFile(str(path), st.st_size, str(st.st_mtime_ns), str(path))
 
 
-def _walk_files(root: Path) -> tuple[list[Path], list[str]]:
-    """Every file under `root` (broken links included: they are rejected with a reason, not dropped) and the
-    folders that could not be listed, as `folder (reason)`; links to folders are not followed, as rglob does."""
-    files: list[Path] = []
-    unlisted: list[str] = []
-    for folder, _, names in os.walk(root, onerror=lambda e: unlisted.append(f"{e.filename} ({e.strerror})")):
+@dataclass
+class Walk:
+    """A folder's listing, and what it leaves out and why (each said on stderr and counted)."""
+
+    files: list[Path]
+    unlisted: list[str]  # folders that could not be listed, as `folder (reason)`
+    linked: list[str]  # links to folders: not followed, as rglob does
+    bad_names: list[str]  # file names that are not valid UTF-8 (the manifest and CSVs are), escaped
+
+
+def _walk_files(root: Path, skip: Path | None = None) -> Walk:
+    """Every file under `root` (broken links included: they are rejected with a reason, not dropped), less the
+    folder `skip` (ingest's own store, when it lies inside the source: its copies are not the source's photos)."""
+    walk = Walk([], [], [], [])
+    for folder, dirs, names in os.walk(root, onerror=lambda e: walk.unlisted.append(f"{e.filename} ({e.strerror})")):
+        here = Path(folder)
+        walk.linked += [str(here / d) for d in dirs if (here / d).is_symlink()]
+        dirs[:] = [d for d in dirs if skip is None or (here / d).resolve() != skip]
         for name in names:
-            path = Path(folder) / name
+            path = here / name
+            try:
+                str(path).encode("utf-8")
+            except UnicodeEncodeError:
+                walk.bad_names.append(os.fsencode(path).decode("utf-8", "backslashreplace"))
+                continue
             if path.is_file() or (path.is_symlink() and not path.exists()):
-                files.append(path)
-    return sorted(files), sorted(unlisted)
+                walk.files.append(path)
+    walk.files.sort()
+    walk.unlisted.sort()
+    return walk
 
 
 _COLOUR_WORDS = ("colour", "color")
@@ -193,7 +212,7 @@ def list_source(source: str) -> tuple[list[SourceFile], dict[str, int]]:
     return listing.files, listing.notes
 
 
-def _list(source: str) -> Listing:
+def _list(source: str, store: Path | None = None) -> Listing:
     if source == "sample":
         return Listing([_local_file(p) for p in sample_paths()], {}, [])
     if source.startswith("gs://"):
@@ -204,11 +223,17 @@ def _list(source: str) -> Listing:
     root = Path(source).expanduser()
     if not root.is_dir():
         raise ConfigError(f"ingest.source: {source}: not a folder, 'sample' or gs:// URI")
-    everything, unlisted = _walk_files(root)
-    for folder in unlisted:
+    walk = _walk_files(root, store.resolve() if store is not None else None)
+    for folder in walk.unlisted:
         print(f"chromify: ingest: cannot list {folder}: its photos are left out", file=sys.stderr)
-    images = [p for p in everything if _is_image_name(p)]
-    notes = {"skipped_not_image_suffix": len(everything) - len(images), "unlisted_folders": len(unlisted)}
+    for link in walk.linked:
+        print(f"chromify: ingest: {link}: a link to a folder, not followed: its photos are left out (point "
+              "ingest.source at the folder itself)", file=sys.stderr)
+    for name in walk.bad_names:
+        print(f"chromify: ingest: {name}: the file name is not valid UTF-8: left out (rename it)", file=sys.stderr)
+    images = [p for p in walk.files if _is_image_name(p)]
+    notes = {"skipped_not_image_suffix": len(walk.files) - len(images), "unlisted_folders": len(walk.unlisted)}
+    notes.update({k: len(v) for k, v in (("linked_folders", walk.linked), ("skipped_bad_name", walk.bad_names)) if v})
     return _without_gray_copies([_local_file(p) for p in images], [p.relative_to(root).as_posix() for p in images],
                                 f"{root}/", notes)
 
@@ -476,7 +501,7 @@ def _ingest(p: IngestParams, reports: Path, workers: int | None, progress: bool)
     manifest_path, rejects_path = out / "manifest.parquet", out / "rejects.parquet"
     if p.source.startswith("gs://"):
         gcs.fresh()  # a bucket that was unreachable in an earlier run of this process is tried afresh
-    listing = _list(p.source)
+    listing = _list(p.source, out)
     if not listing.files:  # a mistyped prefix, say: the earlier run's manifest and facts are kept, not emptied
         raise ConfigError(f"ingest.source {p.source}: no image files (by suffix: "
                           f"{', '.join(IMAGE_SUFFIXES)}); nothing was written")
@@ -536,9 +561,9 @@ def _ingest(p: IngestParams, reports: Path, workers: int | None, progress: bool)
     # Broken or unusable files, as opposed to the grayscale photos and duplicates a healthy dataset also has.
     counts["bad_files"] = sum(r["reason"] not in ("grayscale", "duplicate") for r in rejected)
     counts.update(listing.notes)
-    write_if_changed(reports / "ingest.json", (json.dumps(counts, indent=2, sort_keys=True) + "\n").encode())
     # Written even when empty: a manifest left from an earlier run would feed preprocess photos this run refused.
     changed |= write_if_changed(manifest_path, _table_bytes(accepted, MANIFEST_COLUMNS))
+    write_if_changed(reports / "ingest.json", (json.dumps(counts, indent=2, sort_keys=True) + "\n").encode())
     if changed or todo:  # else the store is as the last run left it: a no-op re-run does not list it again
         _prune_store(out, {r["path"] for r in (*accepted, *rejected) if r["path"]})
     if not accepted:
