@@ -492,3 +492,33 @@ def test_photos_damaged_inside_their_pixel_data_are_undecodable_not_accepted(pho
         assert facts.detail.endswith("part of the picture would be a gray band")
     # without the end marker PIL itself refuses it
     assert inspect_bytes(jpeg[:half] + bytes(len(jpeg) - half), "cut.jpg", 10**8).error == "undecodable"
+
+
+def test_a_worker_killed_mid_ingest_is_one_line_and_the_rerun_completes(tmp_path):
+    """kill -9 of one worker (the OOM killer's way) ended in a BrokenProcessPool traceback."""
+    import signal
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    root.mkdir()
+    for k in range(160):  # enough decoding that the kill lands mid-run
+        Image.fromarray(rng.integers(0, 256, (700, 700, 3), dtype=np.uint8)).save(root / f"noise{k:03d}.jpg",
+                                                                                 quality=90)
+    cmd = [sys.executable, "-m", "chromify.cli", "ingest", "--source", str(root), "--out", str(tmp_path / "raw"),
+           "--reports", str(tmp_path / "reports")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    children: list[str] = []
+    while not children and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert children, "no worker started"
+    os.kill(int(children[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err.strip().splitlines()[-1]) == (2, (
+        "chromify: error: a worker process died before it finished (killed, or out of memory: the kernel log says "
+        "which); what was finished is kept: run the command again, with fewer workers if memory is short")), err
+    assert "Traceback" not in err
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(read_manifest(tmp_path / "raw")) == 160

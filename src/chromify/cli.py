@@ -13,6 +13,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -533,6 +534,9 @@ def _one_line(exc: BaseException) -> str | None:
     as is an OSError naming no file whose errno is one of those."""
     if isinstance(exc, ChromifyError):
         return str(exc)
+    if isinstance(exc, BrokenProcessPool):  # ingest's and preprocess's workers: finished files and shards are kept
+        return ("a worker process died before it finished (killed, or out of memory: the kernel log says which); "
+                "what was finished is kept: run the command again, with fewer workers if memory is short")
     if isinstance(exc, OSError):
         where = exc.filename2 or exc.filename
         if where is not None or exc.errno in _USER_FIXABLE:
@@ -555,7 +559,7 @@ def main() -> None:
     """Entry point: ChromifyError → one line on stderr and exit 2; CHROMIFY_DEBUG=1 shows the traceback."""
     try:
         app()
-    except (ChromifyError, OSError) as exc:
+    except (ChromifyError, OSError, BrokenProcessPool) as exc:
         line = _one_line(exc)
         if line is None:
             raise

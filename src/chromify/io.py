@@ -28,10 +28,14 @@ _FILE_MODE = 0o666 & ~_current_umask()
 
 def die_with(parent: int) -> None:
     """In a pool worker forked by `parent`: be killed when it dies, even of SIGKILL (Linux). Left behind, a worker
-    waits on its task queue for good, holding the fds it inherited, among them the parent's folder lock."""
+    waits on its task queue for good, holding the fds it inherited, among them the parent's folder lock. And end
+    quietly on SIGTERM, which its pool sends when a sibling died: the CLI's handler, inherited through the fork,
+    printed a traceback from the worker."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it died before the line above
