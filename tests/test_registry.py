@@ -309,6 +309,24 @@ def test_models_cli_lists_shows_promotes_and_rolls_back(two_runs):
         "chromify: error: chromify-colorizer: no version or alias 'v7' (have v1, v2, champion, staging)\n")
 
 
+def test_models_commands_from_outside_the_project_or_with_the_champion_gone(two_runs):
+    """From a subfolder `models list` said the registry was empty and `show` that nothing was registered; with the
+    champion's folder deleted by hand, `list` (the command to pick another from) refused to list."""
+    import shutil
+
+    root = two_runs[0]
+    (root / "notebooks").mkdir()
+    for args in (("models", "list"), ("models", "show")):
+        assert chromify(root / "notebooks", *args, ok=False) == (
+            f"chromify: error: no params.yaml in {root / 'notebooks'} to find the model registry by: run "
+            f"`chromify models {args[1]}` from the project's folder\n")
+    shutil.rmtree(root / "models/registry/chromify-colorizer/v0002")  # the champion
+    lines = chromify(root, "models", "list").splitlines()
+    assert lines[0] == ("chromify-colorizer: 1 version(s) in models/registry/chromify-colorizer; champion v2 (not "
+                        "a registered version: promote one with `chromify models promote VERSION`)")
+    assert [line.split()[0] for line in lines[2:]] == ["v1"]
+
+
 def test_models_list_on_an_empty_registry(tmp_path):
     (tmp_path / "params.yaml").write_text("register:\n  registry_dir: reg\n")
     out = chromify(tmp_path, "models", "list")
@@ -456,9 +474,10 @@ def test_damaged_registry_metadata_is_a_one_line_error_naming_the_file(two_runs)
 
     history.write_text(good_history)
     table.write_text('{"champion": 9}')
-    for command in (("models", "list"), ("models", "show")):
-        assert "aliases.json: dangling alias 'champion': it names v9, which is not a registered version" in error(
-            *command)
+    assert "aliases.json: dangling alias 'champion': it names v9, which is not a registered version" in error(
+        "models", "show")
+    assert chromify(root, "models", "list").splitlines()[0].endswith(
+        "champion v9 (not a registered version: promote one with `chromify models promote VERSION`)")
     assert chromify(root, "models", "promote", "1") == "champion: v9 -> v1\n"  # the way out works
     assert reg.champion() == 1
 

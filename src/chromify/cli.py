@@ -203,10 +203,9 @@ def resolve_model(ref: str, params: Path) -> Path:
         raise ConfigError(f"{ref}: not a folder; name the model's folder" if folder.exists()
                           else f"{ref}: no such model folder")
     registry = _registry(params)
-    if params == DEFAULT_PARAMS and not params.is_file() and not registry.dir.exists():
+    if _outside_a_project(params, registry):
         from chromify.errors import ConfigError
 
-        # the registry is found from the folder a command runs in: outside the project it read as empty
         raise ConfigError(f"{ref}: no params.yaml in {Path.cwd()} to find the model registry by: run this from the "
                           "project's folder, or name a model's folder")
     return registry.model_dir(ref)
@@ -368,7 +367,17 @@ def _local_registry(params: Path, command: str):
     if p.register.target != "local":
         raise ChromifyError(f"`chromify models {command}` reads the local registry, and register.target is "
                             f"{p.register.target!r}: use the Vertex AI console or `gcloud ai models list-version`")
-    return _registry(params)
+    registry = _registry(params)
+    if _outside_a_project(params, registry):  # from a subfolder it read as an empty registry
+        raise ChromifyError(f"no params.yaml in {Path.cwd()} to find the model registry by: run `chromify models "
+                            f"{command}` from the project's folder")
+    return registry
+
+
+def _outside_a_project(params: Path, registry) -> bool:
+    """No params.yaml here (the default named, not found) and no registry folder: the registry is found from the
+    folder a command runs in, so this is not a project's folder."""
+    return params == DEFAULT_PARAMS and not params.is_file() and not registry.dir.exists()
 
 
 def version_rows(reg) -> list[dict]:
@@ -409,9 +418,11 @@ def models_list(params: ParamsOpt = DEFAULT_PARAMS,
     if not rows:
         typer.echo(f"{reg.name}: no registered versions in {reg.dir}")
         return
-    champion = reg.champion()
+    champion = reg.aliases().get("champion")  # not reg.champion(): a dangling one must not hide the versions
+    gone = champion is not None and champion not in {row["version"] for row in rows}
     typer.echo(f"{reg.name}: {len(rows)} version(s) in {reg.dir}; champion "
-               f"{'none' if champion is None else f'v{champion}'}")
+               f"{'none' if champion is None else f'v{champion}'}"
+               f"{' (not a registered version: promote one with `chromify models promote VERSION`)' if gone else ''}")
     typer.echo(f"{'version':<8} {'PSNR dB':>7} {'vs gray':>7} {'ΔCF':>6}  {'gated vs':<8}  {'registered (UTC)':<19}  "
                f"{'commit':<8}  {'model id':<16}  aliases")
     for row in rows:
