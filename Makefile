@@ -41,7 +41,8 @@ demo: setup ## Run the whole pipeline with `dvc repro` on the bundled sample pho
 	@echo "gallery:          reports/gallery.html"
 	@echo "training curves:  reports/train_curves.png"
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -c "import json; r = json.load(open('reports/register.json')); \
-	  print('registered model:', r['path'] if r['registered'] else 'none this run (gate: ' + '; '.join(r['reasons']) + ')')"
+	  print('registered model:', r['path'] if r['registered'] else 'none this run (' + r['message'] + ')' \
+	        if r.get('already_registered') else 'none this run (gate: ' + '; '.join(r['reasons']) + ')')"
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/chromify models list
 	@$(MAKE) --no-print-directory historical
 

@@ -90,6 +90,10 @@ def test_dvc_repro_end_to_end_then_unchanged_then_params_flow(repo_copy):
     # folders of code are stage deps, and their .pyc files changed the deps' hashes on any touch of a source file.
     compileall.compile_dir(str(repo_copy / "src"), quiet=1)
     assert list((repo_copy / "src/chromify/models/__pycache__").glob("*.pyc"))
+    # nor are an editor's swap and backup files (a vim session open on a module re-ran train, evaluate, register)
+    models = repo_copy / "src/chromify/models"
+    (models / ".unet.py.swp").write_bytes(b"vim swap")
+    (models / "unet.py~").write_bytes((models / "unet.py").read_bytes() + b"# an edit being made\n")
     t0 = time.monotonic()
     again = run(["dvc", "repro"], repo_copy)
     unchanged_s = time.monotonic() - t0
