@@ -522,7 +522,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         if interrupted:
             if env.is_main:
                 note(f"stopped by {signal.Signals(interrupted).name} at step {step}; the checkpoint in {out_dir} "
-                     "resumes the run")
+                     "resumes the run (the same command, or `dvc repro`; a new `dvc exp run` starts afresh)")
             raise SystemExit(128 + interrupted)  # the conventional exit status: 143 for SIGTERM, 130 for SIGINT
 
         final = {"step": step, "epochs": epoch, "train_seconds": elapsed_before + time.monotonic() - t0}
