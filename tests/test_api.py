@@ -444,6 +444,26 @@ def test_past_the_connection_limit_the_answer_is_the_plain_503_the_schema_descri
     assert f"past {limit} open connections" in schema["info"]["description"]
 
 
+def test_a_model_folder_named_outside_latin_1_still_answers(model_dir: Path, tmp_path: Path) -> None:
+    """The folder's name went into the X-Chromify-Model header as it was: 色彩模型 made every /colorize a 500."""
+    import shutil
+
+    import uvicorn
+
+    shutil.copytree(model_dir, tmp_path / "色彩模型")
+    port = free_port()
+    settings = ServeSettings(max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, concurrency=1, port=port)
+    server = uvicorn.Config(create_app(settings, tmp_path / "色彩模型"), host="127.0.0.1", port=port,
+                            log_level="critical")
+    photo = encode(Image.fromarray(data.astronaut()[::8, ::8]), "PNG")
+    with serving(server), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        answer = c.post("/colorize", files={"file": ("a.png", photo, "image/png")})
+        health = c.get("/healthz").json()
+    assert (answer.status_code, answer.headers["x-chromify-model"], health["model"]) == (200, "____", "色彩模型")
+    with Image.open(io.BytesIO(answer.content)) as img:
+        assert img.size == (64, 64)
+
+
 def test_a_model_that_gives_nan_is_a_one_line_500_on_both_photo_routes(model_dir: Path, tmp_path: Path) -> None:
     # A diverged training's weights used to end in an IndexError inside the merge: a bare 500 and a traceback.
     import torch

@@ -191,7 +191,9 @@ class BodyLimit:
 
 
 class InferencePool:
-    """At most `concurrency` photos in work and `max_queue` waiting: memory stays flat however many clients."""
+    """At most `concurrency` photos in work and `max_queue` waiting, whatever the number of clients. A waiting
+    /colorize upload waits on disk; a waiting /predict request waits in memory (its JSON body, the decoded bytes,
+    later the encoded answer: about five times the photo), so /predict's peak grows with the line, not the pool."""
 
     def __init__(self, concurrency: int, max_queue: int):
         self.executor = ThreadPoolExecutor(concurrency, thread_name_prefix="colorize")
@@ -326,7 +328,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
         return Response(encoded, media_type=MEDIA_TYPES[fmt], headers={
             "Content-Disposition": f'inline; filename="{_ascii(stem)}-colorized.{"png" if fmt == "png" else "jpg"}"',
             "Server-Timing": f"colorize;dur={(time.perf_counter() - t0) * 1000:.0f}",
-            "X-Chromify-Model": model_name,
+            "X-Chromify-Model": _ascii(model_name),  # a header is Latin-1: a folder named 色彩 made every answer a 500
         })
 
     @app.post(settings.predict_route, summary="Vertex AI prediction: {instances: [{b64}]} → {predictions: [{b64}]}.",
@@ -455,7 +457,7 @@ def _json_type(value: Any) -> str:
 
 
 def _ascii(text: str) -> str:
-    """A filename safe inside a quoted header value."""
+    """A name safe inside a (quoted) header value."""
     return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in text)[:100]
 
 

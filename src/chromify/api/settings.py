@@ -32,7 +32,8 @@ class ServeSettings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     # Refused from the header, before decoding; 40 MP costs ~240 MB at the peak (RGB in + RGB out + encoder).
     max_pixels: int = Field(40_000_000, gt=0)
-    # Photos colorized at once; the rest wait in line. Memory grows with this, not with the number of clients.
+    # Photos colorized at once; the rest wait in line (uploads on disk, /predict's JSON in memory): memory grows
+    # with this and, for /predict, with max_queue, not with the number of clients.
     # Each job gets cores // concurrency torch threads: on 2 shared cores, one thread per job measured 80 ms for
     # the model where two OpenMP threads swung from 42 to 600 ms whenever a neighbour process took a core.
     concurrency: int = Field(2, ge=1)
