@@ -54,10 +54,19 @@ def test_folder_is_walked_and_bad_files_are_skipped_with_a_reason(photos: Path, 
                                                                   tmp_path: Path) -> None:
     out = tmp_path / "out"
     (photos / "album" / "phone.HEIC").write_bytes((photos / "camera.jpg").read_bytes())  # not read: said so
+    # links to a folder (not followed) and to nothing: their photos vanished without a word
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "camera.jpg").write_bytes((photos / "camera.jpg").read_bytes())
+    (photos / "linked").symlink_to(elsewhere)
+    (photos / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     result = run_cli(str(photos), "-o", str(out), "--model", str(model_dir))
+    (photos / "linked").unlink()
+    (photos / "gone.jpg").unlink()
     assert result.exit_code == 0, result.output
-    assert result.stderr.splitlines()[-1] == ("left alone 2 file(s) of the folders without an image suffix (.heic, "
-                                              ".txt; read: .jpg .jpeg .png .webp .bmp .tif .tiff)")
+    assert result.stderr.splitlines()[-1] == ("left alone 4 file(s) of the folders without an image suffix or not "
+                                              "followed (.heic, .txt, a broken link, a link to a folder; read: .jpg "
+                                              ".jpeg .png .webp .bmp .tif .tiff)")
     sizes = {str(p.relative_to(out)): Image.open(p).size for p in out.rglob("*.png")}
     assert sizes == {
         "camera.png": (512, 512), "album/coffee.png": (600, 400), "album/rgba.png": (90, 70),

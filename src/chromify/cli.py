@@ -291,7 +291,7 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
 
         kinds = sorted(outcome.left_alone, key=lambda k: (-outcome.left_alone[k], k))
         typer.echo(f"left alone {sum(outcome.left_alone.values())} file(s) of the folders without an image suffix "
-                   f"({', '.join(kinds[:5])}{', ...' if len(kinds) > 5 else ''}; read: "
+                   f"or not followed ({', '.join(kinds[:5])}{', ...' if len(kinds) > 5 else ''}; read: "
                    f"{' '.join(IMAGE_SUFFIXES)})", err=True)
     if done == 0:
         raise typer.Exit(1)

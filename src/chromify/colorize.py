@@ -135,7 +135,8 @@ def expand_inputs(inputs: Iterable[str], exclude: Path | None = None,
 
     A glob's root is its wildcard-free start, so 'scans/**/*.jpg' keeps the folders under scans. Files under
     `exclude` (the output folder) are left out, so a re-run never colorizes its own outputs. The folders' files
-    without an image suffix are counted by suffix into `left_alone`.
+    without an image suffix are counted by suffix into `left_alone`, and links to folders (not followed) and to
+    nothing as such.
     """
     excluded = exclude.resolve() if exclude is not None else None
 
@@ -145,6 +146,10 @@ def expand_inputs(inputs: Iterable[str], exclude: Path | None = None,
     def folder(p: Path) -> list[tuple[Path, Path]]:
         found = []
         for f in sorted(p.rglob("*")):
+            if f.is_symlink() and not f.is_file() and keep(f):  # a link to a folder (not followed) or to nothing
+                if left_alone is not None:
+                    left_alone["a link to a folder" if f.is_dir() else "a broken link"] += 1
+                continue
             if not (f.is_file() and keep(f)):
                 continue
             if f.suffix.lower() in IMAGE_SUFFIXES:
