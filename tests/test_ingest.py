@@ -215,8 +215,20 @@ def test_junk_behind_a_tiff_magic_is_one_reason_and_no_parser_warning():
     junk = b"MM\x00*" + np.random.default_rng(5).integers(0, 256, 3000, dtype=np.uint8).tobytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # PIL's "Corrupt EXIF data" would be printed to the user's terminal
-        with pytest.raises(InputImageError, match="junk.jpg: corrupt TIFF header: it starts as a TIFF file"):
+        with pytest.raises(InputImageError, match="junk.jpg: corrupt or unsupported TIFF header: it starts as a "
+                                                  "TIFF file"):
             open_checked(junk, "junk.jpg", 40_000_000)
+    # whole, but a layout PIL does not decode: not called damaged
+    import io
+
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((8, 8, 3), np.float32), photometric="rgb")
+    with pytest.raises(InputImageError) as err:
+        open_checked(buf.getvalue(), "float.tif", 40_000_000)
+    assert str(err.value) == ("float.tif: corrupt or unsupported TIFF header: it starts as a TIFF file, but its header "
+                              "cannot be read (damaged, or a kind PIL does not decode, such as 32-bit float colour)")
 
 
 def test_rerun_is_a_noop_and_thresholds_rejudge_without_decoding(tmp_path, bad_folder):

@@ -104,8 +104,11 @@ def open_checked(data: bytes, name: str, max_pixels: int, max_aspect: float | No
         if isinstance(exc, Image.UnidentifiedImageError):
             kind = next((k for magic, k in OTHER_FORMATS if data.startswith(magic)), None)
             if kind is None and (ours := sniff_image_format(data)):  # a bad checksum or a zero size in the header
-                raise InputImageError(name, f"corrupt {ours} header: it starts as a {ours} file, but its header "
-                                            "cannot be read") from None
+                # a TIFF may be whole but of a layout PIL does not decode (32-bit float RGB): not called damaged
+                what = "corrupt or unsupported TIFF" if ours == "TIFF" else f"corrupt {ours}"
+                raise InputImageError(name, f"{what} header: it starts as a {ours} file, but its header cannot be "
+                                            "read" + (" (damaged, or a kind PIL does not decode, such as 32-bit "
+                                                      "float colour)" if ours == "TIFF" else "")) from None
             raise InputImageError(name, f"not an image we read ({kind}; JPEG, PNG, WebP, BMP and TIFF are)" if kind
                                   else "not an image (unrecognised format)") from None
         raise InputImageError(name, f"unreadable image header ({exc or type(exc).__name__})") from None
