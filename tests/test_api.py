@@ -444,6 +444,34 @@ def test_past_the_connection_limit_the_answer_is_the_plain_503_the_schema_descri
     assert f"past {limit} open connections" in schema["info"]["description"]
 
 
+def test_connections_that_send_no_whole_request_are_closed_and_free_the_limit(model_dir: Path) -> None:
+    """Sockets that sent nothing, or half a request line, were never closed (uvicorn times out only after a
+    response): one client holding the limit's worth kept every route, /healthz too, at 503 for good."""
+    import uvicorn
+
+    settings = ServeSettings(concurrency=1, max_queue=0, port=free_port(), log_level="warning",
+                             request_head_timeout_s=1.0)
+    base, limit = f"http://127.0.0.1:{settings.port}", connection_limit(settings)
+    with serving(uvicorn.Config(create_app(settings, model_dir), **server_options(settings))):
+        with httpx.Client(base_url=base, timeout=10) as kept:  # a keep-alive client that does send requests
+            assert kept.get("/healthz").status_code == 200
+            idle = [socket.create_connection(("127.0.0.1", settings.port)) for _ in range(limit)]
+            for s in idle[::2]:
+                s.sendall(b"GET /healthz HT")  # half a request line, then nothing
+            try:
+                refused = httpx.get(base + "/healthz", timeout=10).status_code
+                time.sleep(2.0)  # past the head deadline
+                for s in idle:
+                    s.settimeout(5)
+                    assert s.recv(1) == b"", "still open"  # closed by the server
+                assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+                assert kept.get("/healthz").status_code == 200
+            finally:
+                for s in idle:
+                    s.close()
+    assert refused == 503
+
+
 def test_a_model_folder_named_outside_latin_1_still_answers(model_dir: Path, tmp_path: Path) -> None:
     """The folder's name went into the X-Chromify-Model header as it was: 色彩模型 made every /colorize a 500."""
     import shutil

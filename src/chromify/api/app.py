@@ -495,6 +495,58 @@ def serve(settings: ServeSettings, model_dir: str | Path, sock: socket.socket | 
 def server_options(settings: ServeSettings) -> dict[str, Any]:
     """uvicorn's settings for `serve`, in one place: the schema's 503 text and a test rely on its connection limit."""
     # Connections past what the pool would queue anyway get uvicorn's 503 before their bodies are read; the
-    # headroom keeps health checks and the page answering while the line is full.
+    # headroom keeps health checks and the page answering while the line is full, and the head deadline keeps
+    # connections that send no request from holding that headroom.
+    protocol = type("H11WithHeadDeadline", (_head_deadline_protocol(),),
+                    {"head_timeout": settings.request_head_timeout_s})
     return {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
-            "timeout_graceful_shutdown": 10, "limit_concurrency": connection_limit(settings)}
+            "timeout_graceful_shutdown": 10, "limit_concurrency": connection_limit(settings), "http": protocol}
+
+
+def _head_deadline_protocol() -> type:
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's head. uvicorn arms its keep-alive timer only
+    after a response and stops it at the first byte received, so a connection that never sends a whole request
+    stays open: 81 such sockets held every route, /healthz too, at 503 until they closed."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class H11WithHeadDeadline(H11Protocol):
+        head_timeout = 10.0
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._head_deadline: asyncio.TimerHandle | None = None
+            self._await_head()
+
+        def _await_head(self) -> None:
+            self._stop_head_deadline()
+            self._head_deadline = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+        def _stop_head_deadline(self) -> None:
+            if getattr(self, "_head_deadline", None) is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before:  # a request's head arrived
+                self._stop_head_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self._between_requests():
+                self._await_head()  # the next request's, on a connection kept open
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_head_deadline()
+            super().connection_lost(exc)
+
+        def _head_timed_out(self) -> None:
+            self._head_deadline = None
+            if self._between_requests() and not self.transport.is_closing():
+                self.transport.close()
+
+    return H11WithHeadDeadline
