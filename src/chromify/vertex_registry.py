@@ -329,24 +329,6 @@ def download_version_files(uri: str, dest: str | Path, project: str | None = Non
         for old in dest.parent.glob(f".{dest.name}-old-*"):
             shutil.rmtree(old, ignore_errors=True)
     return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        client = _storage_client(project)
-        for blob in client.list_blobs(bucket_name, prefix=f"{prefix}/"):
-            name = blob.name[len(prefix) + 1 :]
-            if name and "/" not in name:
-                blob.download_to_filename(str(staging / name))
-        missing = [f for f in MODEL_FILES if not (staging / f).is_file()]
-        if missing:
-            raise RegistryError(f"{uri}: not a model version (missing {', '.join(missing)})")
-        staging.rename(dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if dest.is_dir() and all((dest / f).is_file() for f in MODEL_FILES):
-            return dest  # another process fetched it first
-        raise
-    return dest
 
 
 def model_exists(p: RegisterParams) -> bool:
