@@ -7,7 +7,7 @@ from components.images import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def preprocess_partition(params_json: str, raw: Input[Dataset], partition: int, partitions: int,
                          shards: Output[Dataset]) -> int:
-    """Photos of manifest slice `partition`/`partitions` → 8-bit Lab shards (no index); returns the image count."""
+    """Shards `partition`, `partition` + `partitions`, ... of each split (no index); returns the image count."""
     from chromify.config import params_from_json
     from chromify.stages import run_preprocess
 

@@ -6,7 +6,8 @@ from components.images import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def register(params_json: str, model: Input[Model], gate: Input[Artifact], raw: Input[Dataset]) -> int:
-    """Record the gated model as a new registry version and champion; returns the version number."""
+    """Record the gated model as a new registry version and champion; returns the new version's number, 0 when
+    these weights were already registered (nothing new, no alias moved)."""
     import json
 
     from chromify.config import params_from_json
@@ -17,4 +18,4 @@ def register(params_json: str, model: Input[Model], gate: Input[Artifact], raw: 
     metrics = decision.pop("metrics")
     outcome = run_register(params, model.path, decision, metrics,
                            raw_dir=raw.path, reports_dir=None)
-    return int(outcome.get("version", 0))
+    return int(outcome["version"]) if outcome.get("registered") else 0

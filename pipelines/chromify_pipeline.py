@@ -56,7 +56,7 @@ def build_pipeline(params: Params, target: str) -> GraphComponent:
     def chromify_pipeline(params_json: str = "{}"):
         """Train, gate and register a photo colorization model. Steps:
         1. ingest: decode and validate the source photos, split them by content hash;
-        2. preprocess: n parallel tasks, each converting 1/n of the manifest to 8-bit CIE Lab shards;
+        2. preprocess: n parallel tasks, each writing every n-th of the 8-bit CIE Lab shards;
         3. collect: gather the partitions' shards into one dataset with a per-split index;
         4. train: fit the U-Net L → ab (GPU nodes in the cloud; torchrun when several GPUs);
         5. evaluate: metrics vs the gray baseline and the champion, gallery, gate decision;

@@ -136,9 +136,9 @@ def run_local(params: str | Path | Params = "params.yaml", workdir: str | Path =
     if len(runs) == 1 and (runs[0] / "evaluate" / "gate").is_file():
         gate = json.loads((runs[0] / "evaluate" / "gate").read_text())
         registered = runs[0] / "register" / "executor_output.json"
+        version = json.loads(registered.read_text())["parameterValues"]["Output"] if registered.is_file() else 0
         out.update(run=str(runs[0]), gate="passed" if gate["passed"] else "failed: " + "; ".join(gate["reasons"]),
-                   registered=json.loads(registered.read_text())["parameterValues"]["Output"]
-                   if registered.is_file() else None)
+                   registered=version or None)  # 0: already registered, nothing new
     return out
 
 

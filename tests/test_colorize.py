@@ -60,12 +60,14 @@ def test_folder_is_walked_and_bad_files_are_skipped_with_a_reason(photos: Path, 
     (elsewhere / "camera.jpg").write_bytes((photos / "camera.jpg").read_bytes())
     (photos / "linked").symlink_to(elsewhere)
     (photos / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (photos / "loop-a").symlink_to(photos / "loop-b")  # a loop: resolving it raised a RuntimeError
+    (photos / "loop-b").symlink_to(photos / "loop-a")
     result = run_cli(str(photos), "-o", str(out), "--model", str(model_dir))
-    (photos / "linked").unlink()
-    (photos / "gone.jpg").unlink()
+    for link in ("linked", "gone.jpg", "loop-a", "loop-b"):
+        (photos / link).unlink()
     assert result.exit_code == 0, result.output
-    assert result.stderr.splitlines()[-1] == ("left alone 4 file(s) of the folders without an image suffix or not "
-                                              "followed (.heic, .txt, a broken link, a link to a folder; read: .jpg "
+    assert result.stderr.splitlines()[-1] == ("left alone 6 file(s) of the folders without an image suffix or not "
+                                              "followed (a broken link, .heic, .txt, a link to a folder; read: .jpg "
                                               ".jpeg .png .webp .bmp .tif .tiff)")
     sizes = {str(p.relative_to(out)): Image.open(p).size for p in out.rglob("*.png")}
     assert sizes == {

@@ -476,9 +476,8 @@ def test_a_second_ingest_into_the_same_folder_is_refused_in_one_line(tmp_path, p
 def test_photos_damaged_inside_their_pixel_data_are_undecodable_not_accepted(photos) -> None:
     """Damage PIL decodes without a word: a PNG whose late IDAT byte is wrong (reading its EXIF first loaded the
     pixels and swallowed the error; the next load gave a black band, preprocess removed the copy, and every ingest
-    accepted it again) and a JPEG with a zero-filled tail or flipped bytes (a gray band)."""
+    accepted it again) and a JPEG with a hole of zeros (a gray band)."""
     import io
-    import random
 
     rgb = photos["astronaut"]
     buf = io.BytesIO()
@@ -494,14 +493,15 @@ def test_photos_damaged_inside_their_pixel_data_are_undecodable_not_accepted(pho
     jpeg = buf.getvalue()
     assert inspect_bytes(jpeg, "intact.jpg", 10**8).error == ""
     half = len(jpeg) // 2
-    flipped = bytearray(jpeg)
-    for i in random.Random(0).sample(range(1000, len(jpeg) - 10), 40):
-        flipped[i] ^= 0xFF
     zeroed = jpeg[:half] + bytes(len(jpeg) - half - 2) + jpeg[-2:]  # a hole of zeros, the end marker kept
-    for name, data in (("zero-filled.jpg", zeroed), ("flipped.jpg", bytes(flipped))):
-        facts = inspect_bytes(data, name, 10**8)
-        assert facts.error == "undecodable" and facts.detail.startswith("damaged JPEG data (Corrupt JPEG data"), name
-        assert facts.detail.endswith("part of the picture would be a gray band")
+    facts = inspect_bytes(zeroed, "zero-filled.jpg", 10**8)
+    assert (facts.error, facts.detail) == ("undecodable", "damaged JPEG data (Corrupt JPEG data: premature end of "
+                                                          "data segment): part of the picture would be a gray band")
+    # padding before a marker is only a warning of libjpeg's, in a whole file: accepted
+    marker = jpeg.index(b"\xff\xdb")
+    padded = jpeg[:marker] + bytes(3) + jpeg[marker:]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(padded))), np.asarray(Image.open(io.BytesIO(jpeg))))
+    assert inspect_bytes(padded, "padded.jpg", 10**8).error == ""
     # without the end marker PIL itself refuses it
     assert inspect_bytes(jpeg[:half] + bytes(len(jpeg) - half), "cut.jpg", 10**8).error == "undecodable"
 
@@ -528,8 +528,9 @@ def test_a_worker_killed_mid_ingest_is_one_line_and_the_rerun_completes(tmp_path
     os.kill(int(children[0]), signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert (proc.returncode, err.strip().splitlines()[-1]) == (2, (
-        "chromify: error: a worker process died before it finished (killed, or out of memory: the kernel log says "
-        "which); what was finished is kept: run the command again, with fewer workers if memory is short")), err
+        "chromify: error: a worker process died before it finished (killed, out of memory, or crashed in a decoder: "
+        "the kernel log says which); what was finished is kept: run the command again, with fewer workers if memory "
+        "is short (if it dies again, CHROMIFY_DEBUG=1 shows where)")), err
     assert "Traceback" not in err
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr

@@ -546,8 +546,9 @@ def _one_line(exc: BaseException) -> str | None:
     if isinstance(exc, ChromifyError):
         return str(exc)
     if isinstance(exc, BrokenProcessPool):  # ingest's and preprocess's workers: finished files and shards are kept
-        return ("a worker process died before it finished (killed, or out of memory: the kernel log says which); "
-                "what was finished is kept: run the command again, with fewer workers if memory is short")
+        return ("a worker process died before it finished (killed, out of memory, or crashed in a decoder: the "
+                "kernel log says which); what was finished is kept: run the command again, with fewer workers if "
+                "memory is short (if it dies again, CHROMIFY_DEBUG=1 shows where)")
     if isinstance(exc, OSError):
         where = exc.filename2 or exc.filename
         if where is not None or exc.errno in _USER_FIXABLE:

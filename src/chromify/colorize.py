@@ -141,7 +141,11 @@ def expand_inputs(inputs: Iterable[str], exclude: Path | None = None,
     excluded = exclude.resolve() if exclude is not None else None
 
     def keep(f: Path) -> bool:
-        return excluded is None or not f.resolve().is_relative_to(excluded)
+        try:
+            where = f.resolve()
+        except (OSError, RuntimeError):  # a link loop: where it stands, then (counted as a broken link)
+            where = f.absolute()
+        return excluded is None or not where.is_relative_to(excluded)
 
     def folder(p: Path) -> list[tuple[Path, Path]]:
         found = []
