@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -535,3 +536,31 @@ def test_a_worker_killed_mid_ingest_is_one_line_and_the_rerun_completes(tmp_path
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert len(read_manifest(tmp_path / "raw")) == 160
+
+
+def test_a_toned_black_and_white_photo_is_grayscale_and_older_tables_are_measured_again(tmp_path, photos):
+    """A sepia print has chroma (2.4 to 2.7 on two of ../shared's historical photos, over min_chroma 2.0; far more
+    on a strongly toned one), all of it along one hue: it passed as a colour photo and would teach the model sepia."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(photos["chelsea"]).save(root / "colour.png")
+    gray = np.asarray(Image.fromarray(photos["coffee"]).convert("L"), dtype=np.float32)[..., None] / 255
+    sepia = np.clip(gray * np.array([255, 225, 180]), 0, 255).astype(np.uint8)  # a warm tone over the grays
+    Image.fromarray(sepia).save(root / "sepia.png")
+    p = IngestParams(source=str(root), out_dir=str(tmp_path / "raw"), val_fraction=0.0, test_fraction=0.0)
+    counts = run_ingest(p, tmp_path / "reports")
+    assert (counts["accepted"], counts["rejected_grayscale"]) == (1, 1)
+    with open(tmp_path / "reports" / "ingest_rejects.csv", encoding="utf-8", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["path"] == str(root / "sepia.png") and row["reason"] == "grayscale"
+    chroma, off_tint = (float(x) for x in re.fullmatch(r"mean chroma (\S+), but (\S+) across its tint < 0.5: a "
+                                                        r"toned black-and-white photo", row["detail"]).groups())
+    assert chroma > 5 * p.min_chroma and off_tint < 0.4  # a strong tone, all of it along one hue
+    # a manifest from before the check (no chroma_off_tint) is measured again once, then trusted
+    for name in ("manifest.parquet", "rejects.parquet"):
+        table = pq.read_table(tmp_path / "raw" / name)
+        pq.write_table(table.drop_columns(["chroma_off_tint"]), tmp_path / "raw" / name)
+    assert run_ingest(p, tmp_path / "reports")["decoded_this_run"] == 2
+    assert run_ingest(p, tmp_path / "reports")["decoded_this_run"] == 0

@@ -30,11 +30,13 @@ class IngestParams:
     min_side: int = 64
     max_pixels: int = 40_000_000
     min_chroma: float = 2.0
+    min_chroma_off_tint: float = 0.5
     val_fraction: float = 0.1
     test_fraction: float = 0.15  # params.yaml sets 0.25: at 0.15 the bundled sample would have no test photo
 
     def __post_init__(self) -> None:
         _check_ranges("ingest", self, {"min_side": _ge(1), "max_pixels": _ge(1), "min_chroma": _ge(0),
+                                       "min_chroma_off_tint": _ge(0),
                                        "val_fraction": _within(0, 1, closed=True),
                                        "test_fraction": _within(0, 1, closed=True)})
         # 1 is allowed (a folder held out whole, to evaluate a model on); more is a mistake

@@ -52,7 +52,7 @@ from chromify.shards import lab8_table, rgb_to_lab8
 # What is known about a file once read: the manifest holds the accepted ones (plus their split), the reject
 # table the others (plus reason and detail). chroma is NaN and path "" where the file never decoded.
 FACT_COLUMNS = ("uri", "sha256", "width", "height", "source", "path", "size_bytes", "stamp", "format",
-                "orientation", "decoder", "chroma")
+                "orientation", "decoder", "chroma", "chroma_off_tint")
 MANIFEST_COLUMNS = (*FACT_COLUMNS[:4], "split", *FACT_COLUMNS[4:])
 REJECT_COLUMNS = ("uri", "reason", "detail", *FACT_COLUMNS[1:])
 _INT_COLUMNS = ("width", "height", "size_bytes", "orientation")
@@ -276,6 +276,7 @@ class Facts:
     orientation: int = 1
     decoder: str = ""
     chroma: float = math.nan
+    off_tint: float = math.nan  # chroma across the photo's mean tint (a toned black-and-white photo has ~none)
     error: str = ""  # "", or a reason: empty | not_image | undecodable | too_many_pixels | too_large | unreadable
     detail: str = ""
     path: str = ""  # content-store path, relative to out_dir, for files that decoded
@@ -311,7 +312,7 @@ def inspect_bytes(data: bytes, name: str, max_pixels: int) -> Facts:
     w, h = rgb.size
     factor = max(1, min(w, h) // THUMB_SIDE)
     thumb = np.asarray(rgb.reduce(factor) if factor > 1 else rgb)
-    return Facts(sha, w, h, fmt, orientation, decoder, mean_chroma(thumb))
+    return Facts(sha, w, h, fmt, orientation, decoder, *chroma_stats(thumb))
 
 
 def mean_chroma(rgb: np.ndarray) -> float:
@@ -319,8 +320,21 @@ def mean_chroma(rgb: np.ndarray) -> float:
 
     Through the shards' Lab table: within 0.05 of the float conversion and 8x faster.
     """
+    return chroma_stats(rgb)[0]
+
+
+def chroma_stats(rgb: np.ndarray) -> tuple[float, float]:
+    """(mean chroma, mean chroma across the mean tint) of (H, W, 3) uint8 sRGB: the second is each pixel's ab
+    component perpendicular to the image's mean ab direction. A sepia or cyanotype print has chroma, however strong,
+    but all of it along one hue; a colour photo has some across it (on ../shared: toned prints <= 0.39, the 743
+    colour photos >= 0.76)."""
     ab = rgb_to_lab8(rgb)[1:].astype(np.float32) - AB_OFFSET
-    return float(np.hypot(ab[0], ab[1]).mean())
+    chroma = np.hypot(ab[0], ab[1])
+    mean_a, mean_b = float(ab[0].mean()), float(ab[1].mean())
+    norm = float(np.hypot(mean_a, mean_b))
+    if norm < 1e-6:  # no mean tint to be across: all of the chroma counts
+        return float(chroma.mean()), float(chroma.mean())
+    return float(chroma.mean()), float(np.abs(ab[0] * mean_b - ab[1] * mean_a).mean() / norm)
 
 
 def judge(f: Facts, p: IngestParams) -> tuple[str | None, str]:
@@ -335,6 +349,9 @@ def judge(f: Facts, p: IngestParams) -> tuple[str | None, str]:
         return "too_small", f"{f.width}x{f.height}: short side under {p.min_side} px"
     if f.chroma < p.min_chroma:
         return "grayscale", f"mean chroma {f.chroma:.2f} < {p.min_chroma}"
+    if f.off_tint < p.min_chroma_off_tint:
+        return "grayscale", (f"mean chroma {f.chroma:.2f}, but {f.off_tint:.2f} across its tint < "
+                             f"{p.min_chroma_off_tint}: a toned black-and-white photo")
     return None, ""
 
 
@@ -348,7 +365,7 @@ def _needs_decode(f: Facts, p: IngestParams, size: int | None) -> bool:
         return 0 < f.width * f.height <= p.max_pixels or (f.width == 0 and p.max_pixels > pil_hard_limit())
     if not f.path:  # decoded, but its bytes were not kept (e.g. unreadable before, or an older manifest)
         return True
-    return False
+    return math.isnan(f.off_tint)  # measured before the tint check existed: measured again, once
 
 
 def _store(data: bytes, out_dir: Path, sha: str, fmt: str) -> str:
@@ -417,11 +434,11 @@ def _inspected(todo: list[SourceFile], out_dir: Path, max_pixels: int, workers: 
 def _facts_from_row(row: dict[str, Any]) -> Facts:
     reason = row.get("reason")
     cached_error = reason if reason in (*FILE_REASONS, "too_many_pixels", "too_large", "unreadable") else ""
-    chroma = row.get("chroma")
+    chroma, off_tint = row.get("chroma"), row.get("chroma_off_tint")  # not in tables from before the check
     return Facts(row["sha256"] or "", int(row.get("width") or 0), int(row.get("height") or 0),
                  row.get("format") or "", int(row.get("orientation") or 1), row.get("decoder") or DECODER_PIL,
-                 math.nan if chroma is None else float(chroma), cached_error,
-                 row.get("detail") or "" if cached_error else "", row.get("path") or "")
+                 math.nan if chroma is None else float(chroma), math.nan if off_tint is None else float(off_tint),
+                 cached_error, row.get("detail") or "" if cached_error else "", row.get("path") or "")
 
 
 def _damaged_table() -> tuple[type[BaseException], ...]:
@@ -452,7 +469,7 @@ def _table_bytes(rows: list[dict], columns: tuple[str, ...]) -> bytes:
     import pyarrow.parquet as pq
 
     def kind(c: str) -> pa.DataType:
-        return pa.int64() if c in _INT_COLUMNS else pa.float64() if c == "chroma" else pa.string()
+        return pa.int64() if c in _INT_COLUMNS else pa.float64() if c in ("chroma", "chroma_off_tint") else pa.string()
 
     table = pa.table({c: pa.array([r[c] for r in rows], type=kind(c)) for c in columns})
     buf = io.BytesIO()
@@ -532,7 +549,7 @@ def _ingest(p: IngestParams, reports: Path, workers: int | None, progress: bool)
         row = {"uri": f.uri, "sha256": facts.sha256, "width": facts.width, "height": facts.height,
                "source": p.source, "path": facts.path, "size_bytes": f.size, "stamp": f.stamp,
                "format": facts.format, "orientation": facts.orientation, "decoder": facts.decoder,
-               "chroma": facts.chroma}
+               "chroma": facts.chroma, "chroma_off_tint": facts.off_tint}
         reason, detail = judge(facts, p)
         if reason is None:
             accepted.append({**row, "split": split_for(facts.sha256, p.val_fraction, p.test_fraction)})
