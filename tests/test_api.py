@@ -67,6 +67,18 @@ def client(model_dir: Path) -> httpx.Client:
 
 
 @contextmanager
+def served(model: Path) -> Iterator[httpx.Client]:
+    """A client of a real uvicorn serving `model` on a free port with the tests' limits, one photo at a time."""
+    import uvicorn
+
+    port = free_port()
+    settings = ServeSettings(max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, concurrency=1, port=port)
+    config = uvicorn.Config(create_app(settings, model), host="127.0.0.1", port=port, log_level="critical")
+    with serving(config), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        yield c
+
+
+@contextmanager
 def serving(config) -> Iterator[None]:
     """A real uvicorn with `config` in a thread of this process, from started to stopped."""
     import uvicorn
@@ -476,15 +488,9 @@ def test_a_model_folder_named_outside_latin_1_still_answers(model_dir: Path, tmp
     """The folder's name went into the X-Chromify-Model header as it was: 色彩模型 made every /colorize a 500."""
     import shutil
 
-    import uvicorn
-
     shutil.copytree(model_dir, tmp_path / "色彩模型")
-    port = free_port()
-    settings = ServeSettings(max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, concurrency=1, port=port)
-    server = uvicorn.Config(create_app(settings, tmp_path / "色彩模型"), host="127.0.0.1", port=port,
-                            log_level="critical")
     photo = encode(Image.fromarray(data.astronaut()[::8, ::8]), "PNG")
-    with serving(server), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+    with served(tmp_path / "色彩模型") as c:
         answer = c.post("/colorize", files={"file": ("a.png", photo, "image/png")})
         health = c.get("/healthz").json()
     assert (answer.status_code, answer.headers["x-chromify-model"], health["model"]) == (200, "____", "色彩模型")
@@ -495,7 +501,6 @@ def test_a_model_folder_named_outside_latin_1_still_answers(model_dir: Path, tmp
 def test_a_model_that_gives_nan_is_a_one_line_500_on_both_photo_routes(model_dir: Path, tmp_path: Path) -> None:
     # A diverged training's weights used to end in an IndexError inside the merge: a bare 500 and a traceback.
     import torch
-    import uvicorn
 
     from chromify.train.checkpoint import export_model, load_model
 
@@ -504,12 +509,8 @@ def test_a_model_that_gives_nan_is_a_one_line_500_on_both_photo_routes(model_dir
         for param in model.parameters():
             param.fill_(float("nan"))
     export_model(tmp_path / "diverged", model, config)
-    port = free_port()
-    settings = ServeSettings(max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, concurrency=1, port=port)
-    server = uvicorn.Config(create_app(settings, tmp_path / "diverged"), host="127.0.0.1", port=port,
-                            log_level="critical")
     photo = encode(Image.fromarray(data.astronaut()[::4, ::4]), "PNG")
-    with serving(server), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+    with served(tmp_path / "diverged") as c:
         answers = [c.post("/colorize", files={"file": ("a.png", photo, "image/png")}),
                    c.post("/predict", json={"instances": [{"b64": base64.b64encode(photo).decode()}]})]
         schema = c.get("/openapi.json").json()

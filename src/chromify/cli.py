@@ -202,13 +202,8 @@ def resolve_model(ref: str, params: Path) -> Path:
 
         raise ConfigError(f"{ref}: not a folder; name the model's folder" if folder.exists()
                           else f"{ref}: no such model folder")
-    registry = _registry(params)
-    if _outside_a_project(params, registry):
-        from chromify.errors import ConfigError
-
-        raise ConfigError(f"{ref}: no params.yaml in {Path.cwd()} to find the model registry by: run this from the "
-                          "project's folder, or name a model's folder")
-    return registry.model_dir(ref)
+    return _project_registry(params, "run this from the project's folder, or name a model's folder",
+                             f"{ref}: ").model_dir(ref)
 
 
 class _Terminated(BaseException):
@@ -367,17 +362,17 @@ def _local_registry(params: Path, command: str):
     if p.register.target != "local":
         raise ChromifyError(f"`chromify models {command}` reads the local registry, and register.target is "
                             f"{p.register.target!r}: use the Vertex AI console or `gcloud ai models list-version`")
+    return _project_registry(params, f"run `chromify models {command}` from the project's folder")
+
+
+def _project_registry(params: Path, advice: str, prefix: str = ""):
+    """The registry of the project this command runs in. The registry is found from the folder a command runs
+    in: with no params.yaml here (the default named, not found) and no registry folder, this is not a project's
+    folder, and an empty registry would be the wrong answer."""
     registry = _registry(params)
-    if _outside_a_project(params, registry):  # from a subfolder it read as an empty registry
-        raise ChromifyError(f"no params.yaml in {Path.cwd()} to find the model registry by: run `chromify models "
-                            f"{command}` from the project's folder")
+    if params == DEFAULT_PARAMS and not params.is_file() and not registry.dir.exists():
+        raise ChromifyError(f"{prefix}no params.yaml in {Path.cwd()} to find the model registry by: {advice}")
     return registry
-
-
-def _outside_a_project(params: Path, registry) -> bool:
-    """No params.yaml here (the default named, not found) and no registry folder: the registry is found from the
-    folder a command runs in, so this is not a project's folder."""
-    return params == DEFAULT_PARAMS and not params.is_file() and not registry.dir.exists()
 
 
 def version_rows(reg) -> list[dict]:

@@ -32,6 +32,7 @@ from chromify.io import atomic_write_json, atomic_write_text
 from chromify.lab import dequantise_lab, lab_to_rgb8
 from chromify.loader import ShardSet
 from chromify.metrics import PreparedTruth, image_metrics_8bit, summarise
+from chromify.registry import model_id_of  # noqa: F401 - stages and tests name it here
 from chromify.shards import verify_shards
 
 GATE_METRICS = ("psnr", "ssim", "delta_e2000", "colourfulness", "colourfulness_truth", "delta_cf")
@@ -49,20 +50,6 @@ class Scored:
     @property
     def summary(self) -> dict[str, float]:
         return summarise(self.rows)
-
-
-def model_id_of(model_dir: str | Path) -> str:
-    """A model's identity is the hash of its weights and its config, which holds the decode: two names for one
-    model compare equal, and the same weights re-decoded (a new decode floor) are another model."""
-    from chromify.errors import ModelLoadError
-    from chromify.io import file_sha256
-    from chromify.registry import model_id_from_hashes
-
-    files = [Path(model_dir) / "model.safetensors", Path(model_dir) / "config.json"]
-    for f in files:
-        if not f.is_file():
-            raise ModelLoadError(f"{model_dir}: no trained model here ({f.name} missing); train one first")
-    return model_id_from_hashes(*(file_sha256(f) for f in files))
 
 
 def score(name: str, lab_truth: np.ndarray, ab_pred: np.ndarray | None, model_id: str | None) -> Scored:

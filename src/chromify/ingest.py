@@ -315,16 +315,9 @@ def inspect_bytes(data: bytes, name: str, max_pixels: int) -> Facts:
     return Facts(sha, w, h, fmt, orientation, decoder, *chroma_stats(thumb))
 
 
-def mean_chroma(rgb: np.ndarray) -> float:
-    """Mean sqrt(a² + b²) of (H, W, 3) uint8 sRGB as the shards will store it: 0 for gray content.
-
-    Through the shards' Lab table: within 0.05 of the float conversion and 8x faster.
-    """
-    return chroma_stats(rgb)[0]
-
-
 def chroma_stats(rgb: np.ndarray) -> tuple[float, float]:
-    """(mean chroma, mean chroma across the mean tint) of (H, W, 3) uint8 sRGB: the second is each pixel's ab
+    """(mean chroma, mean chroma across the mean tint) of (H, W, 3) uint8 sRGB as the shards will store it
+    (through their Lab table: within 0.05 of the float conversion, 8x faster): the second is each pixel's ab
     component perpendicular to the image's mean ab direction. A sepia or cyanotype print has chroma, however strong,
     but all of it along one hue; a colour photo has some across it (on ../shared: toned prints <= 0.39, the 743
     colour photos >= 0.76)."""

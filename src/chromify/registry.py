@@ -98,6 +98,18 @@ def model_id_from_hashes(weights_sha256: str, config_sha256: str) -> str:
     return hashlib.sha256(f"{weights_sha256}:{config_sha256}".encode()).hexdigest()[:16]
 
 
+def model_id_of(model_dir: str | Path) -> str:
+    """A model's identity is the hash of its weights and its config, which holds the decode: two names for one
+    model compare equal, and the same weights re-decoded (a new decode floor) are another model."""
+    from chromify.errors import ModelLoadError
+
+    files = [Path(model_dir) / name for name in MODEL_FILES]
+    for f in files:
+        if not f.is_file():
+            raise ModelLoadError(f"{model_dir}: no trained model here ({f.name} missing); train one first")
+    return model_id_from_hashes(*(file_sha256(f) for f in files))
+
+
 _TYPE_NAME = {dict: "an object", float: "a number", str: "a string"}
 
 
@@ -221,7 +233,7 @@ class LocalRegistry:
         return record
 
     def model_id(self, version: int) -> str:
-        """A version's model id (as `chromify.evaluate.model_id_of` gives it)."""
+        """A version's model id (as `model_id_of` gives it)."""
         record = self.record(version)
         files = record.get("files") or {}
         return record.get("model_id") or model_id_from_hashes(files.get("model.safetensors", ""),

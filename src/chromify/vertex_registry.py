@@ -29,7 +29,6 @@ from typing import Any
 
 from chromify.config import RegisterParams
 from chromify.errors import ConfigError, RegistryError
-from chromify.io import file_sha256
 from chromify.registry import (
     CHAMPION,
     MODEL_FILES,
@@ -37,7 +36,7 @@ from chromify.registry import (
     already_registered_note,
     check_alias,
     check_gate_is_current,
-    model_id_from_hashes,
+    model_id_of,
 )
 
 # The label that ties a Vertex model version to its files (the record's model_id: weights and config, see
@@ -285,10 +284,6 @@ def upload_version_files(model_dir: str | Path, record: Mapping[str, Any], uri: 
     return written
 
 
-def _model_id(folder: Path) -> str:
-    return model_id_from_hashes(*(file_sha256(folder / name) for name in MODEL_FILES))
-
-
 def download_version_files(uri: str, dest: str | Path, project: str | None = None,
                            model_id: str | None = None) -> Path:
     """Copy a version's files from `uri` into the folder `dest` (whole or not at all); returns `dest`.
@@ -300,7 +295,9 @@ def download_version_files(uri: str, dest: str | Path, project: str | None = Non
     dest = Path(dest)
 
     def usable(folder: Path) -> bool:
-        return all((folder / f).is_file() for f in MODEL_FILES) and (model_id is None or _model_id(folder) == model_id)
+        if not all((folder / f).is_file() for f in MODEL_FILES):
+            return False
+        return model_id is None or model_id_of(folder) == model_id
 
     if usable(dest):
         return dest
@@ -315,7 +312,7 @@ def download_version_files(uri: str, dest: str | Path, project: str | None = Non
         missing = [f for f in MODEL_FILES if not (staging / f).is_file()]
         if missing:
             raise RegistryError(f"{uri}: not a model version (missing {', '.join(missing)})")
-        if model_id is not None and (found := _model_id(staging)) != model_id:
+        if model_id is not None and (found := model_id_of(staging)) != model_id:
             raise RegistryError(f"{uri}: its files are model {found}, not {model_id} as the version's label says")
         if dest.exists():  # damaged: set aside, so the rename below can take its place
             dest.rename(Path(tempfile.mkdtemp(prefix=f".{dest.name}-old-", dir=dest.parent)) / dest.name)
