@@ -126,6 +126,17 @@ def test_a_run_shorter_than_log_every_still_logs_its_last_step(shard_dir, tmp_pa
     assert not list((tmp_path / "live0" / "plots" / "metrics").rglob("*.tsv"))
 
 
+def test_dvclive_summary_step_is_the_last_step_trained_not_the_last_validation(shard_dir, tmp_path) -> None:
+    # `dvc metrics show` and benchmarks/quality.py read this step; it said 6 for a run that trained 8 steps
+    p = replace(BASE, max_steps=8, log_every=4, val_every_steps=3)
+    result = train(shard_dir, tmp_path / "model", MODEL, p, SEED, callbacks=(TrainReport(tmp_path / "reports"),))
+    history = json.loads((tmp_path / "reports" / "train_history.json").read_text())
+    assert [e["step"] for e in history["epochs"]] == [3, 6] and history["steps"][-1]["step"] == 8
+    summary = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
+    assert summary["step"] == result["step"] == 8
+    assert summary["final"]["val_psnr_ab"] == pytest.approx(result["val_psnr_ab"])
+
+
 def test_no_validation_photo_means_no_validation_scores_not_perfect_ones(shard_dir, tmp_path, capfd) -> None:
     # A small folder can get no validation photo (the split is by hash): scores over nothing read 106 dB before.
     data_dir = tmp_path / "processed"

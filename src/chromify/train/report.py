@@ -179,6 +179,8 @@ class DVCLiveLogger:
             for key in ("val_l1", "val_psnr_ab", "train_seconds"):
                 if key in data:
                     self.live.log_metric(f"final/{key}", float(data[key]), plot=False)
+            # end() takes its step back from the summary, which still holds the last validation's step
+            self.live.make_summary()
             self.live.end()
             self.live = None
             # The train stage declares this folder as an output: a run that logged no curve point (log_every 0,
