@@ -146,7 +146,7 @@ def run_method(name: str, params: dict, work: Path) -> tuple[dict, list[dict]]:
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     ingest = json.loads((repo / "reports/ingest.json").read_text())
     # images trained ÷ the training's own clock (validation pauses included): a mean of the logged intervals'
-    # rates over-weighted the fast ones, 2-28 % above this when the rate varied
+    # rates over-weighted the fast ones, up to 23 % above this when the rate varied (the GAN's two phases)
     live = json.loads((repo / "dvclive/metrics.json").read_text())
     steps, seconds = live["step"], live["final"]["train_seconds"]
     c, g = metrics["candidate"], metrics["gray"]
