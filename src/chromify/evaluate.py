@@ -157,7 +157,7 @@ def write_gallery(path: Path, truth_rgb: np.ndarray | Mapping[int, np.ndarray], 
         body.append(f'<tr>{cells}<td><img src="{_png_data_uri(truth_rgb[i])}" alt="truth {i}"></td></tr>')
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:1em}}td{{text-align:center;font-size:12px;padding:4px}}
+<style>body{{font-family:sans-serif;margin:1em}}td{{text-align:center;vertical-align:top;font-size:12px;padding:4px}}
 tr.why td{{text-align:left;font-weight:bold;padding-top:1em}}
 img{{width:192px;height:192px;image-rendering:auto}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>Test split, worst and best by ΔE2000 first, then a seeded sample.</p>
