@@ -21,7 +21,8 @@ $(UV):
 	@mkdir -p $(dir $(UV))
 	@($(PYTHON) -m pip install --user --quiet uv 2>/dev/null && [ -x $(UV) ]) || \
 	  (echo "installing uv into its own venv, $(UV_VENV)" && $(PYTHON) -m venv $(UV_VENV) && \
-	   $(UV_VENV)/bin/pip install --quiet uv && ln -sf $(UV_VENV)/bin/uv $(UV)) || \
+	   $(UV_VENV)/bin/pip install --quiet uv && ln -sf $(UV_VENV)/bin/uv $(UV) && \
+	   ln -sf $(UV_VENV)/bin/uvx $(dir $(UV))uvx) || \
 	  (echo "make: could not install uv with $(PYTHON) (pip --user and its venv module both failed): install uv" \
 	        "(https://docs.astral.sh/uv/, or apt-get install python3-venv) and run make again" >&2; exit 1)
 
@@ -66,13 +67,13 @@ test: setup browsers ## Run the test suite
 	PATH="$(CURDIR)/$(BIN):$(dir $(UV)):$$PATH" $(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup ## The suite without the end-to-end runs
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+	PATH="$(CURDIR)/$(BIN):$(dir $(UV)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup ## ruff over the code
 	$(BIN)/ruff check src components pipelines tests benchmarks
 
 lint-infra: setup ## checkov over infra/ (fetches checkov into its own environment)
-	CHROMIFY_CHECKOV=1 $(BIN)/python -m pytest -q tests/test_infra.py
+	PATH="$(dir $(UV)):$$PATH" CHROMIFY_CHECKOV=1 $(BIN)/python -m pytest -q tests/test_infra.py
 
 compile-pipeline: setup ## Write pipeline.yaml (the KFP v2 IR)
 	$(BIN)/chromify pipeline compile -o pipeline.yaml

@@ -245,4 +245,3 @@ def test_kfp_local_dag_registers_only_when_the_gate_passes(tmp_path, monkeypatch
     assert gate["passed"] is False and gate["champion_id"] == record["model_id"]
     assert any("PSNR gain over gray" in r for r in gate["reasons"])
     assert not list((tmp_path / "run2").glob("*/register"))
-
