@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,3 +249,32 @@ def test_image_check_script_is_valid_bash() -> None:
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
     assert script.stat().st_mode & 0o111, "image-check.sh is not executable"
+
+
+@pytest.mark.parametrize("role", sorted(DOCKERFILES))
+def test_the_image_installs_every_package_the_wheel_lists(role: str, stages: dict[str, list[Stage]]) -> None:
+    # Hatchling leaves a listed package out without a word when its folder is missing, and `chromify pipeline`
+    # then failed inside the image with ModuleNotFoundError: no module named 'pipelines'.
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"][
+        "packages"]
+    copied: set[str] = set()
+    for stage in stages[role][:-1]:
+        for keyword, args in stage.instructions:
+            if keyword == "COPY" and "--from=" not in args:
+                copied.update(args.split()[:-1])
+            if keyword == "RUN" and "uv sync" in args and "--no-install-project" not in args:
+                missing = [p for p in packages if p.split("/")[0] not in copied]
+                assert not missing, f"Dockerfile.{role}: the project is installed before COPY of {missing}"
+                return
+    pytest.fail(f"Dockerfile.{role}: no uv sync installs the project")
+
+
+@pytest.mark.parametrize("role", ["cpu", "serve"])
+def test_uv_python_is_the_base_image_python(role: str, stages: dict[str, list[Stage]]) -> None:
+    # UV_PYTHON names the base's interpreter with downloads off: a base bumped to another Python (dependabot's
+    # docker updates) must fail here, not in Cloud Build.
+    builder = stages[role][0]
+    tag = re.fullmatch(r"python:(\d+\.\d+)\.\d+-.+", builder.image)
+    assert tag, builder.image
+    env = " ".join(builder.args("ENV"))
+    assert f"UV_PYTHON=python{tag.group(1)} " in env + " " and "UV_PYTHON_DOWNLOADS=never" in env
