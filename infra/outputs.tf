@@ -26,6 +26,11 @@ output "image_registry" {
   value       = local.image_registry
 }
 
+output "repository_id" {
+  description = "Artifact Registry repository of the images (cloudbuild.yaml's _REPOSITORY)."
+  value       = google_artifact_registry_repository.images.repository_id
+}
+
 output "images" {
   description = "Untagged image names by role; cloudbuild.yaml tags them with the commit SHA."
   value = {

@@ -269,3 +269,17 @@ def test_checkov_passes() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"Failed checks: 0\b", result.stdout), result.stdout
+
+
+def test_cloud_build_pushes_to_the_repository_terraform_made(root: dict[str, list[Any]]) -> None:
+    # cloudbuild.yaml defaults _REPOSITORY to "chromify": with another `repository_id` the images went there while
+    # CHROMIFY_IMAGE_REGISTRY (terraform's image_registry) named the repository terraform made
+    outputs = named_blocks(root, "output")
+    assert outputs["repository_id"]["value"] == "${google_artifact_registry_repository.images.repository_id}"
+    for doc in ("README.md", "docs/source/cloud.md", "infra/README.md"):
+        text = (ROOT / doc).read_text()
+        commands = re.findall(r"gcloud builds submit(?:[^\n]*\\\n)*[^\n]*", text)
+        assert commands, doc
+        for command in commands:
+            assert '_REPOSITORY="$(terraform -chdir=infra output -raw repository_id)"' in command, (doc, command)
+            assert "cd infra" not in text, f"{doc}: its commands run from the repository root"
