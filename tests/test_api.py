@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import select
 import socket
 import struct
 import subprocess
@@ -482,6 +483,51 @@ def test_connections_that_send_no_whole_request_are_closed_and_free_the_limit(mo
                 for s in idle:
                     s.close()
     assert refused == 503
+
+
+def test_connections_that_stop_inside_a_body_are_closed_but_slow_uploads_finish(model_dir: Path) -> None:
+    """A whole head, then a body that stops: the head deadline had ended, and 81 such sockets held every route at
+    503 for good. The deadline is per piece of the body, so an upload that keeps coming, however slowly, finishes."""
+    import uvicorn
+
+    settings = ServeSettings(concurrency=1, max_queue=0, port=free_port(), log_level="warning",
+                             request_head_timeout_s=1.0)
+    base, limit = f"http://127.0.0.1:{settings.port}", connection_limit(settings)
+    photo = encode(Image.fromarray(data.astronaut()[::8, ::8]), "PNG")
+    head = (b"POST /colorize HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 1000\r\n\r\n--b\r\n")
+    with serving(uvicorn.Config(create_app(settings, model_dir), **server_options(settings))):
+        stuck = [socket.create_connection(("127.0.0.1", settings.port)) for _ in range(limit)]
+        try:
+            for s in stuck:
+                s.sendall(head)
+            time.sleep(0.3)
+            held = [s for s in stuck if not select.select([s], [], [], 0)[0]]  # no answer, not closed
+            time.sleep(1.7)  # past the deadline
+            answers = []
+            for s in stuck:  # closed by the server; those past the limit got uvicorn's 503 at their head first
+                s.settimeout(5)
+                answers.append(b"".join(iter(lambda s=s: s.recv(65536), b"")))
+            assert all(a == b"" or a.startswith(b"HTTP/1.1 503 ") for a in answers), {a[:20] for a in answers}
+            assert held and all(answers[stuck.index(s)] == b"" for s in held)  # before: recv timed out on them
+            assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+        finally:
+            for s in stuck:
+                s.close()
+        body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+                b"Content-Type: image/png\r\n\r\n" + photo + b"\r\n--b--\r\n")
+        with socket.create_connection(("127.0.0.1", settings.port)) as slow:
+            slow.sendall(head.split(b"--b\r\n")[0].replace(b"1000", str(len(body)).encode()))
+            pieces = [body[i:i + len(body) // 5 + 1] for i in range(0, len(body), len(body) // 5 + 1)]
+            for piece in pieces:  # 0.6 s apart: 2.4 s or more in all, each gap inside the 1 s deadline
+                slow.sendall(piece)
+                time.sleep(0.6)
+            slow.settimeout(10)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += slow.recv(65536)
+    assert len(pieces) >= 5
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"content-type: image/png" in answer.lower()
 
 
 def test_a_model_folder_named_outside_latin_1_still_answers(model_dir: Path, tmp_path: Path) -> None:

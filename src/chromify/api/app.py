@@ -504,9 +504,10 @@ def server_options(settings: ServeSettings) -> dict[str, Any]:
 
 
 def _head_deadline_protocol() -> type:
-    """uvicorn's HTTP/1.1 protocol with a deadline for each request's head. uvicorn arms its keep-alive timer only
-    after a response and stops it at the first byte received, so a connection that never sends a whole request
-    stays open: 81 such sockets held every route, /healthz too, at 503 until they closed."""
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's head, and for each piece of its body. uvicorn
+    arms its keep-alive timer only after a response and stops it at the first byte received, so a connection that
+    never sends a whole request stays open: 81 such sockets held every route, /healthz too, at 503 until they
+    closed, whether they stopped inside the head or inside the body."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class H11WithHeadDeadline(H11Protocol):
@@ -515,7 +516,31 @@ def _head_deadline_protocol() -> type:
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._head_deadline: asyncio.TimerHandle | None = None
+            self._body_deadline: asyncio.TimerHandle | None = None
             self._await_head()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._stop_body_deadline()
+            if self._body_pending() and not self.transport.is_closing():  # the next piece is due within the deadline
+                self._body_deadline = self.loop.call_later(self.head_timeout, self._body_timed_out)
+
+        def _body_pending(self) -> bool:
+            return self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete
+
+        def _stop_body_deadline(self) -> None:
+            if getattr(self, "_body_deadline", None) is not None:
+                self._body_deadline.cancel()
+                self._body_deadline = None
+
+        def _body_timed_out(self) -> None:
+            self._body_deadline = None
+            if not self._body_pending() or self.transport.is_closing():
+                return
+            if self.flow.read_paused:  # the app has not taken what came: the wait is ours, not the client's
+                self._body_deadline = self.loop.call_later(self.head_timeout, self._body_timed_out)
+            else:
+                self.transport.close()
 
         def _await_head(self) -> None:
             self._stop_head_deadline()
@@ -542,6 +567,7 @@ def _head_deadline_protocol() -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_head_deadline()
+            self._stop_body_deadline()
             super().connection_lost(exc)
 
         def _head_timed_out(self) -> None:

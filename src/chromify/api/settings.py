@@ -30,8 +30,9 @@ class ServeSettings(BaseSettings):
     render_size: int | None = Field(None, ge=16, le=1024,
                                     description="Model input short side (px); default: the model's.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
-    # A connection that has not sent a whole request head by then is closed: idle or half-sent ones counted
-    # against the connection limit for good (uvicorn times a connection out only after a response).
+    # A connection that has not sent a whole request head by then, or that stops this long inside a body, is
+    # closed: idle or half-sent ones counted against the connection limit for good (uvicorn times a connection
+    # out only after a response).
     request_head_timeout_s: float = Field(10.0, gt=0, le=600)
     # Refused from the header, before decoding; 40 MP costs ~240 MB at the peak (RGB in + RGB out + encoder).
     max_pixels: int = Field(40_000_000, gt=0)
