@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -155,7 +156,9 @@ def test_the_download_name_is_a_safe_header_whatever_the_upload_was_called(clien
     """A quote or backslash in the upload's name would end the header's filename early (a malformed header that
     clients read differently); non-ASCII is not allowed there at all."""
     r = client.post("/colorize", files={"file": (name, CAMERA_JPEG, "image/jpeg")})
-    assert r.status_code == 200 and r.headers["content-disposition"] == f'inline; filename="{said}-colorized.png"'
+    fallback, _, real = r.headers["content-disposition"].partition("; filename*=UTF-8''")
+    assert r.status_code == 200 and fallback == f'inline; filename="{said}-colorized.png"'
+    assert urllib.parse.unquote(real) == Path(name.replace('"', "%22")).stem + "-colorized.png"  # as it came
 
 
 def test_content_is_sniffed_not_the_name_or_type(client: httpx.Client) -> None:
@@ -706,3 +709,57 @@ def test_real_server_with_vertex_environment(model_dir: Path, tmp_path: Path, ch
                        headers={"content-type": "multipart/form-data; boundary=x"})
         assert r.status_code == 413
         assert httpx.get(base + "/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(("accept", "expected"), [
+    ("image/png;q=0", "jpeg"),  # PNG refused outright: it was sent anyway
+    ("image/*;q=0.9, image/jpeg;q=0.1", "png"),  # image/* covers PNG at 0.9: JPEG was chosen, the only one named
+    ("image/jpeg;q=0.5, */*;q=0.9", "png"),
+    ("image/jpeg, image/png;q=0.5", "jpeg"),
+    ("IMAGE/JPEG;Q=0.8, image/png;q=0.2", "jpeg"),
+    ("image/jpeg;q=0.1", "jpeg"),
+    ("application/json", "png"),
+])
+def test_the_accept_header_is_read_with_its_wildcards_and_refusals(accept: str, expected: str) -> None:
+    assert choose_format(None, accept) == expected
+
+
+def test_head_requests_are_answered_where_get_is(client: httpx.Client) -> None:
+    # uptime monitors and `curl -I` ask HEAD: every route a person or a probe reads answered 405
+    for path in ("/", "/healthz", "/docs", "/static/app.js"):
+        get, head = client.get(path), client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+
+
+def test_a_photo_named_outside_ascii_comes_back_under_its_own_name(client: httpx.Client) -> None:
+    r = client.post("/colorize", files={"file": ("色彩 1.jpg", CAMERA_JPEG)})
+    assert r.status_code == 200
+    assert r.headers["content-disposition"] == (
+        "inline; filename=\"__ 1-colorized.png\"; filename*=UTF-8''%E8%89%B2%E5%BD%A9%201-colorized.png")
+
+
+def test_line_wrapped_base64_of_a_photo_under_the_limit_fits_the_body_limit(model_dir: Path) -> None:
+    """`base64 photo.jpg` wraps every 76 characters and JSON doubles each line break: a photo a little under the
+    limit (here 2.2 MB) made a body over the old limit, and a 413 that called it too large."""
+    import uvicorn
+
+    rng = np.random.default_rng(0)
+    photo = encode(Image.fromarray(rng.integers(0, 256, (900, 800, 3), dtype=np.uint8)), "PNG")
+    settings = ServeSettings(max_upload_bytes=len(photo) + 100, concurrency=1, port=free_port())
+    wrapped = base64.encodebytes(photo).decode()
+    body = json.dumps({"instances": [{"b64": wrapped}]}).encode()
+    assert len(body) > len(photo) * 4 // 3 + 64 * 1024  # over the old limit
+    config = uvicorn.Config(create_app(settings, model_dir), host="127.0.0.1", port=settings.port,
+                            log_level="critical")
+    with serving(config), httpx.Client(base_url=f"http://127.0.0.1:{settings.port}", timeout=120) as c:
+        r = c.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text[:300]
+    assert (r.json()["predictions"][0]["width"], r.json()["predictions"][0]["height"]) == (800, 900)
+
+
+def test_a_gif_is_refused_as_a_kind_we_do_not_read_not_as_no_image(client: httpx.Client) -> None:
+    gif = encode(Image.new("P", (8, 8)), "GIF")
+    r = client.post("/colorize", files={"file": ("anim.gif", gif)})
+    assert (r.status_code, r.json()["detail"]) == (415, "anim.gif: not an image we read (GIF; accepted: JPEG, "
+                                                        "PNG, WebP, BMP, TIFF)")

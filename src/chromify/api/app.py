@@ -27,6 +27,7 @@ import re
 import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +43,7 @@ from pydantic import BaseModel
 from chromify.api.docs_page import render_docs_page
 from chromify.api.settings import ServeSettings
 from chromify.colorize import check_encodable, encode_image
-from chromify.decode import MAX_ASPECT, open_checked, sniff_image_format, to_srgb
+from chromify.decode import MAX_ASPECT, OTHER_FORMATS, open_checked, sniff_image_format, to_srgb
 from chromify.errors import ConfigError, InputImageError, ModelLoadError
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -68,21 +69,29 @@ def choose_format(field: str | None, accept: str | None) -> str:
             shown = field if len(field) <= 40 else field[:40] + "..."  # a 200 kB field came back whole
             raise HTTPException(400, f"format {shown!r} is not one of: png, jpeg")
         return name
-    best, best_q = "png", 0.0
+    offered: dict[str, float] = {}
     for part in (accept or "").split(","):
         media, _, params = part.strip().partition(";")
         q = 1.0
         for p in params.split(";"):
             key, _, value = p.strip().partition("=")
-            if key == "q":
+            if key.strip().lower() == "q":
                 try:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        fmt = {"image/png": "png", "image/jpeg": "jpeg"}.get(media.strip().lower())
-        if fmt and q > best_q:
-            best, best_q = fmt, q
-    return best
+        offered.setdefault(media.strip().lower(), q)
+
+    def quality(media: str) -> float | None:  # the most specific range that names it, as RFC 9110 says
+        for key in (media, "image/*", "*/*"):
+            if key in offered:
+                return offered[key]
+        return None
+
+    png, jpeg = quality("image/png"), quality("image/jpeg")
+    if jpeg is not None and (png is None or jpeg > png):
+        return "jpeg"
+    return "jpeg" if png == 0 and jpeg is None else "png"  # PNG refused outright: the one other format we have
 
 
 # Module-level: FastAPI reads a route's (string) annotations in this module's namespace.
@@ -231,7 +240,8 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
                   docs_url=None, redoc_url=None)
     # base64 makes Vertex AI bodies 4/3 of the image; exact per-file limits are checked in the routes. The message
     # names the per-file limit too: the body's own number is not one the user was ever told.
-    body_limit = settings.max_upload_bytes * 4 // 3 + 64 * 1024
+    # `base64 photo.jpg` wraps at 76 characters, and JSON writes each line break as two bytes: 78 for 76.
+    body_limit = settings.max_upload_bytes * 4 // 3 * 78 // 76 + 64 * 1024
     app.add_middleware(BodyLimit, max_bytes=body_limit, detail=(
         f"request body larger than {body_limit} bytes: a photo may be at most {settings.max_upload_bytes} bytes "
         f"({_mib(settings.max_upload_bytes)}), and the body limit only adds room for multipart or base64 encoding; "
@@ -276,7 +286,9 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
             raise InputImageError(name, "empty file (0 bytes)")
         kind = sniff_image_format(head)
         if kind is None:
-            raise HTTPException(415, f"{name}: not an image (accepted: JPEG, PNG, WebP, BMP, TIFF)")
+            known = next((k for magic, k in OTHER_FORMATS if head.startswith(magic)), None)  # a GIF is an image
+            raise HTTPException(415, f"{name}: not an image" + (f" we read ({known}; " if known else " (")
+                                + "accepted: JPEG, PNG, WebP, BMP, TIFF)")
         return kind
 
     def colorize_bytes(data: bytes | BinaryIO, name: str, kind: str, fmt: str) -> tuple[bytes, int, int]:
@@ -307,6 +319,8 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
     app.get("/healthz", summary="Liveness and readiness: the model is loaded.", responses=health_answer)(health)
     if settings.health_route != "/healthz":
         app.get(settings.health_route, summary="Vertex AI health check.", responses=health_answer)(health)
+    for path in {"/healthz", settings.health_route}:  # uptime monitors ask HEAD; uvicorn sends no body to it
+        app.head(path, include_in_schema=False)(health)
 
     @app.post("/colorize", summary="Colorize one photo (multipart `file`); PNG or JPEG by `format` or Accept.",
               description=f"A photo of at most {settings.max_upload_bytes} bytes ({_mib(settings.max_upload_bytes)}) "
@@ -324,9 +338,8 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
         kind = check_upload(file.size if file.size is not None else len(head), head, name)
         t0 = time.perf_counter()
         encoded, _, _ = await pool.run(colorize_bytes, file.file, name, kind, fmt)
-        stem = Path(name).stem or "photo"
         return Response(encoded, media_type=MEDIA_TYPES[fmt], headers={
-            "Content-Disposition": f'inline; filename="{_ascii(stem)}-colorized.{"png" if fmt == "png" else "jpg"}"',
+            "Content-Disposition": _download_name(Path(name).stem or "photo", "png" if fmt == "png" else "jpg"),
             "Server-Timing": f"colorize;dur={(time.perf_counter() - t0) * 1000:.0f}",
             "X-Chromify-Model": _ascii(model_name),  # a header is Latin-1: a folder named 色彩 made every answer a 500
         })
@@ -399,7 +412,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
                                 "width": width, "height": height})
         return {"predictions": predictions, "model": model_name}
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
 
@@ -413,7 +426,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
         "GET /healthz": f"curl {address}/healthz",
     })
 
-    @app.get("/docs", include_in_schema=False)
+    @app.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse(docs_html, headers={"Content-Security-Policy": PAGE_CSP})
 
@@ -454,6 +467,16 @@ def _json_type(value: Any) -> str:
         if isinstance(value, kind):
             return word
     return "null"
+
+
+def _download_name(stem: str, suffix: str) -> str:
+    """Content-Disposition for `stem-colorized.suffix`: an ASCII fallback, and the real name (RFC 6266's filename*)
+    when the fallback had to change it: curl -OJ and browsers saved 色彩.png's answer as __-colorized.png."""
+    plain = f"{_ascii(stem)}-colorized.{suffix}"
+    real = f"{stem[:100]}-colorized.{suffix}"
+    if real == plain:
+        return f'inline; filename="{plain}"'
+    return f"inline; filename=\"{plain}\"; filename*=UTF-8''{urllib.parse.quote(real, safe='')}"
 
 
 def _ascii(text: str) -> str:

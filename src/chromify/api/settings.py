@@ -44,7 +44,7 @@ class ServeSettings(BaseSettings):
     # Requests waiting beyond `concurrency`; past it the answer is 503 + Retry-After instead of unbounded queueing.
     max_queue: int = Field(64, ge=0)
     max_instances: int = Field(8, ge=1, description="Images per Vertex AI prediction request.")
-    torch_threads: int = Field(0, ge=0, le=1024, description="0: torch's default (one per core).")
+    torch_threads: int = Field(0, ge=0, le=1024, description="0: cores // concurrency.")
     # uvicorn's names; an unknown one would be a KeyError from inside uvicorn.
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
