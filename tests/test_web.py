@@ -178,6 +178,48 @@ def test_a_second_photo_chosen_while_the_first_answer_decodes_is_the_one_shown(s
                                   "r.naturalHeight, document.getElementById('viewer').hidden]") == [300, 200, False]
 
 
+def test_sizes_are_in_the_servers_units_and_a_replaced_photos_request_is_cancelled(server: str, browser,
+                                                                                    tmp_path: Path) -> None:
+    """The page said "20 MB" for 20 MiB, and "0.0 MB" under a small limit; and a photo replaced by another kept its
+    request, so the server colorized photos nobody would see before the one shown."""
+    import base64
+    import io
+
+    browser.get(server + "/")
+    wait_for(browser, "return document.getElementById('limits').textContent.includes('megapixels')")
+    assert browser.find_element("id", "limits").text.endswith("up to 20 MiB and 40 megapixels")
+    assert browser.execute_script("return [size(21100000), size(20971520), size(40000), megapixels(400000)]") == [
+        "20.1 MiB", "20 MiB", "39.1 KiB", "0.4 megapixels"]
+
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((3000, 2400)).save(buf, "PNG")  # seconds to colorize here
+    page_requests(browser)  # from here on
+    browser.execute_script("""
+        const drop = (name, b64) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const dt = new DataTransfer();
+          dt.items.add(new File([bytes], name, {type: "image/png"}));
+          window.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, cancelable: true}));
+        };
+        drop("big.png", arguments[0]);
+        setTimeout(() => drop("small.png", arguments[1]), 300);
+    """, base64.b64encode(buf.getvalue()).decode(), base64.b64encode(_small_png()).decode())
+    wait_for(browser, "return document.getElementById('status').textContent.startsWith('Done')")
+    requested, failed = page_requests(browser)
+    assert [u for u in requested if u.endswith("/colorize")] == [server + "/colorize"] * 2
+    assert failed == [server + "/colorize: net::ERR_ABORTED"], failed
+    assert browser.execute_script("return [document.getElementById('result').naturalWidth, "
+                                  "document.getElementById('status').className]") == [64, "status"]
+
+
+def _small_png() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(data.camera()).resize((64, 48)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def test_the_api_reference_shows_every_route_with_no_network(server: str, browser) -> None:
     """/docs was Swagger UI, fetched from a CDN: blank on the offline machines. Every request it makes now is to
     this server, and the routes are there to read without a script."""

@@ -8,13 +8,19 @@ const handle = $("handle"), slider = $("slider"), download = $("download"), form
 let limits = { max_upload_bytes: Infinity, max_pixels: Infinity };
 let urls = [];
 let current = 0;  // only the latest photo's answer is shown
+let pending = null;  // the request for the photo shown now: a newer photo cancels it
 
 function say(text, kind) {
   statusLine.textContent = text;
   statusLine.className = "status" + (kind ? " " + kind : "");
 }
 
-function mb(bytes) { return (bytes / 1048576).toFixed(bytes < 10485760 ? 1 : 0) + " MB"; }
+// Three significant digits in the units the server's messages use (20 MiB, not "20 MB" for 20,971,520 bytes).
+function size(bytes) {
+  const mib = bytes >= 1048576;
+  return Number((bytes / (mib ? 1048576 : 1024)).toPrecision(3)) + (mib ? " MiB" : " KiB");
+}
+function megapixels(pixels) { return Number((pixels / 1e6).toPrecision(3)) + " megapixels"; }
 
 function setSplit(percent) {
   // The colorized layer shows to the right of the handle, the original to its left.
@@ -27,8 +33,8 @@ async function loadLimits() {
     const res = await fetch("healthz");
     if (res.ok) {
       limits = await res.json();
-      $("limits").textContent = "JPEG, PNG, WebP, TIFF or BMP; up to " + mb(limits.max_upload_bytes) +
-        " and " + Math.round(limits.max_pixels / 1e6) + " megapixels";
+      $("limits").textContent = "JPEG, PNG, WebP, TIFF or BMP; up to " + size(limits.max_upload_bytes) +
+        " and " + megapixels(limits.max_pixels);
     }
   } catch (err) { /* the page still works; the server checks the limits anyway */ }
 }
@@ -36,10 +42,12 @@ async function loadLimits() {
 async function colorize(file) {
   if (!file) return;
   if (file.size > limits.max_upload_bytes) {
-    say(file.name + " is " + mb(file.size) + ", over the limit of " + mb(limits.max_upload_bytes) + ".", "error");
+    say(file.name + " is " + size(file.size) + ", over the limit of " + size(limits.max_upload_bytes) + ".", "error");
     return;
   }
   const mine = ++current;
+  if (pending) pending.abort();  // the server stops waiting on a photo nobody will see
+  pending = new AbortController();
   urls.forEach((u) => URL.revokeObjectURL(u));
   urls = [URL.createObjectURL(file)];
   viewer.hidden = true;
@@ -54,7 +62,7 @@ async function colorize(file) {
   const t0 = performance.now();
   let res;
   try {
-    res = await fetch("colorize", { method: "POST", body });
+    res = await fetch("colorize", { method: "POST", body, signal: pending.signal });
   } catch (err) {
     if (mine !== current) return;
     say("The server could not be reached: " + err.message, "error");
@@ -67,7 +75,13 @@ async function colorize(file) {
     say("Not colorized (" + res.status + "): " + detail, "error");
     return;
   }
-  const blob = await res.blob();
+  let blob;
+  try {
+    blob = await res.blob();
+  } catch (err) {  // cancelled by a newer photo while the answer came in, or the connection dropped
+    if (mine === current) say("The answer did not arrive whole: " + err.message, "error");
+    return;
+  }
   if (mine !== current) return;
   const url = URL.createObjectURL(blob);
   urls.push(url);
