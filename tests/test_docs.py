@@ -188,3 +188,16 @@ def test_mermaid_is_served_from_the_site_or_the_diagram_stays_text(build):
     assert '<pre class="mermaid"><code>flowchart TD' in pipeline
     assert f'<script src="{MERMAID_JS}"></script>' in pipeline
     assert (site / MERMAID_JS).stat().st_size > 1_000_000 and (site / "assets/vendor/mermaid/LICENSE.txt").is_file()
+
+
+
+def test_params_yaml_comments_end_where_their_key_does(docgen):
+    # ingest.source's comment, above the section's first key, was read as the section's; cloud.cpu_limit's stopped
+    # mid-sentence ("on Kubeflow they are"), its end read as memory_limit's
+    text = (ROOT / "params.yaml").read_text()
+    comments = docgen.read_yaml_comments(text)
+    assert "gs://bucket/prefix" in " ".join(comments.keys[("ingest", "source")])
+    assert "g2-standard-8" in " ".join(comments.keys[("cloud", "cpu_limit")])
+    for where, words in [*comments.keys.items(), *comments.sections.items()]:
+        joined = " ".join(words)
+        assert not re.search(r"\b(are|is|the|a|an|and|or|of|to|on|with|they)$", joined), f"{where}: {joined}"

@@ -1,4 +1,4 @@
-"""MkDocs hook for the Chromify site: generated reference sections, vendored scripts, pages kept outside docs/source.
+"""MkDocs hook for the Chromify site: generated reference sections and vendored scripts.
 
 - `<!-- chromify:NAME -->` in a page is replaced by docgen's Markdown for NAME (params, cli, make-targets,
   benchmarks, readme-results); an unknown NAME fails the build.
@@ -7,8 +7,6 @@
   diagrams then show as their Mermaid source and offline search needs a web server, but nothing is fetched from the
   network at view time. `make docs` sets CHROMIFY_DOCS_VENDOR=required. The files are cached in docs/.cache/
   (CHROMIFY_DOCS_CACHE moves it, e.g. to a CI cache).
-- Pages other people write in docs/*.md (EXTERNAL_PAGES) are built from there until they move into docs/source;
-  a page that exists in neither place is replaced by a one-paragraph note, so the nav never breaks.
 """
 
 from __future__ import annotations
@@ -28,8 +26,6 @@ from mkdocs.structure.pages import Page
 
 log = logging.getLogger("mkdocs.hooks.chromify")
 
-EXTERNAL_PAGES = {"data.md": "Data", "training.md": "Training", "cloud.md": "Vertex AI and Kubeflow",
-                  "registry.md": "Model registry"}
 MARKER = re.compile(r"<!--\s*chromify:(?P<name>[a-z-]+)\s*-->")
 MERMAID_FENCE = "mermaid"
 UNPKG = "https://unpkg.com/"
@@ -82,23 +78,11 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
-    docs_root, _ = _paths(config)
     for asset, folder in _state.get("vendored", {}).values():  # type: ignore[union-attr]
         if folder is None:
             continue
         for dest in asset.files.values():
             files.append(File.generated(config, dest, abs_src_path=str(folder / dest)))
-    for name, title in EXTERNAL_PAGES.items():
-        if files.get_file_from_path(name) is not None:
-            continue
-        outside = docs_root / name
-        if outside.is_file():
-            files.append(File.generated(config, name, abs_src_path=str(outside)))
-        else:
-            log.info("chromify: %s is not written yet; the site shows a note in its place", name)
-            files.append(File.generated(config, name, content=(
-                f"# {title}\n\nThis page is not written yet. Until it is, README.md at the root of the repository "
-                "covers the topic.\n")))
     return files
 
 

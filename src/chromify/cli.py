@@ -237,7 +237,7 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
              out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
              model: Annotated[str, typer.Option(help="Registry alias, version, or model directory.")] = "champion",
              render_size: Annotated[int | None, typer.Option(
-                 min=16, help="Model input short side in px (default: the model's training size).")] = None,
+                 min=16, help="Model input short side in px, 16 to 1024 (default: the model's training size).")] = None,
              fmt: Annotated[str, typer.Option("--format", help="Output format: png or jpg.")] = "png",
              side_by_side: Annotated[bool, typer.Option(
                  "--side-by-side", help="Write original | colorized in one image.")] = False,
@@ -298,7 +298,8 @@ def serve(model: Annotated[str | None, typer.Option(
           host: Annotated[str | None, typer.Option(help="Interface (env CHROMIFY_HOST; default 127.0.0.1).")] = None,
           port: Annotated[int | None, typer.Option(help="Port (env AIP_HTTP_PORT or CHROMIFY_PORT; default 8080).")
                           ] = None,
-          render_size: Annotated[int | None, typer.Option(min=16, help="Model input short side in px.")] = None,
+          render_size: Annotated[int | None, typer.Option(min=16, help="Model input short side in px, 16 to 1024.")
+                                 ] = None,
           concurrency: Annotated[int | None, typer.Option(min=1, help="Photos colorized at once (default 2).")
                                  ] = None,
           params: Annotated[Path | None, typer.Option(
