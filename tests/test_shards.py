@@ -340,3 +340,49 @@ def test_a_stored_photo_damaged_at_its_size_is_removed_and_the_next_ingest_copie
     for r in rows:
         want = shards.lab_sample(r["uri"], r["uri"], size, r["decoder"], r["orientation"])  # from the source
         np.testing.assert_array_equal(samples[r["sha256"]], want, err_msg=r["uri"])
+
+
+def test_partitions_cut_with_another_shard_size_or_pixel_pipeline_are_not_indexed_together(tmp_path, derived_raw,
+                                                                                          monkeypatch):
+    """Partition 0/2 under one shard_mb, 1/2 under another: shard n is another group of photos under each plan, and
+    the index listed some photos twice and left others out, silently. Likewise partitions of two code versions."""
+    import re
+
+    rows = read_manifest(derived_raw)
+    mb = 10 * 3 * 32 * 32 / 2**20
+    shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(0, 2))
+    shards.preprocess(rows, derived_raw, tmp_path, 32, 2 * mb, workers=1, partition=shards.Partition(1, 2))
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: partition 0/2 was preprocessed with another shard "
+                                                  "size (preprocess.shard_mb)")):
+        shards.write_index(tmp_path, 32, partitions=2)
+    shards.preprocess(rows, derived_raw, tmp_path, 32, 2 * mb, workers=1, partition=shards.Partition(0, 2))
+    indexes = shards.write_index(tmp_path, 32, partitions=2)
+    assert sum(i["count"] for i in indexes.values()) == len(rows)  # each photo once
+    assert sorted(samples_by_sha(tmp_path)) == sorted(r["sha256"] for r in rows)
+
+    monkeypatch.setattr(shards, "PIXELS", "an older pixel pipeline")
+    shards.preprocess(rows, derived_raw, tmp_path, 32, 2 * mb, workers=1, partition=shards.Partition(0, 2))
+    monkeypatch.undo()
+    with pytest.raises(DataError, match=re.escape("partition 0/2 was preprocessed with another pixel pipeline")):
+        shards.write_index(tmp_path, 32, partitions=2)
+
+
+def test_a_killed_runs_hidden_files_go_when_the_partitioning_or_the_run_changes(tmp_path, derived_raw):
+    """A run killed mid-way leaves .partial shards and its lock; a killed index or marker write leaves a temp file.
+    Once the partition count changed no run removed them, and DVC would have cached them with the shards."""
+    rows = read_manifest(derived_raw)
+    mb = 10 * 3 * 32 * 32 / 2**20
+    (tmp_path / "train").mkdir(parents=True)
+    leftovers = [tmp_path / "train" / ".p000of001-00000.npy.partial", tmp_path / ".p000of001.lock",
+                 tmp_path / "train" / ".index.json.abcd1234.tmp", tmp_path / ".p000of002.done.json.abcd1234.tmp",
+                 tmp_path / ".p001of002.done.json.efgh5678.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"left by a kill -9")
+    old = time.time() - 60
+    for path in leftovers:
+        os.utime(path, (old, old))
+    for i in range(2):
+        shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(i, 2))
+    shards.write_index(tmp_path, 32, partitions=2)
+    assert [p for p in leftovers if p.exists()] == []
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()], sorted(tmp_path.rglob(".*"))

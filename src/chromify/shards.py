@@ -14,6 +14,7 @@ for a killed run's leftovers.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -75,8 +76,8 @@ def lab8_table() -> np.ndarray:
     """(2^24,) little-endian uint32: at key r | g<<8 | b<<16 (the bytes of an RGBX pixel), the bytes
     [L, a, b, 0] of that colour's shard encoding.
 
-    Built with chromify.lab's constants; it differs from quantise_lab(rgb_to_lab(rgb)) by one step in 1 of
-    ~10^4 colours, those that fall within 0.004 of a rounding tie.
+    Built with chromify.lab's constants; it differs from quantise_lab(rgb_to_lab(rgb)) by one step in 5,790
+    colours (1 in 2,900), those that fall near a rounding tie.
     """
     global _LAB8_TABLE
     if _LAB8_TABLE is not None:
@@ -319,6 +320,8 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
     workers = workers or (os.cpu_count() or 1)
     with _holding(out_dir, partition):  # before anything of the partition is read or removed
         _done_marker(out_dir, partition).unlink(missing_ok=True)
+        for tmp in out_dir.glob(f".{partition.tag}.done.json.*.tmp"):  # a marker write that a kill cut short
+            tmp.unlink(missing_ok=True)
         jobs: list[tuple[ShardJob, list[dict]]] = []
         changed: set[str] = set()
         for split, numbered in plan_shards(rows, size, shard_mb, partition).items():
@@ -363,8 +366,10 @@ def preprocess(rows: list[dict], raw_dir: str | Path, out_dir: str | Path, size:
                 pool.shutdown(cancel_futures=True)
             bar.close()
         shards = {split: [j.meta["file"] for j, _ in jobs if j.npy.parent.name == split] for split in SPLITS}
-        atomic_write_json(_done_marker(out_dir, partition), {"size": size, "shards": shards,
-                                                             "photos": photos_digest(rows)})
+        atomic_write_json(_done_marker(out_dir, partition), {
+            "size": size, "shards": shards, "photos": photos_digest(rows),
+            # what decides which photos shard n holds, and how: partitions that differ cannot be indexed together
+            "per_shard": images_per_shard(size, shard_mb), "pixels": PIXELS})
         return counts
 
 
@@ -421,12 +426,19 @@ def write_index(out_dir: str | Path, size: int, partitions: int = 1) -> dict[str
         markers.append((path, marker))
     # The newest marker names the current manifest: locally the partition finished last (its run writes the index);
     # in the KFP collect step the last copied, all cut from one ingest's output
-    newest = max(markers, key=lambda m: m[0].stat().st_mtime_ns)[1].get("photos")
-    stale = [f"{i}/{partitions}" for i, (_, m) in enumerate(markers) if m.get("photos") != newest]
-    if stale:
-        raise DataError(f"{out_dir}: partition {', '.join(stale)} was preprocessed from another manifest than the "
-                        f"latest (ingest ran in between): re-run `chromify preprocess --partition` for "
-                        f"{'it' if len(stale) == 1 else 'them'}")
+    newest_path, newest = max(markers, key=lambda m: m[0].stat().st_mtime_ns)
+    for key, expected, what in (("photos", newest.get("photos"), "from another manifest than the latest (ingest ran "
+                                                                 "in between)"),
+                                ("per_shard", newest.get("per_shard"), "with another shard size (preprocess.shard_mb)"),
+                                ("pixels", PIXELS, "with another pixel pipeline (an earlier version of chromify)")):
+        stale = [f"{i}/{partitions}" for i, (_, m) in enumerate(markers) if m.get(key) != expected]
+        if stale:
+            raise DataError(f"{out_dir}: partition {', '.join(stale)} was preprocessed {what}: re-run `chromify "
+                            f"preprocess --partition` for {'it' if len(stale) == 1 else 'them'}")
+    # temp files of an index write that a kill cut short (one now in progress is younger than every marker)
+    for tmp in out_dir.glob("*/.index.json.*.tmp"):
+        if tmp.stat().st_mtime_ns < newest_path.stat().st_mtime_ns:
+            tmp.unlink(missing_ok=True)
     markers = [m for _, m in markers]
     indexes = {}
     for split in SPLITS:
@@ -462,7 +474,28 @@ def write_index(out_dir: str | Path, size: int, partitions: int = 1) -> dict[str
     for old in out_dir.glob("p???of???.done.json"):
         if not old.name.endswith(f"of{partitions:03d}.done.json"):
             old.unlink(missing_ok=True)
+    _remove_killed_runs_of_other_partitionings(out_dir, partitions)
     return indexes
+
+
+def _remove_killed_runs_of_other_partitionings(out_dir: Path, partitions: int) -> None:
+    """The partial shards, temp files and lock of runs under another partition count, which their own re-runs
+    would have removed: once the count changed none comes. A run of theirs still going holds its lock: kept."""
+    tags = {p.name[1:10] for p in out_dir.glob(".p???of???.*")} | {p.name[1:10] for p in out_dir.glob("*/.p???of???-*")}
+    for tag in sorted(t for t in tags if not t.endswith(f"of{partitions:03d}")):
+        lock = out_dir / f".{tag}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            for path in [*out_dir.glob(f".{tag}.*"), *out_dir.glob(f"*/.{tag}-*")]:
+                path.unlink(missing_ok=True)
+        finally:
+            lock.unlink(missing_ok=True)
+            os.close(fd)
 
 
 def read_index(split_dir: str | Path) -> dict:
