@@ -56,14 +56,28 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
         ({"cloud": {"kfp_gpu_node_selector_value": "-gpu"}},
          "cloud.kfp_gpu_node_selector_value '-gpu': expected a Kubernetes label value"),
         # zero or out-of-range values were tracebacks later (batch sizes, size 0) or trained on nothing (fractions)
-        ({"train": {"lr": -1, "ema_decay": 1.5}}, "train.lr -1.0: must be > 0; train.ema_decay 1.5: must be in [0, 1)"),
+        ({"train": {"lr": -1, "ema_decay": 1.5}},
+         "train.lr -1.0: must be finite and > 0; train.ema_decay 1.5: must be in [0, 1)"),
+        # lr .inf trained to NaN weights, and exited 0
+        ({"train": {"lr": float("inf")}}, "train.lr inf: must be finite and > 0"),
+        # numpy refused a negative seed, and torch one past 64 bits, once training had started: tracebacks
+        ({"base": {"seed": -1}}, "base.seed -1: must be in [0, 9223372036854775808)"),
+        # a key that is not a string was a TypeError inside the message; a bool or a list taken for a number or text
+        ({1: 2}, "unknown params section(s): 1"),
+        ({"train": {None: 2}}, "unknown key(s) in params section 'train': None"),
+        ({"train": {"max_steps": True}}, "params key 'train.max_steps' must be int, got True"),
+        ({"train": {"out_dir": ["a"]}}, "params key 'train.out_dir' must be str, got ['a']"),
+        # a typo of a target changed the local registry in `models promote`; "" or "../x" registered outside it
+        ({"register": {"target": "foo", "model_name": "../../x"}},
+         "register.target 'foo': expected one of local, vertex; register.model_name '../../x': must be a plain "
+         "name (letters, digits, '.', '_', '-'; from a letter or digit)"),
         ({"train": {"decode_min_psnr_gain_db": "nan"}}, "train.decode_min_psnr_gain_db nan: must be a finite number"),
         ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size 0: must be >= 1"),
         ({"preprocess": {"size": 0}}, "preprocess.size 0: must be >= 16"),
         ({"ingest": {"val_fraction": 0.9, "test_fraction": 0.15}}, "ingest.val_fraction + ingest.test_fraction = 1.05: "
                                                                    "must be <= 1 (what is left trains)"),
         ({"model": {"chroma_gain": -1, "base_width": 0}}, "model.base_width 0: must be >= 1; model.chroma_gain -1.0: "
-                                                          "must be > 0"),
+                                                          "must be finite and > 0"),
         # the open end of a range: an EMA of decay 1 never leaves the initial weights, and the untrained model
         # would be exported; a GAN that starts at the end never starts
         ({"train": {"ema_decay": 1}}, "train.ema_decay 1.0: must be in [0, 1)"),
@@ -129,3 +143,10 @@ def test_invalid_yaml_names_the_file(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match=str(bad)):
         load_params(bad)
+
+
+def test_a_params_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"train:\n  lr: \xe9\n")  # saved as Latin-1 by an old editor: a UnicodeDecodeError traceback
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: not UTF-8 text (byte 13)")):
+        load_params(path)

@@ -22,6 +22,10 @@ from chromify.errors import ConfigError, first_line
 class BaseParams:
     seed: int = 42
 
+    def __post_init__(self) -> None:
+        # numpy refuses a negative seed and torch one past 64 bits, both only once training has started
+        _check_ranges("base", self, {"seed": _within(0, 2**63)})
+
 
 @dataclass(frozen=True)
 class IngestParams:
@@ -160,6 +164,16 @@ class RegisterParams:
     serving_image: str = ""  # the chromify-serve image, pinned by commit tag or digest
     labels: dict[str, str] = field(default_factory=dict)  # sanitised to Vertex's label rules
 
+    def __post_init__(self) -> None:
+        problems = []
+        if self.target not in ("local", "vertex"):  # else `models promote` changed the local registry of a typo
+            problems.append((False, f"register.target {self.target!r}: expected one of local, vertex"))
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.model_name):
+            # "" registered into registry_dir itself, and "../x" outside it
+            problems.append((False, f"register.model_name {self.model_name!r}: must be a plain name (letters, "
+                                    "digits, '.', '_', '-'; from a letter or digit)"))
+        _check_all(problems)
+
 
 ACCELERATOR_TYPES = ("NVIDIA_L4", "NVIDIA_TESLA_T4", "NVIDIA_A100_80GB", "NVIDIA_H100_80GB")
 
@@ -253,7 +267,7 @@ def _ge(low: float, note: str = "") -> tuple[Any, str]:
 
 
 def _gt(low: float) -> tuple[Any, str]:
-    return (lambda v: v > low), f"> {low}"
+    return (lambda v: v > low and math.isfinite(v)), f"finite and > {low}"  # lr: .inf trained to NaN weights
 
 
 def _within(low: float, high: float, closed: bool = False) -> tuple[Any, str]:
@@ -293,9 +307,9 @@ def _build(cls: type, section: str, raw: Any) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"params section '{section}' must be a mapping, got {type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"unknown key(s) in params section '{section}': {', '.join(unknown)}")
+        raise ConfigError(f"unknown key(s) in params section '{section}': {', '.join(map(str, unknown))}")
     values = {}
     for name, value in raw.items():
         default = getattr(cls(), name)
@@ -317,6 +331,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
             raise ValueError
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
+        if isinstance(value, bool) or (kind is str and not isinstance(value, (str, int, float))):
+            raise ValueError  # `max_steps: true` was 1, and `out_dir: [a]` a folder named "['a']"
         return kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"params key '{key}' must be {kind.__name__}, got {value!r}") from None
@@ -324,9 +340,9 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
 
 def params_from_dict(raw: dict[str, Any]) -> Params:
     sections = {f.name: f for f in dataclasses.fields(Params)}
-    unknown = sorted(set(raw) - set(sections))
+    unknown = sorted(set(raw) - set(sections), key=str)
     if unknown:
-        raise ConfigError(f"unknown params section(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown params section(s): {', '.join(map(str, unknown))}")
     built = {}
     for name, f in sections.items():
         built[name] = _build(f.default_factory, name, raw.get(name))  # type: ignore[misc]
@@ -376,6 +392,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections")
     return params_from_dict(raw)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chromify.config import Params, save_params
-from chromify.errors import ChromifyError, ConfigError, GateError, RegistryError
+from chromify.errors import ChromifyError, GateError, RegistryError
 from chromify.io import atomic_write_json
 
 
@@ -84,16 +84,6 @@ def git_commit(inside: str | Path = __file__) -> str:
     return ""
 
 
-REGISTER_TARGETS = ("local", "vertex")
-
-
-def _check_target(params: Params) -> str:
-    target = params.register.target
-    if target not in REGISTER_TARGETS:
-        raise ConfigError(f"register.target {target!r}: expected one of {', '.join(REGISTER_TARGETS)}")
-    return target
-
-
 def champion_dir(params: Params) -> Path | None:
     """The champion's model directory, or None before the first registration.
 
@@ -101,7 +91,7 @@ def champion_dir(params: Params) -> Path | None:
     """
     from chromify.registry import LocalRegistry
 
-    if _check_target(params) == "vertex":
+    if params.register.target == "vertex":  # RegisterParams allows local or vertex only
         from chromify.vertex_registry import fetch_champion
 
         return fetch_champion(params.register, Path(params.register.registry_dir) / ".vertex-cache")
@@ -167,7 +157,7 @@ def run_register(params: Params, candidate_dir: str | Path, gate: dict[str, Any]
     """
     from chromify.registry import CHAMPION, AlreadyRegistered, LocalRegistry, already_registered_note
 
-    target = _check_target(params)
+    target = params.register.target
     if target == "vertex":
         from chromify.vertex_registry import check_params
 
