@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -135,6 +136,23 @@ def test_dvclive_summary_step_is_the_last_step_trained_not_the_last_validation(s
     summary = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
     assert summary["step"] == result["step"] == 8
     assert summary["final"]["val_psnr_ab"] == pytest.approx(result["val_psnr_ab"])
+
+
+def test_a_diverged_training_exports_nothing_and_says_so(shard_dir, tmp_path) -> None:
+    # lr 1e6 gave NaN weights, exported with exit 0: only a later colorize or evaluate said "non-finite colours"
+    from chromify.errors import TrainingError
+
+    p = replace(BASE, max_steps=6, lr=1e6, grad_clip=0.0, keep_best=False)
+    with pytest.raises(TrainingError, match=r"training diverged \(weights not finite at step 6, last loss nan\); "
+                                            r"nothing exported: lower train.lr \(1e\+06\) or set train.grad_clip"):
+        train(shard_dir, tmp_path / "model", MODEL, p, SEED)
+    assert not (tmp_path / "model" / "model.safetensors").exists()
+    # with keep_best, the best validation from before the weights went bad is exported (NaN lost no comparison)
+    p = replace(BASE, max_steps=30, lr=1e6, warmup_steps=100, grad_clip=0.0, keep_best=True, val_every_steps=1)
+    kept = train(shard_dir, tmp_path / "kept", MODEL, p, SEED)
+    scores = [row["val_psnr_ab"] for row in kept["history"]]
+    assert not math.isfinite(scores[-1]) and math.isfinite(kept["val_psnr_ab"]), scores
+    assert kept["exported_step"] < 30 and (tmp_path / "kept" / "model.safetensors").exists()
 
 
 def test_no_validation_photo_means_no_validation_scores_not_perfect_ones(shard_dir, tmp_path, capfd) -> None:

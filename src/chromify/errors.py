@@ -36,6 +36,10 @@ class ModelLoadError(ChromifyError):
     """A model directory, alias or version cannot be loaded, or its weights give non-finite colours (diverged)."""
 
 
+class TrainingError(ChromifyError):
+    """Training diverged: its weights are not finite, and nothing is exported."""
+
+
 class OutputBusyError(ChromifyError):
     """An output folder is held by another running training, which would replace what this one writes."""
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from chromify.config import ModelParams, TrainParams
 from chromify.decode_search import DECODE_KEYS, ab_units, candidates, choose, describe, score_decodes
-from chromify.errors import ConfigError, DataError, OutputBusyError
+from chromify.errors import ConfigError, DataError, OutputBusyError, TrainingError
 from chromify.loader import ShardSet, crop_flip, crop_flip_draws, to_model_tensors
 from chromify.models import get_model
 from chromify.train import distributed
@@ -534,13 +534,18 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
             final["exported_step"] = step
             if validating:
                 final.update(validate(kept, val_set, env.device, resolution=p.resolution))
-            if best is not None and best["val_psnr_ab"] > final["val_psnr_ab"]:
+            if best is not None and not best["val_psnr_ab"] <= final["val_psnr_ab"]:  # NaN: diverged since best
                 # Early stopping after the fact: on a few hundred photos the validation score can peak long
                 # before the budget ends, and the last weights are then only the most over-fitted ones.
                 kept.load_state_dict(best["model"])
                 final.update(validate(kept, val_set, env.device, resolution=p.resolution), exported_step=best["step"])
                 note(f"exported the weights of step {best['step']}, the best validation (val_psnr_ab "
                      f"{best['val_psnr_ab']:.2f} dB); the last step's were worse")
+            if not all(t.isfinite().all() for t in kept.state_dict().values() if t.is_floating_point()):
+                last = terms["total"].item() if terms is not None else math.nan
+                raise TrainingError(f"{out_dir}: training diverged (weights not finite at step {step}, last loss "
+                                    f"{last:.4g}); nothing exported: lower train.lr ({p.lr:g})"
+                                    + ("" if p.grad_clip else " or set train.grad_clip"))
             exported = asdict(mp)
             searched = search_decode(kept, val_set, mp, p, env.device) if p.decode_search else None
             if searched is not None and searched["chosen"] is not None:
