@@ -386,3 +386,16 @@ def test_a_killed_runs_hidden_files_go_when_the_partitioning_or_the_run_changes(
     shards.write_index(tmp_path, 32, partitions=2)
     assert [p for p in leftovers if p.exists()] == []
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()], sorted(tmp_path.rglob(".*"))
+
+
+def test_a_short_write_names_the_shard_and_the_likely_full_disk(tmp_path, derived_raw, monkeypatch):
+    """pwrite returns short on a full disk: the OSError named no file and had no errno, so the CLI printed a
+    traceback. (The kernel's short write is stood in for here: no full disk can be mounted here.)"""
+    from chromify.cli import _one_line
+
+    rows = read_manifest(derived_raw)
+    monkeypatch.setattr(shards.os, "pwrite", lambda fd, data, offset: 10)
+    with pytest.raises(OSError) as err:
+        shards.preprocess(rows, derived_raw, tmp_path, 32, 1, workers=1)
+    line = _one_line(err.value)
+    assert line is not None and line.startswith(str(tmp_path)) and "-00000.npy.partial: short write: no space" in line

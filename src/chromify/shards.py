@@ -14,6 +14,7 @@ for a killed run's leftovers.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -254,7 +255,8 @@ def _fill(partial: str, offset: int, start: int, tasks: list[tuple[str, str, str
         for k, (path, name, sha256, decoder, orientation) in enumerate(tasks):
             _stored_sample(path, name, sha256, size, decoder, orientation, sample)
             if os.pwrite(fd, sample, offset + (start + k) * sample.nbytes) != sample.nbytes:
-                raise OSError(f"{partial}: short write")
+                # a regular file is written short only when the disk (or quota) is full: named, it is one line
+                raise OSError(errno.ENOSPC, "short write: no space left on the device?", str(partial))
     finally:
         os.close(fd)  # no fsync here: _finish's fsync writes the pages back
     return len(tasks)
