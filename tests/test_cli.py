@@ -148,6 +148,12 @@ def test_a_damaged_manifest_is_read_afresh_by_ingest_and_one_line_for_preprocess
     import pyarrow.parquet as pq
 
     assert [r["uri"] for r in pq.read_table(tmp_path / "raw" / "manifest.parquet").to_pylist()] == ["photos/a.png"]
+    # a Parquet file without the manifest's columns (edited by hand, another tool's): a KeyError traceback before
+    table = pq.read_table(tmp_path / "raw" / "manifest.parquet")
+    pq.write_table(table.drop_columns(["split"]), tmp_path / "raw" / "manifest.parquet")
+    proc = chromify("preprocess", "--raw", "raw", "--out", "processed", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, "chromify: error: raw/manifest.parquet: not a Chromify manifest (no "
+                                                 "column split); run `chromify ingest` again\n")
 
 
 def _commands(group, path=()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -399,3 +400,20 @@ def test_a_short_write_names_the_shard_and_the_likely_full_disk(tmp_path, derive
         shards.preprocess(rows, derived_raw, tmp_path, 32, 1, workers=1)
     line = _one_line(err.value)
     assert line is not None and line.startswith(str(tmp_path)) and "-00000.npy.partial: short write: no space" in line
+
+
+@pytest.mark.parametrize(("damage", "said"), [
+    (lambda out: (out / "p000of002.done.json").write_text("[]"), "p000of002.done.json: damaged"),
+    (lambda out: next((out / "train").glob("p000of002-*.json")).write_text('{"broken'), "damaged"),
+    (lambda out: next((out / "train").glob("p000of002-*.json")).unlink(), "missing"),
+])
+def test_another_partitions_damaged_files_are_named_when_the_index_is_written(tmp_path, derived_raw, damage, said):
+    """The last partition indexes the others' shards from their files: a damaged marker or sidecar was an
+    AttributeError or JSONDecodeError traceback, a missing one said only 'No such file or directory'."""
+    rows = read_manifest(derived_raw)
+    mb = 10 * 3 * 32 * 32 / 2**20
+    shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(0, 2))
+    damage(tmp_path)
+    shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(1, 2))
+    with pytest.raises(DataError, match=re.escape(said) + ".*; re-run `chromify preprocess --partition 0/2`$"):
+        shards.write_index(tmp_path, 32, partitions=2)

@@ -608,7 +608,11 @@ def read_manifest(out_dir: str | Path, split: str | None = None) -> list[dict]:
     if not path.exists():
         raise ChromifyError(f"{path}: no manifest; run `chromify ingest` first")
     try:
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
     except _damaged_table() as exc:
         raise ChromifyError(f"{path}: unreadable ({first_line(exc)}); run `chromify ingest` again") from None
-    return [r for r in rows if split is None or r["split"] == split]
+    missing = [c for c in ("uri", "sha256", "path", "split") if c not in table.column_names]
+    if missing:  # a Parquet file, but not a manifest: a KeyError traceback in preprocess before
+        raise ChromifyError(f"{path}: not a Chromify manifest (no column {', '.join(missing)}); run `chromify "
+                            "ingest` again")
+    return [r for r in table.to_pylist() if split is None or r["split"] == split]

@@ -423,6 +423,8 @@ def write_index(out_dir: str | Path, size: int, partitions: int = 1) -> dict[str
             marker = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return {}
+        if not isinstance(marker, dict) or not isinstance(marker.get("shards"), dict):
+            raise DataError(f"{path}: damaged; re-run `chromify preprocess --partition {i}/{partitions}`")
         if marker.get("size") != size:
             raise DataError(f"{path}: shards of size {marker.get('size')}, not {size}; re-run preprocess")
         markers.append((path, marker))
@@ -446,10 +448,15 @@ def write_index(out_dir: str | Path, size: int, partitions: int = 1) -> dict[str
     for split in SPLITS:
         split_dir = out_dir / split
         shards = []
-        for marker in markers:
+        for i, marker in enumerate(markers):
             for name in marker["shards"].get(split, []):
-                meta = json.loads((split_dir / name).with_suffix(".json").read_text())
-                shards.append({"file": meta["file"], "count": meta["count"], "sha256": meta["sha256"]})
+                sidecar = (split_dir / name).with_suffix(".json")
+                try:
+                    meta = json.loads(sidecar.read_text())
+                    shards.append({"file": meta["file"], "count": int(meta["count"]), "sha256": str(meta["sha256"])})
+                except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+                    raise DataError(f"{sidecar}: {'missing' if isinstance(exc, FileNotFoundError) else 'damaged'}; "
+                                    f"re-run `chromify preprocess --partition {i}/{partitions}`") from None
         shards.sort(key=lambda e: _shard_number(e["file"]))  # the one-partition order, whatever the partitioning
         index = {
             "format": FORMAT,
