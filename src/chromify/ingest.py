@@ -609,10 +609,11 @@ def read_manifest(out_dir: str | Path, split: str | None = None) -> list[dict]:
         raise ChromifyError(f"{path}: no manifest; run `chromify ingest` first")
     try:
         table = pq.read_table(path)
+        rows = table.to_pylist()  # decodes the columns: a flipped byte in a text one fails here
     except _damaged_table() as exc:
         raise ChromifyError(f"{path}: unreadable ({first_line(exc)}); run `chromify ingest` again") from None
     missing = [c for c in ("uri", "sha256", "path", "split") if c not in table.column_names]
     if missing:  # a Parquet file, but not a manifest: a KeyError traceback in preprocess before
         raise ChromifyError(f"{path}: not a Chromify manifest (no column {', '.join(missing)}); run `chromify "
                             "ingest` again")
-    return [r for r in table.to_pylist() if split is None or r["split"] == split]
+    return [r for r in rows if split is None or r["split"] == split]
