@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,28 @@ def test_a_diverged_model_is_refused_with_one_line_not_an_index_error(tmp_path: 
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     with pytest.raises(ModelLoadError, match=refusal):
         Colorizer(model, device="cpu").colorize_rgb(data.chelsea())  # `chromify serve`, per upload
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    (lambda c: [], "config.json is not an object with a 'model' object"),
+    (lambda c: {**c, "model": [1]}, "config.json is not an object with a 'model' object"),
+    (lambda c: {k: v for k, v in c.items() if k != "size"}, "config.json: 'size' None is not a positive whole number"),
+    (lambda c: {**c, "size": "abc"}, "config.json: 'size' 'abc' is not a positive whole number"),
+    (lambda c: {**c, "model": {**c["model"], "depth": "x"}}, "config.json: model.depth 'x' is not a whole number"),
+    (lambda c: {**c, "model": {**c["model"], "chroma_gain": "x"}},
+     "config.json: model.chroma_gain 'x' is not a finite number"),
+])
+def test_an_edited_config_json_is_one_line_in_every_reader(tiny_model_dir: Path, tmp_path: Path, edit, said) -> None:
+    """An edited or foreign config.json was an AttributeError, KeyError, ValueError or TypeError traceback in
+    colorize, serve and evaluate, which all load through load_model and Colorizer."""
+    import json
+    import shutil
+
+    from chromify.errors import ModelLoadError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(edit(config)))
+    with pytest.raises(ModelLoadError, match=f"^{re.escape(f'{model}: cannot load model ({said})')}$"):
+        Colorizer(model, device="cpu")

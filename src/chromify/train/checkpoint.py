@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -211,6 +212,7 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
         raise ModelLoadError(f"{model_dir}: not a model directory (needs {WEIGHTS} and {CONFIG})")
     try:
         config = json.loads((model_dir / CONFIG).read_text())
+        _check_config(config)
         recorded = config.get("weights_sha256")  # absent in models exported before it was recorded
         if recorded is not None and file_sha256(model_dir / WEIGHTS) != recorded:
             raise ModelLoadError(f"{model_dir}: {WEIGHTS} is not the one {CONFIG} was written with (an export "
@@ -218,6 +220,25 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
         # The trained weights replace any ImageNet ones, so do not go looking for those.
         model = get_model(config["arch"], **{**config["model"], "pretrained": False})
         model.load_state_dict(load_file(model_dir / WEIGHTS, device="cpu"))
-    except (KeyError, RuntimeError, ValueError, OSError, ConfigError) as exc:
+    except (KeyError, RuntimeError, ValueError, TypeError, OSError, ConfigError) as exc:
         raise ModelLoadError(f"{model_dir}: cannot load model ({first_line(exc)})") from None
     return model.to(device).eval(), config
+
+
+def _check_config(config: Any) -> None:
+    """The shape every reader of config.json relies on: an edited or foreign one was an AttributeError, KeyError or
+    TypeError traceback in colorize, serve and evaluate."""
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ValueError(f"{CONFIG} is not an object with a 'model' object")
+    if not isinstance(config.get("arch"), str):
+        raise ValueError(f"{CONFIG}: 'arch' is not a name")
+    size = config.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"{CONFIG}: 'size' {size!r} is not a positive whole number")
+    for key, value in config["model"].items():
+        if key in ("depth", "base_width", "bin_grid", "bin_stride") and (isinstance(value, bool)
+                                                                          or not isinstance(value, int)):
+            raise ValueError(f"{CONFIG}: model.{key} {value!r} is not a whole number")
+        if key in ("temperature", "prior_correction", "chroma_gain") and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise ValueError(f"{CONFIG}: model.{key} {value!r} is not a finite number")
