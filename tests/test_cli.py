@@ -62,6 +62,13 @@ def test_stages_run_out_of_order_or_a_missing_params_file_say_so_in_one_line(tmp
     proc = chromify("register", cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (2, "chromify: error: reports/gate.json: unreadable (a JSON list, not "
                                                  "an object); run `chromify evaluate` again\n")
+    # an object, but not a gate: `reasons: 5` was a TypeError traceback
+    (tmp_path / "reports" / "metrics.json").write_text("{}")
+    (tmp_path / "reports" / "gate.json").write_text('{"passed": false, "reasons": 5}')
+    proc = chromify("register", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, "chromify: error: reports/gate.json: damaged ('passed' must be true "
+                                                 "or false and 'reasons' a list of text); run `chromify evaluate` "
+                                                 "again\n")
 
 
 def test_an_invalid_serve_setting_is_one_line(tmp_path):

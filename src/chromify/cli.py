@@ -168,6 +168,13 @@ def register(params: ParamsOpt = DEFAULT_PARAMS,
 
     p = _params(params)
     gate, metrics = _report(reports / "gate.json", "evaluate"), _report(reports / "metrics.json", "evaluate")
+    reasons = gate.get("reasons")
+    if not isinstance(gate.get("passed"), bool) or not (isinstance(reasons, list)
+                                                        and all(isinstance(r, str) for r in reasons)):
+        from chromify.errors import DataError  # an edited gate.json was a TypeError traceback below
+
+        raise DataError(f"{reports / 'gate.json'}: damaged ('passed' must be true or false and 'reasons' a list of "
+                        "text); run `chromify evaluate` again")
     outcome = run_register(p, model or Path(p.train.out_dir), gate, metrics, raw or Path(p.ingest.out_dir), reports)
     if outcome.get("already_registered"):
         typer.echo(outcome["message"])
