@@ -418,3 +418,31 @@ def test_a_file_too_big_to_be_a_photo_is_skipped_unread_and_the_others_are_done(
     assert outcome.written == [tmp_path / "out" / "good.png"]
     assert outcome.failed == [(str(big), f"{byte_cap(MAX_PIXELS) + 1:,} bytes > {byte_cap(MAX_PIXELS):,}, more than "
                                          f"a photo of at most {MAX_PIXELS:,} pixels takes: not read")]
+
+
+def test_a_full_disk_stops_the_run_in_one_line_after_saying_what_was_done(photos: Path, model_dir: Path,
+                                                                           tmp_path: Path, monkeypatch) -> None:
+    """ENOSPC on the second photo: every later photo was still decoded and colorized only to fail the same way, and
+    the run exited 0. (A full file system cannot be mounted here: the kernel's error is raised in its place.)"""
+    import errno
+
+    from chromify import colorize
+
+    real, calls = colorize.save_image, []
+
+    def save_until_full(image, f, fmt):
+        calls.append(1)
+        if len(calls) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(image, f, fmt)
+
+    monkeypatch.setattr(colorize, "save_image", save_until_full)
+    from chromify.cli import _one_line
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["colorize", str(photos), "-o", str(out), "--model", str(model_dir)])
+    assert len(calls) == 2 and isinstance(result.exception, OSError)
+    line = _one_line(result.exception)  # what `chromify` prints, exit 2
+    assert line is not None and line.startswith(str(out)) and line.endswith(".png: No space left on device"), line
+    assert result.stderr.splitlines()[-1] == f"stopped after colorizing 1 photo(s) into {out}, skipped 1"
+    assert len(list(out.rglob("*.png"))) == 1 and not list(out.rglob("*.tmp"))

@@ -278,7 +278,7 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
                            side_by_side_output=side_by_side, html_path=html, batch_size=batch_size,
                            progress=True, temperature=temperature, prior_correction=prior_correction,
                            chroma_gain=chroma_gain, outcome=outcome)
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: what was done and skipped is not lost on the user
+    except (KeyboardInterrupt, SystemExit, OSError):  # Ctrl-C, SIGTERM, a full disk: what was done is said
         say_skipped()
         typer.echo(f"stopped after colorizing {len(outcome.written)} photo(s) into {out}" +
                    (f", skipped {len(outcome.failed)}" if outcome.failed else ""), err=True)

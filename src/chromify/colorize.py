@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import glob
 import html
 import io
@@ -223,6 +224,10 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
+# The output's file system is full or read-only: not a photo's fault, and the same for every photo after it.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 @dataclass
 class ColorizeOutcome:
     """What a run wrote and what it skipped; the CLI exits non-zero only when nothing was written."""
@@ -333,6 +338,8 @@ def colorize_paths(inputs: Iterable[str], out_dir: str | Path, model_dir: str | 
                 atomic_write(target, lambda f, im=result: save_image(im, f, fmt))
             except OSError as exc:
                 outcome.failed.append((str(src), f"cannot write {target} ({exc.strerror or first_line(exc)})"))
+                if exc.errno in _DISK_FULL:  # every later photo would be decoded and colorized only to fail so
+                    raise OSError(exc.errno, exc.strerror, str(target)) from None
                 continue
             outcome.written.append(target)
             if html_path is not None and len(sheet) < SHEET_MAX:
