@@ -215,3 +215,15 @@ def test_help_shows_a_type_for_options_that_take_a_value_and_none_for_flags():
     assert train["--dry-run"].split()[0] == "Five" and train["--help"].split()[0] == "Show"
     assert train["--params"].split()[0] == "<path>" and _help_rows(("preprocess",))["--partition"].split()[0] == "<str>"
     assert _help_rows(("colorize",))["--render-size"].split()[:2] == ["<int", "range>"]
+
+
+def test_an_output_folder_that_is_a_file_is_said_so(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "afile").write_text("mine")
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "photos" / "a.png")
+    proc = chromify("ingest", "--source", "photos", "--out", "afile", "--reports", "reports", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, "chromify: error: afile: a file, where a folder is needed\n")
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -552,6 +552,8 @@ def _one_line(exc: BaseException) -> str | None:
         return ("a worker process died before it finished (killed, out of memory, or crashed in a decoder: the "
                 "kernel log says which); what was finished is kept: run the command again, with fewer workers if "
                 "memory is short (if it dies again, CHROMIFY_DEBUG=1 shows where)")
+    if isinstance(exc, FileExistsError) and exc.filename2 is None and Path(str(exc.filename)).is_file():
+        return f"{exc.filename}: a file, where a folder is needed"  # mkdir's bare "File exists"
     if isinstance(exc, OSError):
         where = exc.filename2 or exc.filename
         if where is not None or exc.errno in _USER_FIXABLE:
