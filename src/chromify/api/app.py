@@ -26,6 +26,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -149,6 +150,35 @@ class BodyTooLarge(Exception):
     pass
 
 
+class CommonHeaders:
+    """nosniff on every answer, and no-cache on the page's files (revalidated: a new release shows at once). Plain
+    ASGI: Starlette's BaseHTTPMiddleware wraps `receive` in a task group that hid a client's disconnect from
+    request.is_disconnected(), so the pool colorized photos for clients that had left."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        page = path in ("/", "/docs") or path.startswith("/static/")
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                if b"x-content-type-options" not in names:
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                if page and b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-cache"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class BodyLimit:
     """ASGI guard: a body past `max_bytes` is answered 413 without reading the rest, Content-Length or not."""
 
@@ -209,14 +239,36 @@ class InferencePool:
         self.limit = concurrency + max_queue
         self.in_flight = 0  # touched only on the event loop's thread
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def run(self, fn: Callable[..., Any], *args: Any, request: Request | None = None) -> Any:
+        """fn(*args) in the pool; a job whose client has gone (`request` disconnected) while it waited is skipped:
+        a page that replaced its photo, or a timed-out client, left the pool colorizing answers nobody reads."""
         if self.in_flight >= self.limit:
             raise HTTPException(503, "busy: too many photos in line, try again shortly", headers={"Retry-After": "1"})
         self.in_flight += 1
+        gone = threading.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, gone)) if request is not None else None
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, _unless_gone, gone, fn, *args)
         finally:
+            if watcher is not None:
+                watcher.cancel()
             self.in_flight -= 1
+
+
+class ClientGone(Exception):
+    """The client disconnected before its photo's turn: the job was skipped."""
+
+
+def _unless_gone(gone: threading.Event, fn: Callable[..., Any], *args: Any) -> Any:
+    if gone.is_set():
+        raise ClientGone
+    return fn(*args)
+
+
+async def _watch_disconnect(request: Request, gone: threading.Event, every_s: float = 0.1) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(every_s)
+    gone.set()
 
 
 def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
@@ -267,6 +319,10 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
                                            '{"instances": [{"b64": "..."}]}'}, status_code=400)
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"detail": f"malformed request: {where} {first.get('msg', '')}".strip()}, status_code=400)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_: Request, __: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it, the log shows it
 
     @app.exception_handler(InputImageError)
     async def unusable(_: Request, exc: InputImageError) -> JSONResponse:
@@ -337,7 +393,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
         await file.seek(0)
         kind = check_upload(file.size if file.size is not None else len(head), head, name)
         t0 = time.perf_counter()
-        encoded, _, _ = await pool.run(colorize_bytes, file.file, name, kind, fmt)
+        encoded, _, _ = await pool.run(colorize_bytes, file.file, name, kind, fmt, request=request)
         return Response(encoded, media_type=MEDIA_TYPES[fmt], headers={
             "Content-Disposition": _download_name(Path(name).stem or "photo", "png" if fmt == "png" else "jpg"),
             "Server-Timing": f"colorize;dur={(time.perf_counter() - t0) * 1000:.0f}",
@@ -372,7 +428,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
                       "type": ["string", "null"], "pattern": FORMAT_PATTERN, "default": "png",
                       "description": "png or jpeg; also jpg, image/png or image/jpeg, in any case."}}, nullable=True)},
                   required=["instances"])}}}})
-    async def predict(body: dict[str, Any]) -> dict[str, Any]:
+    async def predict(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         instances = body.get("instances")
         if not isinstance(instances, list) or not instances:
             raise HTTPException(400, "body must be {\"instances\": [{\"b64\": \"...\"}, ...]}")
@@ -407,7 +463,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
             except (binascii.Error, ValueError):
                 raise HTTPException(400, f"{name}: invalid base64") from None
             kind = check_upload(len(data), data[:16], name)
-            encoded, width, height = await pool.run(colorize_bytes, data, name, kind, fmt)
+            encoded, width, height = await pool.run(colorize_bytes, data, name, kind, fmt, request=request)
             predictions.append({"b64": base64.b64encode(encoded).decode(), "mime_type": MEDIA_TYPES[fmt],
                                 "width": width, "height": height})
         return {"predictions": predictions, "model": model_name}
@@ -432,14 +488,7 @@ def create_app(settings: ServeSettings, model_dir: str | Path) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.middleware("http")
-    async def common_headers(request: Request, call_next: Callable) -> Response:
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        if request.url.path in ("/", "/docs") or request.url.path.startswith("/static/"):
-            response.headers.setdefault("Cache-Control", "no-cache")  # revalidate: a new release shows at once
-        return response
-
+    app.add_middleware(CommonHeaders)  # last, so outermost: on every answer, the body limit's 413 too
     return app
 
 
