@@ -61,7 +61,7 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
         # lr .inf trained to NaN weights, and exited 0
         ({"train": {"lr": float("inf")}}, "train.lr inf: must be finite and > 0"),
         # numpy refused a negative seed, and torch one past 64 bits, once training had started: tracebacks
-        ({"base": {"seed": -1}}, "base.seed -1: must be in [0, 9223372036854775808)"),
+        ({"base": {"seed": -1}}, "base.seed -1: must be in [0, 18446744073709551616)"),
         # a key that is not a string was a TypeError inside the message; a bool or a list taken for a number or text
         ({1: 2}, "unknown params section(s): 1"),
         ({"train": {None: 2}}, "unknown key(s) in params section 'train': None"),
@@ -69,8 +69,8 @@ def test_yaml_scalars_are_coerced_to_the_declared_types():
         ({"train": {"out_dir": ["a"]}}, "params key 'train.out_dir' must be str, got ['a']"),
         # a typo of a target changed the local registry in `models promote`; "" or "../x" registered outside it
         ({"register": {"target": "foo", "model_name": "../../x"}},
-         "register.target 'foo': expected one of local, vertex; register.model_name '../../x': must be a plain "
-         "name (letters, digits, '.', '_', '-'; from a letter or digit)"),
+         "register.target 'foo': expected one of local, vertex; register.model_name '../../x': must name a folder "
+         "inside register.registry_dir (no '/', not empty, '.' or '..')"),
         ({"train": {"decode_min_psnr_gain_db": "nan"}}, "train.decode_min_psnr_gain_db nan: must be a finite number"),
         ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size 0: must be >= 1"),
         ({"preprocess": {"size": 0}}, "preprocess.size 0: must be >= 16"),
@@ -150,3 +150,9 @@ def test_a_params_file_that_is_not_utf8_is_one_line(tmp_path):
     path.write_bytes(b"train:\n  lr: \xe9\n")  # saved as Latin-1 by an old editor: a UnicodeDecodeError traceback
     with pytest.raises(ConfigError, match=re.escape(f"{path}: not UTF-8 text (byte 13)")):
         load_params(path)
+
+
+def test_names_and_seeds_that_loaded_before_still_do():
+    # Vertex sanitises a display name for its model id; a seed up to 2^64 - 1 seeds numpy and torch
+    p = params_from_dict({"base": {"seed": 2**64 - 1}, "register": {"model_name": "Chromify Colorizer"}})
+    assert (p.base.seed, p.register.model_name) == (2**64 - 1, "Chromify Colorizer")

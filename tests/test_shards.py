@@ -417,3 +417,31 @@ def test_another_partitions_damaged_files_are_named_when_the_index_is_written(tm
     shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(1, 2))
     with pytest.raises(DataError, match=re.escape(said) + ".*; re-run `chromify preprocess --partition 0/2`$"):
         shards.write_index(tmp_path, 32, partitions=2)
+
+
+def test_a_live_run_of_another_partitioning_keeps_its_files_and_old_markers_are_named(tmp_path, derived_raw):
+    """The cleanup of other partition counts leaves a run that holds its lock alone (its lock file too), and a done
+    marker written before markers recorded the shard plan is called that, not 'another shard size'."""
+    import fcntl
+
+    rows = read_manifest(derived_raw)
+    mb = 10 * 3 * 32 * 32 / 2**20
+    (tmp_path / "train").mkdir(parents=True)
+    live = tmp_path / "train" / ".p000of004-00000.npy.partial"
+    live.write_bytes(b"being written")
+    fd = os.open(tmp_path / ".p000of004.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as that run holds it
+    try:
+        for i in range(2):
+            shards.preprocess(rows, derived_raw, tmp_path, 32, mb, workers=1, partition=shards.Partition(i, 2))
+        shards.write_index(tmp_path, 32, partitions=2)
+        assert live.exists() and (tmp_path / ".p000of004.lock").exists()
+    finally:
+        os.close(fd)
+
+    marker = tmp_path / "p000of002.done.json"
+    old = {k: v for k, v in json.loads(marker.read_text()).items() if k not in ("per_shard", "pixels")}
+    marker.write_text(json.dumps(old))
+    os.utime(marker, (time.time() - 60, time.time() - 60))
+    with pytest.raises(DataError, match=re.escape("partition 0/2 was preprocessed by an earlier version of chromify")):
+        shards.write_index(tmp_path, 32, partitions=2)

@@ -278,7 +278,9 @@ def colorize(inputs: Annotated[list[str], typer.Argument(help="Files, folders (r
                            side_by_side_output=side_by_side, html_path=html, batch_size=batch_size,
                            progress=True, temperature=temperature, prior_correction=prior_correction,
                            chroma_gain=chroma_gain, outcome=outcome)
-    except (KeyboardInterrupt, SystemExit, OSError):  # Ctrl-C, SIGTERM, a full disk: what was done is said
+    except (KeyboardInterrupt, SystemExit, OSError) as exc:  # Ctrl-C, SIGTERM, a full disk: what was done is said
+        if isinstance(exc, OSError) and not (outcome.written or outcome.failed):
+            raise  # before any photo (an unreadable model folder, say): the error alone says it
         say_skipped()
         typer.echo(f"stopped after colorizing {len(outcome.written)} photo(s) into {out}" +
                    (f", skipped {len(outcome.failed)}" if outcome.failed else ""), err=True)

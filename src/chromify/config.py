@@ -24,7 +24,7 @@ class BaseParams:
 
     def __post_init__(self) -> None:
         # numpy refuses a negative seed and torch one past 64 bits, both only once training has started
-        _check_ranges("base", self, {"seed": _within(0, 2**63)})
+        _check_ranges("base", self, {"seed": _within(0, 2**64)})
 
 
 @dataclass(frozen=True)
@@ -168,10 +168,10 @@ class RegisterParams:
         problems = []
         if self.target not in ("local", "vertex"):  # else `models promote` changed the local registry of a typo
             problems.append((False, f"register.target {self.target!r}: expected one of local, vertex"))
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.model_name):
-            # "" registered into registry_dir itself, and "../x" outside it
-            problems.append((False, f"register.model_name {self.model_name!r}: must be a plain name (letters, "
-                                    "digits, '.', '_', '-'; from a letter or digit)"))
+        if self.model_name.strip() in ("", ".", "..") or any(c in self.model_name for c in "/\\\0"):
+            # "" registered into registry_dir itself, and "../x" outside it; Vertex sanitises the rest for its id
+            problems.append((False, f"register.model_name {self.model_name!r}: must name a folder inside "
+                                    "register.registry_dir (no '/', not empty, '.' or '..')"))
         _check_all(problems)
 
 

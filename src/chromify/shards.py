@@ -435,14 +435,19 @@ def write_index(out_dir: str | Path, size: int, partitions: int = 1) -> dict[str
                                                                  "in between)"),
                                 ("per_shard", newest.get("per_shard"), "with another shard size (preprocess.shard_mb)"),
                                 ("pixels", PIXELS, "with another pixel pipeline (an earlier version of chromify)")):
+        if any(key not in m for _, m in markers):
+            what = "by an earlier version of chromify (its done marker lacks what this one checks)"
         stale = [f"{i}/{partitions}" for i, (_, m) in enumerate(markers) if m.get(key) != expected]
         if stale:
             raise DataError(f"{out_dir}: partition {', '.join(stale)} was preprocessed {what}: re-run `chromify "
                             f"preprocess --partition` for {'it' if len(stale) == 1 else 'them'}")
     # temp files of an index write that a kill cut short (one now in progress is younger than every marker)
     for tmp in out_dir.glob("*/.index.json.*.tmp"):
-        if tmp.stat().st_mtime_ns < newest_path.stat().st_mtime_ns:
-            tmp.unlink(missing_ok=True)
+        try:
+            if tmp.stat().st_mtime_ns < newest_path.stat().st_mtime_ns:
+                tmp.unlink()
+        except FileNotFoundError:  # renamed into place by another partition writing the same index
+            continue
     markers = [m for _, m in markers]
     indexes = {}
     for split in SPLITS:
@@ -496,14 +501,19 @@ def _remove_killed_runs_of_other_partitionings(out_dir: Path, partitions: int) -
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            here, ours = os.stat(lock), os.fstat(fd)
+        except OSError:  # held by a live run, or a file system without locks: left as it is
+            os.close(fd)
+            continue
+        if (here.st_dev, here.st_ino) != (ours.st_dev, ours.st_ino):  # replaced meanwhile: another run's now
             os.close(fd)
             continue
         try:
             for path in [*out_dir.glob(f".{tag}.*"), *out_dir.glob(f"*/.{tag}-*")]:
-                path.unlink(missing_ok=True)
+                if path != lock:
+                    path.unlink(missing_ok=True)
         finally:
-            lock.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)  # while still held, as io.exclusive_lock does: a newcomer finds it busy
             os.close(fd)
 
 
