@@ -54,6 +54,17 @@ def browser(tmp_path_factory):
     dead_end.close()
 
 
+# A page script's `drop(name, base64)`: a PNG dropped on the page, as a person drags one from their files.
+DROP_JS = """
+        const drop = (name, b64) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const dt = new DataTransfer();
+          dt.items.add(new File([bytes], name, {type: "image/png"}));
+          window.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, cancelable: true}));
+        };
+"""
+
+
 def page_requests(driver) -> tuple[list[str], list[str]]:
     """(URLs requested, "URL: error" for those that failed) by web pages since the last call, from the DevTools
     network events; Chromium's own pages (a new tab's, loaded lazily) are left out."""
@@ -151,13 +162,7 @@ def test_a_second_photo_chosen_while_the_first_answer_decodes_is_the_one_shown(s
     browser.get(server + "/")
     wait_for(browser, "return document.getElementById('limits').textContent.includes('megapixels')")
     # Photo b is dropped the moment photo a's answer is set on the page, before it has decoded.
-    browser.execute_script("""
-        const drop = (name, b64) => {
-          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-          const dt = new DataTransfer();
-          dt.items.add(new File([bytes], name, {type: "image/png"}));
-          window.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, cancelable: true}));
-        };
+    browser.execute_script(DROP_JS + """
         const result = document.getElementById("result"), status = document.getElementById("status");
         window.statusLog = [];
         new MutationObserver(() => window.statusLog.push(status.textContent))
@@ -194,13 +199,7 @@ def test_sizes_are_in_the_servers_units_and_a_replaced_photos_request_is_cancell
     buf = io.BytesIO()
     Image.fromarray(data.astronaut()).resize((3000, 2400)).save(buf, "PNG")  # seconds to colorize here
     page_requests(browser)  # from here on
-    browser.execute_script("""
-        const drop = (name, b64) => {
-          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-          const dt = new DataTransfer();
-          dt.items.add(new File([bytes], name, {type: "image/png"}));
-          window.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, cancelable: true}));
-        };
+    browser.execute_script(DROP_JS + """
         drop("big.png", arguments[0]);
         setTimeout(() => drop("small.png", arguments[1]), 300);
     """, base64.b64encode(buf.getvalue()).decode(), base64.b64encode(_small_png()).decode())
