@@ -250,12 +250,11 @@ def main() -> None:
     for r in rows:
         if "failed" in r:
             print(f"| {r['method']} | failed: {r['failed']} | | | | | | |")
-        elif r.get("rescored"):  # nothing trained for it: no rate, no steps of its own
-            print(f"| {r['method']} | {r['psnr_gain_db']:+.2f} | {r['ssim']:.3f} | {r['delta_e2000']:.2f} | "
-                  f"{r['cf']:.1f} | {r['delta_cf']:.1f} | | |")
-        else:
-            print(f"| {r['method']} | {r['psnr_gain_db']:+.2f} | {r['ssim']:.3f} | {r['delta_e2000']:.2f} | "
-                  f"{r['cf']:.1f} | {r['delta_cf']:.1f} | {r['train_images_per_s']:.0f} | {int(r['steps'])} |")
+            continue
+        # a re-scored row trained nothing: no rate, no steps of its own
+        trained = "| | |" if r.get("rescored") else f"| {r['train_images_per_s']:.0f} | {int(r['steps'])} |"
+        print(f"| {r['method']} | {r['psnr_gain_db']:+.2f} | {r['ssim']:.3f} | {r['delta_e2000']:.2f} | "
+              f"{r['cf']:.1f} | {r['delta_cf']:.1f} {trained}")
     (work / "quality.json").write_text(json.dumps(rows, indent=2))
     print(f"\nruns and galleries kept in {work}")
     if any("failed" in r for r in rows):

@@ -32,7 +32,7 @@ from chromify.io import atomic_write_json, atomic_write_text
 from chromify.lab import dequantise_lab, lab_to_rgb8
 from chromify.loader import ShardSet
 from chromify.metrics import PreparedTruth, image_metrics_8bit, summarise
-from chromify.registry import model_id_of  # noqa: F401 - stages and tests name it here
+from chromify.registry import model_id_of
 from chromify.shards import verify_shards
 
 GATE_METRICS = ("psnr", "ssim", "delta_e2000", "colourfulness", "colourfulness_truth", "delta_cf")

@@ -325,9 +325,10 @@ def chroma_stats(rgb: np.ndarray) -> tuple[float, float]:
     chroma = np.hypot(ab[0], ab[1])
     mean_a, mean_b = float(ab[0].mean()), float(ab[1].mean())
     norm = float(np.hypot(mean_a, mean_b))
+    mean = float(chroma.mean())
     if norm < 1e-6:  # no mean tint to be across: all of the chroma counts
-        return float(chroma.mean()), float(chroma.mean())
-    return float(chroma.mean()), float(np.abs(ab[0] * mean_b - ab[1] * mean_a).mean() / norm)
+        return mean, mean
+    return mean, float(np.abs(ab[0] * mean_b - ab[1] * mean_a).mean() / norm)
 
 
 def judge(f: Facts, p: IngestParams) -> tuple[str | None, str]:

@@ -127,8 +127,31 @@ def exclusive_lock(path: Path, busy: Callable[[int | None], Exception], unguarde
         os.close(fd)
 
 
-def _take_lock(path: Path, busy: Callable[[int | None], Exception], unguarded: str) -> int | None:
-    """An fd holding an exclusive flock on `path`, or None on a file system without locks."""
+@contextmanager
+def lock_if_free(path: Path) -> Iterator[bool]:
+    """Hold the flock on `path` for the block if nobody does (True), as exclusive_lock does; False, holding
+    nothing, when a live process holds it or the file system has no locks: for cleaning up after killed runs."""
+    try:
+        fd = _take_lock(path, lambda pid: _Held(), None)
+    except _Held:
+        fd = None
+    if fd is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)  # before the unlock: see _take_lock
+        os.close(fd)
+
+
+class _Held(Exception):
+    pass
+
+
+def _take_lock(path: Path, busy: Callable[[int | None], Exception], unguarded: str | None) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None on a file system without locks (said on stderr unless
+    `unguarded` is None)."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -141,8 +164,9 @@ def _take_lock(path: Path, busy: Callable[[int | None], Exception], unguarded: s
             os.close(fd)
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
-            print(f"chromify: {path.parent} cannot be locked ({exc.strerror}); nothing stops {unguarded}",
-                  file=sys.stderr, flush=True)
+            if unguarded is not None:
+                print(f"chromify: {path.parent} cannot be locked ({exc.strerror}); nothing stops {unguarded}",
+                      file=sys.stderr, flush=True)
             return None
         # A finishing holder unlinks the file, then unlocks: a lock taken on that unlinked file excludes nobody,
         # so take the one now at the path.

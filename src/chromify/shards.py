@@ -15,7 +15,6 @@ for a killed run's leftovers.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -30,7 +29,7 @@ import numpy as np
 
 from chromify.decode import DECODER_PIL, load_square, read_bytes
 from chromify.errors import DataError, InputImageError, first_line
-from chromify.io import atomic_write_json, die_with, exclusive_lock, file_sha256
+from chromify.io import atomic_write_json, die_with, exclusive_lock, file_sha256, lock_if_free
 from chromify.lab import AB_OFFSET, L_SCALE
 from chromify.progress import Progress
 
@@ -498,23 +497,11 @@ def _remove_killed_runs_of_other_partitionings(out_dir: Path, partitions: int) -
     tags = {p.name[1:10] for p in out_dir.glob(".p???of???.*")} | {p.name[1:10] for p in out_dir.glob("*/.p???of???-*")}
     for tag in sorted(t for t in tags if not t.endswith(f"of{partitions:03d}")):
         lock = out_dir / f".{tag}.lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            here, ours = os.stat(lock), os.fstat(fd)
-        except OSError:  # held by a live run, or a file system without locks: left as it is
-            os.close(fd)
-            continue
-        if (here.st_dev, here.st_ino) != (ours.st_dev, ours.st_ino):  # replaced meanwhile: another run's now
-            os.close(fd)
-            continue
-        try:
-            for path in [*out_dir.glob(f".{tag}.*"), *out_dir.glob(f"*/.{tag}-*")]:
-                if path != lock:
-                    path.unlink(missing_ok=True)
-        finally:
-            lock.unlink(missing_ok=True)  # while still held, as io.exclusive_lock does: a newcomer finds it busy
-            os.close(fd)
+        with lock_if_free(lock) as free:  # held by a live run, or a file system without locks: left as it is
+            if free:
+                for path in [*out_dir.glob(f".{tag}.*"), *out_dir.glob(f"*/.{tag}-*")]:
+                    if path != lock:
+                        path.unlink(missing_ok=True)
 
 
 def read_index(split_dir: str | Path) -> dict:

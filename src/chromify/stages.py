@@ -109,7 +109,8 @@ def champion_dir(params: Params) -> Path | None:
 
 def run_evaluate(params: Params, data_dir: str | Path, candidate_dir: str | Path,
                  reports_dir: str | Path = "reports") -> tuple[dict[str, Any], dict[str, Any]]:
-    from chromify.evaluate import evaluate, model_id_of
+    from chromify.evaluate import evaluate
+    from chromify.registry import model_id_of
 
     champ = champion_dir(params)
     candidate_id = model_id_of(candidate_dir)
@@ -131,7 +132,7 @@ def registration_record(params: Params, candidate_dir: str | Path, gate: dict[st
 
     Refuses weights other than those the gate decided on (a candidate retrained after `evaluate`).
     """
-    from chromify.evaluate import model_id_of
+    from chromify.registry import model_id_of
 
     model_id = model_id_of(candidate_dir)
     decided_on = gate.get("candidate_id")

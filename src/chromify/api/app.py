@@ -585,66 +585,57 @@ def _head_deadline_protocol() -> type:
     class H11WithHeadDeadline(H11Protocol):
         head_timeout = 10.0
 
+        # One timer, armed while the connection waits on its client: from the end of a response (or the
+        # connection's start) until the next head is whole, and from each piece of a body to the next.
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._head_deadline: asyncio.TimerHandle | None = None
-            self._body_deadline: asyncio.TimerHandle | None = None
-            self._await_head()
+            self._deadline: asyncio.TimerHandle | None = None
+            self._arm()
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._stop_body_deadline()
-            if self._body_pending() and not self.transport.is_closing():  # the next piece is due within the deadline
-                self._body_deadline = self.loop.call_later(self.head_timeout, self._body_timed_out)
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(self.head_timeout, self._timed_out)
 
-        def _body_pending(self) -> bool:
-            return self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete
-
-        def _stop_body_deadline(self) -> None:
-            if getattr(self, "_body_deadline", None) is not None:
-                self._body_deadline.cancel()
-                self._body_deadline = None
-
-        def _body_timed_out(self) -> None:
-            self._body_deadline = None
-            if not self._body_pending() or self.transport.is_closing():
-                return
-            if self.flow.read_paused:  # the app has not taken what came: the wait is ours, not the client's
-                self._body_deadline = self.loop.call_later(self.head_timeout, self._body_timed_out)
-            else:
-                self.transport.close()
-
-        def _await_head(self) -> None:
-            self._stop_head_deadline()
-            self._head_deadline = self.loop.call_later(self.head_timeout, self._head_timed_out)
-
-        def _stop_head_deadline(self) -> None:
-            if getattr(self, "_head_deadline", None) is not None:
-                self._head_deadline.cancel()
-                self._head_deadline = None
+        def _disarm(self) -> None:
+            if getattr(self, "_deadline", None) is not None:
+                self._deadline.cancel()
+                self._deadline = None
 
         def _between_requests(self) -> bool:
             return self.cycle is None or self.cycle.response_complete
 
+        def _body_pending(self) -> bool:
+            return self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete
+
         def handle_events(self) -> None:
             before = self.cycle
             super().handle_events()
-            if self.cycle is not before:  # a request's head arrived
-                self._stop_head_deadline()
+            if self.cycle is not before:  # a request's head arrived: the head's deadline is over
+                self._disarm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._body_pending() and not self.transport.is_closing():  # the next piece is due within the deadline
+                self._arm()
+            elif not self._between_requests():  # the request is whole: the app's turn, not the client's
+                self._disarm()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing() and self._between_requests():
-                self._await_head()  # the next request's, on a connection kept open
+                self._arm()  # the next request's head, on a connection kept open
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_head_deadline()
-            self._stop_body_deadline()
+            self._disarm()
             super().connection_lost(exc)
 
-        def _head_timed_out(self) -> None:
-            self._head_deadline = None
-            if self._between_requests() and not self.transport.is_closing():
+        def _timed_out(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if self._body_pending() and self.flow.read_paused:  # the app has not taken what came: not the client's
+                self._arm()
+            elif self._between_requests() or self._body_pending():
                 self.transport.close()
 
     return H11WithHeadDeadline

@@ -321,7 +321,7 @@ def train(data_dir: str | Path, out_dir: str | Path, mp: ModelParams, p: TrainPa
         steps_per_epoch = per_rank // batch_size
         # the step budget is whichever of max_steps and epochs ends first: the schedule and the GAN's start
         # follow it (max_steps alone ignored a smaller epochs, whose run then ended at a high learning rate)
-        total_steps = min(p.max_steps or p.epochs * steps_per_epoch, p.epochs * steps_per_epoch)
+        total_steps = min(p.max_steps, p.epochs * steps_per_epoch) if p.max_steps else p.epochs * steps_per_epoch
         rescale = p.scale_min < 1.0  # random-resized crops (batched, on the device) instead of fixed-size ones
         crops_on_device = env.device.startswith("cuda") and not rescale  # the host only reads shards then
 
